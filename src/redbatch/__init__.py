@@ -1,0 +1,35 @@
+"""redbatch: durable, keyed micro-batching and job tracking for Python services."""
+
+from redbatch.batcher import Batcher
+from redbatch.errors import (
+    ConfigError,
+    InvalidItem,
+    InvalidKey,
+    LeaseLost,
+    NotFound,
+    RedbatchError,
+    StoreUnavailable,
+)
+from redbatch.stores import Store, connect
+from redbatch.types import Batch, BatcherStats, DeadLetter, PendingItem
+from redbatch.worker import Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Batch",
+    "Batcher",
+    "BatcherStats",
+    "ConfigError",
+    "DeadLetter",
+    "InvalidItem",
+    "InvalidKey",
+    "LeaseLost",
+    "NotFound",
+    "PendingItem",
+    "RedbatchError",
+    "Store",
+    "StoreUnavailable",
+    "Worker",
+    "connect",
+]

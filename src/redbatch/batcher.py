@@ -1,0 +1,262 @@
+"""The batching front door: validate and encode items, and state a batcher's rules once."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import random
+import re
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeAlias
+
+import orjson
+
+from redbatch.errors import ConfigError, InvalidItem, InvalidKey
+from redbatch.stores.base import Store
+from redbatch.types import (
+    Batch,
+    BatcherStats,
+    Clock,
+    DeadLetter,
+    Entry,
+    PendingItem,
+    QueueSpec,
+    system_clock,
+)
+
+Handler: TypeAlias = Callable[[Batch], None] | Callable[[Batch], Awaitable[None]]
+
+MAX_KEY_LENGTH = 512
+DEFAULT_MAX_ITEM_BYTES = 1 << 20
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Only JSON values: dataclasses, datetimes and subclasses of str/int/dict/list are refused
+# rather than silently converted into something the handler would not recognise.
+_DUMPS_OPTIONS = (
+    orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+
+
+def encode_item(item: Any, max_bytes: int = DEFAULT_MAX_ITEM_BYTES) -> bytes:
+    """Encode one item as JSON, refusing non-JSON values and items over ``max_bytes``."""
+    try:
+        payload = orjson.dumps(item, option=_DUMPS_OPTIONS)
+    except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
+        raise InvalidItem(f"item is not a JSON value: {exc}") from None
+    if len(payload) > max_bytes:
+        raise InvalidItem(f"item is {len(payload)} bytes encoded, over the {max_bytes} byte limit")
+    return payload
+
+
+def check_key(key: object) -> str:
+    if not isinstance(key, str):
+        raise InvalidKey(f"a key must be a str, not {type(key).__name__}")
+    if not key:
+        raise InvalidKey("a key must not be empty")
+    if len(key) > MAX_KEY_LENGTH:
+        raise InvalidKey(f"a key is at most {MAX_KEY_LENGTH} characters, this one has {len(key)}")
+    return key
+
+
+def check_name(name: object) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(f"a batcher name is 1-64 characters of letters, digits, '_', '.', '-': {name!r}")
+    return name
+
+
+def _seconds_to_ms(name: str, value: float | None, *, allow_zero: bool = True) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise ConfigError(f"{name} must be a number of seconds, not {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'} seconds, not {value}")
+    return round(value * 1000)
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be an integer >= 1, not {value!r}")
+    return value
+
+
+class Batcher:
+    """A named accumulator: items added under a key are handed to the handler as one batch.
+
+    A key is handed over when it holds ``max_items`` items, when its oldest item has
+    waited ``max_wait`` seconds, or (with ``idle``) when nothing was added for ``idle``
+    seconds. A failing batch is retried with exponential backoff and jitter, then
+    dead-lettered after ``max_attempts``. A worker owns a batch for ``lease`` seconds and
+    keeps it by heartbeat while its handler runs.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        name: str,
+        *,
+        max_items: int = 100,
+        max_wait: float = 60.0,
+        idle: float | None = None,
+        dedupe: bool = False,
+        max_attempts: int = 5,
+        backoff: float = 1.0,
+        max_backoff: float = 300.0,
+        lease: float = 30.0,
+        timeout: float | None = None,
+        dead_letter_ttl: float | None = 7 * 24 * 3600.0,
+        max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES,
+        clock: Clock = system_clock,
+    ) -> None:
+        self.store = store
+        self.name = check_name(name)
+        self.spec = QueueSpec(
+            name=self.name,
+            max_items=_positive_int("max_items", max_items),
+            max_wait_ms=_seconds_to_ms("max_wait", max_wait),
+            idle_ms=_seconds_to_ms("idle", idle),
+            dedupe=bool(dedupe),
+            max_attempts=_positive_int("max_attempts", max_attempts),
+            lease_ms=_seconds_to_ms("lease", lease, allow_zero=False),
+        )
+        if self.spec.lease_ms < 100:
+            raise ConfigError(f"lease must be at least 0.1 seconds, not {lease}")
+        self.backoff_ms = _seconds_to_ms("backoff", backoff)
+        self.max_backoff_ms = _seconds_to_ms("max_backoff", max_backoff)
+        self.timeout = (
+            None if timeout is None else _seconds_to_ms("timeout", timeout, allow_zero=False) / 1000
+        )
+        self.dead_letter_ttl_ms = (
+            None
+            if dead_letter_ttl is None
+            else _seconds_to_ms("dead_letter_ttl", dead_letter_ttl, allow_zero=False)
+        )
+        self.max_item_bytes = _positive_int("max_item_bytes", max_item_bytes)
+        self.clock = clock
+        self._handler: Handler | None = None
+        self._handler_is_async = False
+
+    def __repr__(self) -> str:
+        return f"Batcher({self.name!r}, store={self.store.url!r})"
+
+    # ------------------------------------------------------------------ handler
+
+    def handler(self, fn: Handler) -> Handler:
+        """Register the function (sync or async) that receives this batcher's batches."""
+        if not callable(fn):
+            raise ConfigError("a handler must be callable")
+        self._handler = fn
+        self._handler_is_async = inspect.iscoroutinefunction(fn)
+        return fn
+
+    @property
+    def handler_fn(self) -> Handler | None:
+        return self._handler
+
+    @property
+    def handler_is_async(self) -> bool:
+        return self._handler_is_async
+
+    # ------------------------------------------------------------------ producing
+
+    def _entry(self, key: str, item: Any) -> Entry:
+        key = check_key(key)
+        payload = encode_item(item, self.max_item_bytes)
+        digest = ""
+        if self.spec.dedupe:
+            canonical = orjson.dumps(item, option=_DUMPS_OPTIONS | orjson.OPT_SORT_KEYS)
+            digest = hashlib.blake2b(canonical, digest_size=16).hexdigest()
+        return Entry(key, payload, digest)
+
+    def add(self, key: str, item: Any) -> None:
+        """Add one item under ``key``; it is durable (as the store allows) when this returns."""
+        self.store.append(self.spec, [self._entry(key, item)], self.clock())
+
+    def add_many(self, items: Iterable[tuple[str, Any]]) -> int:
+        """Add many (key, item) pairs in one round trip, all or none; return how many."""
+        entries = [self._entry(key, item) for key, item in items]
+        if entries:
+            self.store.append(self.spec, entries, self.clock())
+        return len(entries)
+
+    async def add_async(self, key: str, item: Any) -> None:
+        entry = self._entry(key, item)
+        await asyncio.to_thread(self.store.append, self.spec, [entry], self.clock())
+
+    async def add_many_async(self, items: Iterable[tuple[str, Any]]) -> int:
+        entries = [self._entry(key, item) for key, item in items]
+        if entries:
+            await asyncio.to_thread(self.store.append, self.spec, entries, self.clock())
+        return len(entries)
+
+    # ------------------------------------------------------------------ the retry rule
+
+    def retry_at(self, attempt: int, now_ms: int, rng: random.Random | None = None) -> int | None:
+        """When to retry after ``attempt`` failed, or None when attempts are used up.
+
+        Exponential backoff capped at ``max_backoff``, with "equal jitter": half the delay
+        is fixed, half random, so retries spread out but never come sooner than half.
+        """
+        if attempt >= self.spec.max_attempts:
+            return None
+        delay = min(self.max_backoff_ms, self.backoff_ms * (2 ** (attempt - 1)))
+        jitter = (rng or random).random()
+        return now_ms + int(delay / 2 + jitter * delay / 2)
+
+    # ------------------------------------------------------------------ operators
+
+    def stats(self) -> BatcherStats:
+        counters = self.store.counters(self.spec)
+        now = self.clock()
+        age = None if counters.oldest_arrival is None else max(0, now - counters.oldest_arrival) / 1000
+        last = counters.last_flush_at
+        return BatcherStats(
+            name=self.name,
+            open_keys=counters.open_keys,
+            buffered_items=counters.buffered_items,
+            oldest_item_age=age,
+            in_flight=counters.in_flight,
+            retrying=counters.retrying,
+            dead=counters.dead,
+            flushed_batches=counters.flushed_batches,
+            flushed_items=counters.flushed_items,
+            last_flush_at=None if last is None else last / 1000,
+            seconds_since_last_flush=None if last is None else max(0, now - last) / 1000,
+        )
+
+    def peek(self, key: str, limit: int = 100) -> list[PendingItem]:
+        """The oldest ``limit`` items waiting under ``key`` (not those in a running batch)."""
+        rows = self.store.peek(self.spec, check_key(key), _positive_int("limit", limit))
+        return [PendingItem(orjson.loads(payload), arrived / 1000) for arrived, payload in rows]
+
+    def clear(self, key: str) -> int:
+        """Drop a key's waiting items (and a batch waiting to retry); a running batch finishes."""
+        return self.store.clear(self.spec, check_key(key))
+
+    def flush(self, key: str | None = None) -> int:
+        """Make ``key`` (or every idle key with items) due now; return how many keys."""
+        return self.store.flush(self.spec, None if key is None else check_key(key), self.clock())
+
+    def dead_letters(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
+        records = self.store.dead_letters(self.spec, _positive_int("limit", limit), max(0, offset))
+        return [
+            DeadLetter(
+                id=r.batch_id,
+                key=r.key,
+                items=[orjson.loads(p) for p in r.payloads],
+                attempts=r.attempts,
+                error=r.error,
+                created_at=r.created_at / 1000,
+                died_at=r.died_at / 1000,
+            )
+            for r in records
+        ]
+
+    def replay(self, ids: Sequence[str] | None = None) -> int:
+        """Put dead letters (these ids, or all) back at the front of their keys; return items."""
+        return self.store.replay(self.spec, None if ids is None else list(ids), self.clock())
+
+    def purge_dead(self, ids: Sequence[str] | None = None, older_than: float | None = None) -> int:
+        """Delete dead letters by id, or those older than ``older_than`` seconds, or all."""
+        before = None if older_than is None else self.clock() - _seconds_to_ms("older_than", older_than)
+        return self.store.purge_dead(self.spec, None if ids is None else list(ids), before)

@@ -1,0 +1,23 @@
+"""Settings read from the environment (``REDBATCH_*``), validated by pydantic-settings."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_URL = "sqlite:///./redbatch.db"
+
+
+class Settings(BaseSettings):
+    """Every setting has a ``REDBATCH_`` environment variable; see the README's table."""
+
+    model_config = SettingsConfigDict(env_prefix="REDBATCH_", extra="ignore")
+
+    url: str = Field(DEFAULT_URL, description="Store URL: sqlite:///file.db, redis://..., memory://")
+    prefix: str = Field("redbatch", min_length=1, max_length=64, description="Prefix of every Redis key")
+    partitions: int = Field(1, ge=1, le=1024, description="Redis partitions (hash tags) per batcher")
+    connect_timeout: float = Field(3.0, gt=0, le=60, description="Seconds to reach the store before failing")
+    socket_timeout: float = Field(10.0, gt=0, le=300, description="Seconds one store command may take")
+    sqlite_busy_timeout: float = Field(
+        5.0, gt=0, le=300, description="Seconds a SQLite writer waits for the lock"
+    )

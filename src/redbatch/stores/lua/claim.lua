@@ -1,0 +1,74 @@
+-- claim: lease up to `limit` due batches: retries, lapsed leases, or new batches.
+-- KEYS[1] due zset, KEYS[2] age zset, KEYS[3] stats hash, KEYS[4] dead zset, KEYS[5] token seq
+-- ARGV[1] base, ARGV[2] now_ms, ARGV[3] limit, ARGV[4] lease_ms, ARGV[5] max_items,
+-- ARGV[6] max_wait_ms, ARGV[7] idle_ms, ARGV[8] max_attempts, ARGV[9] dedupe '1'|'0',
+-- ARGV[10] error recorded for a lost worker's last attempt, ARGV[11..] new batch ids
+-- Returns {key, batch id, attempt, fencing token, created_ms, entries} per leased batch.
+local due, age, stats, dead, seq = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local base, now, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local lease_ms, max_items = tonumber(ARGV[4]), tonumber(ARGV[5])
+local max_wait, idle, max_attempts = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local dedupe, lost_error = ARGV[9] == '1', ARGV[10]
+local result, next_id = {}, 11
+
+local function take_pending(key, kh)
+  local items = base .. 'i:' .. key
+  local taken = redis.call('LRANGE', items, 0, max_items - 1)
+  if #taken == 0 then return 0 end
+  redis.call('LTRIM', items, #taken, -1)
+  push_all(base .. 'b:' .. key, taken, false)
+  if dedupe then
+    for _, entry in ipairs(taken) do redis.call('SREM', base .. 'd:' .. key, digest_of(entry)) end
+  end
+  local rest = redis.call('LINDEX', items, 0)
+  if rest then
+    local first = arrival(rest)
+    redis.call('HSET', kh, 'first', first)
+    redis.call('ZADD', age, first, key)
+  else
+    redis.call('HDEL', kh, 'first', 'last')
+    redis.call('ZREM', age, key)
+  end
+  redis.call('HINCRBY', stats, 'buffered', -#taken)
+  redis.call('HSET', kh, 'bid', ARGV[next_id], 'attempt', 0, 'created', now, 'n', #taken)
+  next_id = next_id + 1
+  return #taken
+end
+
+while #result < limit do
+  local keys = redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, limit - #result)
+  if #keys == 0 then break end
+  for _, key in ipairs(keys) do
+    local kh = base .. 'k:' .. key
+    local b = redis.call('HMGET', kh, 'st', 'attempt')
+    local st = b[1]
+    local leased = true
+    if st == 'run' and tonumber(b[2]) >= max_attempts then
+      bury(base, dead, key, lost_error, now)
+      redis.call('HINCRBY', stats, 'in_flight', -1)
+      reschedule(base, due, key, now, max_items, max_wait, idle)
+      leased = false
+    elseif st == 'wait' then
+      redis.call('HINCRBY', stats, 'retrying', -1)
+      redis.call('HINCRBY', stats, 'in_flight', 1)
+    elseif not st then
+      if take_pending(key, kh) == 0 then
+        redis.call('ZREM', due, key)
+        redis.call('DEL', kh)
+        leased = false
+      else
+        redis.call('HINCRBY', stats, 'in_flight', 1)
+      end
+    end
+    if leased then
+      local token = redis.call('INCR', seq)
+      local attempt = redis.call('HINCRBY', kh, 'attempt', 1)
+      redis.call('HSET', kh, 'st', 'run', 'tok', token)
+      redis.call('ZADD', due, now + lease_ms, key)
+      local meta = redis.call('HMGET', kh, 'bid', 'created')
+      result[#result + 1] = {key, meta[1], attempt, token, tonumber(meta[2]),
+        redis.call('LRANGE', base .. 'b:' .. key, 0, -1)}
+    end
+  end
+end
+return result

@@ -1,0 +1,69 @@
+-- Shared prelude, prepended to every script by the Redis store.
+-- A key's layout under the partition base B (which carries the cluster hash tag):
+--   B..'i:'..key  list  pending entries "arrived_ms:digest:json", oldest first
+--   B..'d:'..key  set   dedupe digests of pending entries
+--   B..'k:'..key  hash  first, last (pending arrivals); bid, st ('run'|'wait'), attempt,
+--                       tok (fencing token), created, n, err for the current batch
+--   B..'b:'..key  list  entries of the current batch
+--   B..'x:'..bid  hash  a dead letter: key, attempts, error, created, died
+--   B..'xi:'..bid list  a dead letter's entries
+local function arrival(entry)
+  return tonumber(string.match(entry, '^(%d+):'))
+end
+
+local function digest_of(entry)
+  return string.match(entry, '^%d+:([^:]*):')
+end
+
+-- The batching rule (stated in Python as stores.base.due_at).
+local function due_at(first, last, pending, now, max_items, max_wait, idle)
+  if pending >= max_items then return now end
+  local deadline = first + max_wait
+  if idle > 0 and last + idle < deadline then deadline = last + idle end
+  return deadline
+end
+
+local function push_all(list, entries, left)
+  local cmd = left and 'LPUSH' or 'RPUSH'
+  for i = 1, #entries, 1000 do
+    redis.call(cmd, list, unpack(entries, i, math.min(i + 999, #entries)))
+  end
+end
+
+local BATCH_FIELDS = {'bid', 'st', 'attempt', 'tok', 'created', 'n', 'err'}
+
+-- After a key's current batch ended: schedule its pending items or forget the key.
+-- Returns true when the key is due now (a worker should be woken).
+local function reschedule(base, due, key, now, max_items, max_wait, idle)
+  local kh = base .. 'k:' .. key
+  local pending = redis.call('LLEN', base .. 'i:' .. key)
+  if pending == 0 then
+    redis.call('ZREM', due, key)
+    redis.call('DEL', kh, base .. 'd:' .. key)
+    return false
+  end
+  local times = redis.call('HMGET', kh, 'first', 'last')
+  local deadline = due_at(tonumber(times[1]), tonumber(times[2]), pending, now, max_items, max_wait, idle)
+  redis.call('ZADD', due, deadline, key)
+  return deadline <= now
+end
+
+-- Move the current batch of a key to dead letters with an error.
+local function bury(base, dead, key, error, now)
+  local kh = base .. 'k:' .. key
+  local b = redis.call('HMGET', kh, 'bid', 'attempt', 'created')
+  local bid = b[1]
+  redis.call('HSET', base .. 'x:' .. bid, 'key', key, 'attempts', b[2], 'error', error,
+    'created', b[3], 'died', now)
+  if redis.call('EXISTS', base .. 'b:' .. key) == 1 then
+    redis.call('RENAME', base .. 'b:' .. key, base .. 'xi:' .. bid)
+  end
+  redis.call('ZADD', dead, now, bid)
+  redis.call('HDEL', kh, unpack(BATCH_FIELDS))
+end
+
+-- True when (bid, token) still holds the running batch of key.
+local function holds(kh, bid, token)
+  local b = redis.call('HMGET', kh, 'bid', 'tok', 'st')
+  return b[1] == bid and b[2] == token and b[3] == 'run'
+end

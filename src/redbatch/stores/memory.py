@@ -1,0 +1,372 @@
+"""The in-process store: same semantics as the others, nothing durable. For tests."""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from redbatch.stores.base import LEASE_EXPIRED_ERROR, Waiter, due_at, new_batch_id
+from redbatch.types import ClaimedBatch, DeadRecord, Entry, Lease, QueueCounters, QueueSpec
+
+log = logging.getLogger("redbatch.store.memory")
+
+_Item = tuple[int, bytes, str]  # arrived_at_ms, payload, digest
+
+
+@dataclass(slots=True)
+class _Current:
+    batch_id: str
+    items: tuple[_Item, ...]
+    created_at: int
+    attempt: int = 0
+    fencing_token: int = 0
+    running: bool = False  # False: waiting to be retried
+    error: str = ""
+
+
+@dataclass(slots=True)
+class _Key:
+    pending: deque[_Item] = field(default_factory=deque)
+    digests: set[str] = field(default_factory=set)
+    last_ms: int = 0
+    current: _Current | None = None
+
+
+@dataclass(slots=True)
+class _Queue:
+    keys: dict[str, _Key] = field(default_factory=dict)
+    due: dict[str, int] = field(default_factory=dict)
+    heap: list[tuple[int, str]] = field(default_factory=list)  # lazy: checked against due
+    dead: dict[str, DeadRecord] = field(default_factory=dict)
+    buffered: int = 0
+    in_flight: int = 0
+    retrying: int = 0
+    flushed_batches: int = 0
+    flushed_items: int = 0
+    last_flush_at: int | None = None
+    token_seq: int = 0
+
+    def schedule(self, key: str, score: int) -> None:
+        self.due[key] = score
+        heapq.heappush(self.heap, (score, key))
+        if len(self.heap) > 2 * len(self.due) + 1024:
+            self.heap = [(s, k) for k, s in self.due.items()]
+            heapq.heapify(self.heap)
+
+    def head(self) -> tuple[int, str] | None:
+        while self.heap:
+            score, key = self.heap[0]
+            if self.due.get(key) == score:
+                return score, key
+            heapq.heappop(self.heap)
+        return None
+
+
+class _MemoryWaiter:
+    def __init__(self, store: MemoryStore, names: Sequence[str]) -> None:
+        self._store = store
+        self._names = set(names)
+        self._seen = store._wake_seq
+
+    def wait(self, timeout: float) -> bool:
+        with self._store._wake:
+            woke = self._store._wake.wait_for(lambda: self._store._wake_seq != self._seen, timeout)
+            self._seen = self._store._wake_seq
+            return woke
+
+    def close(self) -> None:
+        pass
+
+
+class MemoryStore:
+    """Everything in one process's memory, guarded by one lock. Not durable."""
+
+    durable = False
+
+    def __init__(self, url: str = "memory://") -> None:
+        self.url = url
+        self._lock = threading.RLock()
+        self._wake = threading.Condition(self._lock)
+        self._wake_seq = 0
+        self._queues: dict[str, _Queue] = {}
+        log.warning("memory:// store: nothing is durable, everything is lost when the process exits")
+
+    def _queue(self, spec: QueueSpec) -> _Queue:
+        queue = self._queues.get(spec.name)
+        if queue is None:
+            queue = self._queues[spec.name] = _Queue()
+        return queue
+
+    def _notify(self) -> None:
+        self._wake_seq += 1
+        self._wake.notify_all()
+
+    def _reschedule(self, spec: QueueSpec, queue: _Queue, key: str, state: _Key, now_ms: int) -> None:
+        """After a key's current batch ended: schedule its pending items or forget the key."""
+        if state.current is not None:
+            return
+        if state.pending:
+            deadline = due_at(spec, state.pending[0][0], state.last_ms, len(state.pending), now_ms)
+            head = queue.head()
+            queue.schedule(key, deadline)
+            if head is None or deadline < head[0] or deadline <= now_ms:
+                self._notify()
+        else:
+            queue.due.pop(key, None)
+            del queue.keys[key]
+
+    # ------------------------------------------------------------------ producing
+
+    def append(self, spec: QueueSpec, entries: Sequence[Entry], now_ms: int) -> None:
+        with self._lock:
+            queue = self._queue(spec)
+            touched: dict[str, _Key] = {}
+            for entry in entries:
+                state = queue.keys.get(entry.key)
+                if state is None:
+                    state = queue.keys[entry.key] = _Key()
+                if spec.dedupe:
+                    if entry.digest in state.digests:
+                        continue
+                    state.digests.add(entry.digest)
+                state.pending.append((now_ms, entry.payload, entry.digest))
+                state.last_ms = now_ms
+                queue.buffered += 1
+                touched[entry.key] = state
+            for key, state in touched.items():
+                if state.current is None:
+                    self._reschedule(spec, queue, key, state, now_ms)
+            for key in [k for k in {e.key for e in entries} if k not in touched]:
+                state = queue.keys[key]
+                if not state.pending and state.current is None:
+                    self._reschedule(spec, queue, key, state, now_ms)
+
+    # ------------------------------------------------------------------ claiming
+
+    def claim_due(self, spec: QueueSpec, now_ms: int, limit: int) -> list[ClaimedBatch]:
+        claimed: list[ClaimedBatch] = []
+        with self._lock:
+            queue = self._queue(spec)
+            while len(claimed) < limit:
+                head = queue.head()
+                if head is None or head[0] > now_ms:
+                    break
+                key = head[1]
+                state = queue.keys[key]
+                batch = self._lease(spec, queue, key, state, now_ms)
+                if batch is not None:
+                    claimed.append(batch)
+        return claimed
+
+    def _lease(
+        self, spec: QueueSpec, queue: _Queue, key: str, state: _Key, now_ms: int
+    ) -> ClaimedBatch | None:
+        current = state.current
+        if current is not None and current.running and current.attempt >= spec.max_attempts:
+            queue.in_flight -= 1
+            self._bury(queue, key, current, LEASE_EXPIRED_ERROR, now_ms)
+            state.current = None
+            self._reschedule(spec, queue, key, state, now_ms)
+            return None
+        if current is None:
+            taken = [state.pending.popleft() for _ in range(min(spec.max_items, len(state.pending)))]
+            for _, _, digest in taken:
+                state.digests.discard(digest)
+            queue.buffered -= len(taken)
+            current = state.current = _Current(new_batch_id(), tuple(taken), now_ms)
+            queue.in_flight += 1
+        elif not current.running:
+            queue.retrying -= 1
+            queue.in_flight += 1
+        queue.token_seq += 1
+        current.attempt += 1
+        current.fencing_token = queue.token_seq
+        current.running = True
+        queue.schedule(key, now_ms + spec.lease_ms)
+        return ClaimedBatch(
+            Lease(key, current.batch_id, current.fencing_token),
+            current.attempt,
+            current.created_at,
+            tuple(p for _, p, _ in current.items),
+            tuple(a for a, _, _ in current.items),
+        )
+
+    def _bury(self, queue: _Queue, key: str, current: _Current, error: str, now_ms: int) -> None:
+        queue.dead[current.batch_id] = DeadRecord(
+            current.batch_id,
+            key,
+            tuple(p for _, p, _ in current.items),
+            tuple(a for a, _, _ in current.items),
+            current.attempt,
+            error,
+            current.created_at,
+            now_ms,
+        )
+
+    def next_due_ms(self, spec: QueueSpec) -> int | None:
+        with self._lock:
+            head = self._queue(spec).head()
+            return None if head is None else head[0]
+
+    # ------------------------------------------------------------------ lease holders
+
+    def _held(self, queue: _Queue, lease: Lease) -> _Key | None:
+        state = queue.keys.get(lease.key)
+        if state is None or state.current is None:
+            return None
+        current = state.current
+        if (
+            current.batch_id != lease.batch_id
+            or current.fencing_token != lease.fencing_token
+            or not current.running
+        ):
+            return None
+        return state
+
+    def heartbeat(self, spec: QueueSpec, leases: Sequence[Lease], lease_until_ms: int) -> list[bool]:
+        with self._lock:
+            queue = self._queue(spec)
+            held = []
+            for lease in leases:
+                state = self._held(queue, lease)
+                if state is not None:
+                    queue.schedule(lease.key, lease_until_ms)
+                held.append(state is not None)
+            return held
+
+    def ack(self, spec: QueueSpec, lease: Lease, now_ms: int) -> bool:
+        with self._lock:
+            queue = self._queue(spec)
+            state = self._held(queue, lease)
+            if state is None or state.current is None:
+                return False
+            queue.in_flight -= 1
+            queue.flushed_batches += 1
+            queue.flushed_items += len(state.current.items)
+            queue.last_flush_at = now_ms
+            state.current = None
+            self._reschedule(spec, queue, lease.key, state, now_ms)
+            return True
+
+    def fail(self, spec: QueueSpec, lease: Lease, now_ms: int, error: str, retry_at_ms: int | None) -> bool:
+        with self._lock:
+            queue = self._queue(spec)
+            state = self._held(queue, lease)
+            if state is None or state.current is None:
+                return False
+            current = state.current
+            queue.in_flight -= 1
+            current.error = error
+            if retry_at_ms is None:
+                self._bury(queue, lease.key, current, error, now_ms)
+                state.current = None
+                self._reschedule(spec, queue, lease.key, state, now_ms)
+            else:
+                current.running = False
+                queue.retrying += 1
+                queue.schedule(lease.key, retry_at_ms)
+            return True
+
+    # ------------------------------------------------------------------ operators
+
+    def clear(self, spec: QueueSpec, key: str) -> int:
+        with self._lock:
+            queue = self._queue(spec)
+            state = queue.keys.get(key)
+            if state is None:
+                return 0
+            dropped = len(state.pending)
+            queue.buffered -= dropped
+            state.pending.clear()
+            state.digests.clear()
+            if state.current is not None and not state.current.running:
+                dropped += len(state.current.items)
+                queue.retrying -= 1
+                state.current = None
+            self._reschedule(spec, queue, key, state, 0)
+            return dropped
+
+    def flush(self, spec: QueueSpec, key: str | None, now_ms: int) -> int:
+        with self._lock:
+            queue = self._queue(spec)
+            keys = [key] if key is not None else list(queue.keys)
+            made_due = 0
+            for name in keys:
+                state = queue.keys.get(name)
+                if state is None or state.current is not None or not state.pending:
+                    continue
+                if queue.due.get(name, now_ms + 1) > now_ms:
+                    queue.schedule(name, now_ms)
+                made_due += 1
+            if made_due:
+                self._notify()
+            return made_due
+
+    def peek(self, spec: QueueSpec, key: str, limit: int) -> list[tuple[int, bytes]]:
+        with self._lock:
+            state = self._queue(spec).keys.get(key)
+            if state is None:
+                return []
+            return [(arrived, payload) for arrived, payload, _ in list(state.pending)[:limit]]
+
+    def counters(self, spec: QueueSpec) -> QueueCounters:
+        with self._lock:
+            queue = self._queue(spec)
+            oldest = min((s.pending[0][0] for s in queue.keys.values() if s.pending), default=None)
+            return QueueCounters(
+                open_keys=len(queue.due),
+                buffered_items=queue.buffered,
+                oldest_arrival=oldest,
+                in_flight=queue.in_flight,
+                retrying=queue.retrying,
+                dead=len(queue.dead),
+                flushed_batches=queue.flushed_batches,
+                flushed_items=queue.flushed_items,
+                last_flush_at=queue.last_flush_at,
+            )
+
+    def dead_letters(self, spec: QueueSpec, limit: int, offset: int) -> list[DeadRecord]:
+        with self._lock:
+            records = sorted(self._queue(spec).dead.values(), key=lambda r: (r.died_at, r.batch_id))
+            return records[offset : offset + limit]
+
+    def replay(self, spec: QueueSpec, batch_ids: Sequence[str] | None, now_ms: int) -> int:
+        with self._lock:
+            queue = self._queue(spec)
+            ids = list(queue.dead) if batch_ids is None else [i for i in batch_ids if i in queue.dead]
+            replayed = 0
+            for batch_id in ids:
+                record = queue.dead.pop(batch_id)
+                state = queue.keys.get(record.key)
+                if state is None:
+                    state = queue.keys[record.key] = _Key(last_ms=now_ms)
+                items = list(zip(record.arrived_at, record.payloads, [""] * len(record.payloads)))
+                state.pending.extendleft(reversed(items))
+                queue.buffered += len(items)
+                replayed += len(items)
+                if state.current is None:
+                    queue.schedule(record.key, now_ms)
+            if replayed:
+                self._notify()
+            return replayed
+
+    def purge_dead(self, spec: QueueSpec, batch_ids: Sequence[str] | None, before_ms: int | None) -> int:
+        with self._lock:
+            queue = self._queue(spec)
+            if batch_ids is not None:
+                doomed = [i for i in batch_ids if i in queue.dead]
+            else:
+                doomed = [i for i, r in queue.dead.items() if before_ms is None or r.died_at < before_ms]
+            for batch_id in doomed:
+                del queue.dead[batch_id]
+            return len(doomed)
+
+    def waiter(self, names: Sequence[str]) -> Waiter:
+        return _MemoryWaiter(self, names)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,388 @@
+"""The worker: claim due batches, run their handlers with bounded concurrency, keep their
+leases by heartbeat, and acknowledge, retry or dead-letter each one.
+
+One asyncio loop does the scheduling. Store calls are blocking and run on a small thread
+pool; sync handlers run on a pool of ``concurrency`` threads, async handlers on the loop.
+The loop sleeps until the earliest deadline in the store, a producer's wake-up, a finished
+handler or a stop request, never on a fixed poll interval (a two second cap only guards
+against a lost wake-up message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
+
+import orjson
+
+from redbatch.batcher import Batcher
+from redbatch.errors import ConfigError, StoreUnavailable
+from redbatch.stores.base import Store, Waiter
+from redbatch.types import Batch, ClaimedBatch, Clock, system_clock
+
+log = logging.getLogger("redbatch.worker")
+
+T = TypeVar("T")
+MAX_SLEEP = 2.0
+JANITOR_INTERVAL = 60.0
+MAX_ERROR_LENGTH = 4000
+
+
+@dataclass(eq=False)
+class _Running:
+    batcher: Batcher
+    claimed: ClaimedBatch
+    task: asyncio.Task[None] | None = None
+    lost: bool = False
+
+
+@dataclass
+class WorkerCounters:
+    """What this worker process did since it started."""
+
+    claimed: int = 0
+    succeeded: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    refused: int = 0  # acknowledgements refused because the lease was lost
+    errors: list[str] = field(default_factory=list)
+
+
+class Worker:
+    """Runs the handlers of ``batchers`` until stopped (SIGTERM/SIGINT, or ``stop()``).
+
+    On stop it claims nothing new and lets in-flight batches finish; a second signal
+    abandons them (their leases lapse and another worker reclaims them).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        batchers: Sequence[Batcher],
+        *,
+        concurrency: int = 16,
+        clock: Clock = system_clock,
+        handle_signals: bool = True,
+    ) -> None:
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigError(f"concurrency must be an integer >= 1, not {concurrency!r}")
+        if not batchers:
+            raise ConfigError("a worker needs at least one batcher")
+        names = [b.name for b in batchers]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"batcher names must be unique in a worker: {names}")
+        for batcher in batchers:
+            if batcher.handler_fn is None:
+                raise ConfigError(f"batcher {batcher.name!r} has no handler")
+            if batcher.store is not store:
+                raise ConfigError(f"batcher {batcher.name!r} uses another store than the worker")
+        self.store = store
+        self.batchers = list(batchers)
+        self.concurrency = concurrency
+        self.clock = clock
+        self.handle_signals = handle_signals
+        self.counters = WorkerCounters()
+        self._running: dict[str, _Running] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_requested = threading.Event()
+        self._stop_event: asyncio.Event | None = None
+        self._changed: asyncio.Event | None = None
+        self._signals = 0
+        self.started = threading.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def run(self) -> None:
+        """Run until stopped. Blocks; call from a process's main thread to get signals."""
+        asyncio.run(self.run_async())
+
+    def stop(self) -> None:
+        """Ask the worker to stop: no new claims, in-flight batches finish. Thread-safe."""
+        self._stop_requested.set()
+        loop = self._loop
+        if loop is not None and self._stop_event is not None:
+            loop.call_soon_threadsafe(self._stop_event.set)
+
+    async def run_async(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop_event = asyncio.Event()
+        self._changed = asyncio.Event()
+        if self._stop_requested.is_set():
+            self._stop_event.set()
+        self._store_pool = ThreadPoolExecutor(6, thread_name_prefix="redbatch-store")
+        self._handler_pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="redbatch-handler")
+        self._wake_pool = ThreadPoolExecutor(1, thread_name_prefix="redbatch-wake")
+        self._install_signal_handlers()
+        waiter = self.store.waiter([b.name for b in self.batchers])
+        background = [
+            asyncio.create_task(self._heartbeat_loop(), name="redbatch-heartbeat"),
+            asyncio.create_task(self._janitor_loop(), name="redbatch-janitor"),
+        ]
+        log.info(
+            "worker started on %s: %s, concurrency %d",
+            self.store.url,
+            [b.name for b in self.batchers],
+            self.concurrency,
+        )
+        self.started.set()
+        try:
+            await self._serve(waiter)
+            await self._drain()
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            waiter.close()
+            self._remove_signal_handlers()
+            self._handler_pool.shutdown(wait=False, cancel_futures=True)
+            self._wake_pool.shutdown(wait=False, cancel_futures=True)
+            self._store_pool.shutdown(wait=True)
+            log.info("worker stopped")
+
+    def _install_signal_handlers(self) -> None:
+        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
+            self.handle_signals = False
+            return
+        assert self._loop is not None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _remove_signal_handlers(self) -> None:
+        if self.handle_signals and self._loop is not None:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info("%s: finishing %d in-flight batches, claiming nothing new", sig.name, len(self._running))
+            self.stop()
+            return
+        log.warning("%s again: abandoning %d in-flight batches to their leases", sig.name, len(self._running))
+        for running in self._running.values():
+            if running.task is not None:
+                running.task.cancel()
+
+    # ------------------------------------------------------------------ scheduling
+
+    async def _serve(self, waiter: Waiter) -> None:
+        assert self._stop_event is not None and self._changed is not None
+        wake: asyncio.Future[bool] | None = None
+        rotation = 0
+        while not self._stop_event.is_set():
+            self._changed.clear()
+            claimed = await self._claim_round(rotation)
+            rotation += 1
+            if claimed and self._free_slots() > 0:
+                continue
+            timeout = await self._time_to_next_due()
+            if wake is None or wake.done():
+                wake = self._loop_().run_in_executor(self._wake_pool, waiter.wait, MAX_SLEEP)
+            await self._wait_any(wake, timeout)
+
+    async def _wait_any(self, wake: asyncio.Future[bool], timeout: float) -> None:
+        assert self._stop_event is not None and self._changed is not None
+        changed = asyncio.ensure_future(self._changed.wait())
+        stopped = asyncio.ensure_future(self._stop_event.wait())
+        try:
+            await asyncio.wait({wake, changed, stopped}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            changed.cancel()
+            stopped.cancel()
+
+    def _free_slots(self) -> int:
+        return self.concurrency - len(self._running)
+
+    async def _claim_round(self, rotation: int) -> int:
+        claimed = 0
+        order = (
+            self.batchers[rotation % len(self.batchers) :] + self.batchers[: rotation % len(self.batchers)]
+        )
+        for batcher in order:
+            free = self._free_slots()
+            if free <= 0:
+                break
+            try:
+                batches = await self._call(self.store.claim_due, batcher.spec, self.clock(), free)
+            except StoreUnavailable as exc:
+                log.error("claiming from %s failed: %s", batcher.name, exc)
+                continue
+            for batch in batches:
+                self._start(batcher, batch)
+            claimed += len(batches)
+        return claimed
+
+    async def _time_to_next_due(self) -> float:
+        if self._free_slots() <= 0:
+            return MAX_SLEEP  # woken by a finished handler
+        soonest: int | None = None
+        for batcher in self.batchers:
+            try:
+                due = await self._call(self.store.next_due_ms, batcher.spec)
+            except StoreUnavailable as exc:
+                log.error("reading deadlines of %s failed: %s", batcher.name, exc)
+                return MAX_SLEEP / 4
+            if due is not None and (soonest is None or due < soonest):
+                soonest = due
+        if soonest is None:
+            return MAX_SLEEP
+        return min(MAX_SLEEP, max(0.001, (soonest - self.clock()) / 1000))
+
+    # ------------------------------------------------------------------ running batches
+
+    def _start(self, batcher: Batcher, claimed: ClaimedBatch) -> None:
+        self.counters.claimed += 1
+        running = _Running(batcher, claimed)
+        self._running[claimed.lease.batch_id] = running
+        running.task = asyncio.create_task(self._run(running), name=f"redbatch-{claimed.lease.batch_id}")
+
+    async def _run(self, running: _Running) -> None:
+        try:
+            error = await self._invoke(running)
+            await self._settle(running, error)
+        except asyncio.CancelledError:
+            log.warning("batch %s abandoned; its lease will lapse", running.claimed.lease.batch_id)
+        except Exception:  # a store failure while settling: the lease lapses, another retries
+            log.exception("could not record the outcome of batch %s", running.claimed.lease.batch_id)
+        finally:
+            self._running.pop(running.claimed.lease.batch_id, None)
+            assert self._changed is not None
+            self._changed.set()
+
+    async def _invoke(self, running: _Running) -> str | None:
+        """Run the handler; return None on success, else the error to record."""
+        batcher, claimed = running.batcher, running.claimed
+        try:
+            batch = decode_batch(claimed)
+        except ValueError as exc:
+            return f"corrupt data: {exc}"
+        handler = batcher.handler_fn
+        assert handler is not None
+        try:
+            if batcher.handler_is_async:
+                coro = cast(Awaitable[None], handler(batch))
+            else:
+                coro = self._loop_().run_in_executor(self._handler_pool, handler, batch)
+            if batcher.timeout is not None:
+                await asyncio.wait_for(coro, batcher.timeout)
+            else:
+                await coro
+        except TimeoutError:
+            return f"handler timed out after {batcher.timeout} seconds"
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a handler's failure never kills the worker
+            text = "".join(traceback.format_exception(exc))
+            return text[-MAX_ERROR_LENGTH:]
+        return None
+
+    async def _settle(self, running: _Running, error: str | None) -> None:
+        batcher, claimed = running.batcher, running.claimed
+        lease = claimed.lease
+        now = self.clock()
+        if error is not None and error.startswith("corrupt data:"):
+            held = await self._call(self.store.fail, batcher.spec, lease, now, error, None)
+            outcome = "dead"
+        elif error is None:
+            held = await self._call(self.store.ack, batcher.spec, lease, now)
+            outcome = "succeeded"
+        else:
+            retry_at = batcher.retry_at(claimed.attempt, now)
+            held = await self._call(self.store.fail, batcher.spec, lease, now, error, retry_at)
+            outcome = "retried" if retry_at is not None else "dead"
+            log.warning(
+                "batch %s of %s/%s failed (attempt %d): %s",
+                lease.batch_id,
+                batcher.name,
+                lease.key,
+                claimed.attempt,
+                error.strip().splitlines()[-1],
+            )
+        if not held:
+            self.counters.refused += 1
+            log.warning(
+                "batch %s of %s/%s was reclaimed by another worker; %s refused",
+                lease.batch_id,
+                batcher.name,
+                lease.key,
+                outcome,
+            )
+            return
+        if outcome == "succeeded":
+            self.counters.succeeded += 1
+        elif outcome == "retried":
+            self.counters.retried += 1
+        else:
+            self.counters.dead_lettered += 1
+
+    async def _heartbeat_loop(self) -> None:
+        interval = min(b.spec.lease_ms for b in self.batchers) / 3000
+        while True:
+            await asyncio.sleep(interval)
+            for batcher in self.batchers:
+                runs = [r for r in list(self._running.values()) if r.batcher is batcher and not r.lost]
+                if not runs:
+                    continue
+                leases = [r.claimed.lease for r in runs]
+                try:
+                    held = await self._call(
+                        self.store.heartbeat, batcher.spec, leases, self.clock() + batcher.spec.lease_ms
+                    )
+                except Exception as exc:
+                    log.error("heartbeat for %s failed: %s", batcher.name, exc)
+                    continue
+                for run, ok in zip(runs, held, strict=True):
+                    if not ok:
+                        run.lost = True
+                        log.warning(
+                            "lost the lease of batch %s of %s/%s",
+                            run.claimed.lease.batch_id,
+                            batcher.name,
+                            run.claimed.lease.key,
+                        )
+
+    async def _janitor_loop(self) -> None:
+        while True:
+            for batcher in self.batchers:
+                if batcher.dead_letter_ttl_ms is None:
+                    continue
+                try:
+                    before = self.clock() - batcher.dead_letter_ttl_ms
+                    await self._call(self.store.purge_dead, batcher.spec, None, before)
+                except Exception as exc:
+                    log.error("purging old dead letters of %s failed: %s", batcher.name, exc)
+            await asyncio.sleep(JANITOR_INTERVAL)
+
+    async def _drain(self) -> None:
+        tasks = [r.task for r in list(self._running.values()) if r.task is not None]
+        if tasks:
+            log.info("waiting for %d in-flight batches", len(tasks))
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _loop_(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None
+        return self._loop
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._loop_().run_in_executor(self._store_pool, fn, *args)
+
+
+def decode_batch(claimed: ClaimedBatch) -> Batch:
+    """Turn a claimed batch into the handler's ``Batch``; ValueError on corrupt payloads."""
+    return Batch(
+        id=claimed.lease.batch_id,
+        key=claimed.lease.key,
+        items=[orjson.loads(p) for p in claimed.payloads],
+        attempt=claimed.attempt,
+        created_at=claimed.created_at / 1000,
+        arrived_at=tuple(a / 1000 for a in claimed.arrived_at),
+    )
