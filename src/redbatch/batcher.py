@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
+import math
 import random
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -67,7 +68,7 @@ def check_name(name: object) -> str:
 def _seconds_to_ms(name: str, value: float | None, *, allow_zero: bool = True) -> int:
     if value is None:
         return 0
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ConfigError(f"{name} must be a number of seconds, not {value!r}")
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'} seconds, not {value}")

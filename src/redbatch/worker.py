@@ -43,6 +43,12 @@ class _Running:
     lost: bool = False
 
 
+@dataclass(frozen=True)
+class _Failure:
+    error: str
+    retryable: bool = True
+
+
 @dataclass
 class WorkerCounters:
     """What this worker process did since it started."""
@@ -191,8 +197,9 @@ class Worker:
         assert self._stop_event is not None and self._changed is not None
         changed = asyncio.ensure_future(self._changed.wait())
         stopped = asyncio.ensure_future(self._stop_event.wait())
+        waits: set[asyncio.Future[Any]] = {wake, changed, stopped}
         try:
-            await asyncio.wait({wake, changed, stopped}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             changed.cancel()
             stopped.cancel()
@@ -245,8 +252,8 @@ class Worker:
 
     async def _run(self, running: _Running) -> None:
         try:
-            error = await self._invoke(running)
-            await self._settle(running, error)
+            failure = await self._invoke(running)
+            await self._settle(running, failure)
         except asyncio.CancelledError:
             log.warning("batch %s abandoned; its lease will lapse", running.claimed.lease.batch_id)
         except Exception:  # a store failure while settling: the lease lapses, another retries
@@ -256,46 +263,44 @@ class Worker:
             assert self._changed is not None
             self._changed.set()
 
-    async def _invoke(self, running: _Running) -> str | None:
-        """Run the handler; return None on success, else the error to record."""
+    async def _invoke(self, running: _Running) -> _Failure | None:
+        """Run the handler; return None on success, else the failure to record."""
         batcher, claimed = running.batcher, running.claimed
         try:
             batch = decode_batch(claimed)
-        except ValueError as exc:
-            return f"corrupt data: {exc}"
+        except ValueError as exc:  # retrying cannot repair it: straight to dead letters
+            return _Failure(f"corrupt data: {exc}", retryable=False)
         handler = batcher.handler_fn
         assert handler is not None
         try:
+            coro: Awaitable[None]
             if batcher.handler_is_async:
                 coro = cast(Awaitable[None], handler(batch))
             else:
-                coro = self._loop_().run_in_executor(self._handler_pool, handler, batch)
+                sync_handler = cast(Callable[[Batch], None], handler)
+                coro = self._loop_().run_in_executor(self._handler_pool, sync_handler, batch)
             if batcher.timeout is not None:
                 await asyncio.wait_for(coro, batcher.timeout)
             else:
                 await coro
         except TimeoutError:
-            return f"handler timed out after {batcher.timeout} seconds"
+            return _Failure(f"handler timed out after {batcher.timeout} seconds")
         except asyncio.CancelledError:
             raise
-        except BaseException as exc:  # a handler's failure never kills the worker
-            text = "".join(traceback.format_exception(exc))
-            return text[-MAX_ERROR_LENGTH:]
+        except BaseException as exc:  # noqa: BLE001 - a handler's failure never kills the worker
+            return _Failure("".join(traceback.format_exception(exc))[-MAX_ERROR_LENGTH:])
         return None
 
-    async def _settle(self, running: _Running, error: str | None) -> None:
+    async def _settle(self, running: _Running, failure: _Failure | None) -> None:
         batcher, claimed = running.batcher, running.claimed
         lease = claimed.lease
         now = self.clock()
-        if error is not None and error.startswith("corrupt data:"):
-            held = await self._call(self.store.fail, batcher.spec, lease, now, error, None)
-            outcome = "dead"
-        elif error is None:
+        if failure is None:
             held = await self._call(self.store.ack, batcher.spec, lease, now)
             outcome = "succeeded"
         else:
-            retry_at = batcher.retry_at(claimed.attempt, now)
-            held = await self._call(self.store.fail, batcher.spec, lease, now, error, retry_at)
+            retry_at = batcher.retry_at(claimed.attempt, now) if failure.retryable else None
+            held = await self._call(self.store.fail, batcher.spec, lease, now, failure.error, retry_at)
             outcome = "retried" if retry_at is not None else "dead"
             log.warning(
                 "batch %s of %s/%s failed (attempt %d): %s",
@@ -303,7 +308,7 @@ class Worker:
                 batcher.name,
                 lease.key,
                 claimed.attempt,
-                error.strip().splitlines()[-1],
+                failure.error.strip().splitlines()[-1],
             )
         if not held:
             self.counters.refused += 1
@@ -335,7 +340,7 @@ class Worker:
                     held = await self._call(
                         self.store.heartbeat, batcher.spec, leases, self.clock() + batcher.spec.lease_ms
                     )
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - a heartbeat loop must outlive store errors
                     log.error("heartbeat for %s failed: %s", batcher.name, exc)
                     continue
                 for run, ok in zip(runs, held, strict=True):
@@ -356,7 +361,7 @@ class Worker:
                 try:
                     before = self.clock() - batcher.dead_letter_ttl_ms
                     await self._call(self.store.purge_dead, batcher.spec, None, before)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - housekeeping must outlive store errors
                     log.error("purging old dead letters of %s failed: %s", batcher.name, exc)
             await asyncio.sleep(JANITOR_INTERVAL)
 

@@ -33,7 +33,7 @@ def connect(url: str | None = None, *, check: bool = True, **overrides: object) 
     if scheme == "memory":
         return MemoryStore(settings.url)
     if scheme in ("redis", "rediss"):
-        from redbatch.stores.redis import RedisStore
+        from redbatch.stores.redis import RedisStore  # noqa: PLC0415 - load redis-py only when used
 
         query = parse_qs(parts.query)
         partitions = int(query.get("partitions", [settings.partitions])[0])
@@ -48,7 +48,10 @@ def connect(url: str | None = None, *, check: bool = True, **overrides: object) 
             redis_store.ping()
         return redis_store
     if scheme == "sqlite":
-        from redbatch.stores.sqlite import SQLiteStore, sqlite_path
+        from redbatch.stores.sqlite import SQLiteStore, sqlite_path  # noqa: PLC0415 - on demand
 
-        return SQLiteStore(sqlite_path(settings.url), busy_timeout=settings.sqlite_busy_timeout)
+        sqlite_store: Store = SQLiteStore(
+            sqlite_path(settings.url), busy_timeout=settings.sqlite_busy_timeout
+        )
+        return sqlite_store
     raise ConfigError(f"unknown store URL scheme {parts.scheme!r} in {settings.url!r}; use one of {SCHEMES}")

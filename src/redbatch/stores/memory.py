@@ -344,7 +344,7 @@ class MemoryStore:
                 state = queue.keys.get(record.key)
                 if state is None:
                     state = queue.keys[record.key] = _Key(last_ms=now_ms)
-                items = list(zip(record.arrived_at, record.payloads, [""] * len(record.payloads)))
+                items = [(a, p, "") for a, p in zip(record.arrived_at, record.payloads, strict=True)]
                 state.pending.extendleft(reversed(items))
                 queue.buffered += len(items)
                 replayed += len(items)

@@ -7,6 +7,7 @@ over cluster nodes). Values are JSON, readable with redis-cli.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -16,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any, ParamSpec, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -51,7 +53,7 @@ def _split_entry(entry: bytes) -> tuple[int, str, bytes]:
     return int(arrived), digest.decode(), payload
 
 
-def _load_scripts(client: redis.Redis) -> dict[str, Any]:
+def _load_scripts(client: Any) -> dict[str, Any]:
     lua = resources.files("redbatch.stores").joinpath("lua")
     prelude = lua.joinpath("lib.lua").read_text()
     return {
@@ -81,7 +83,7 @@ class _RedisWaiter:
     publishes on the waiter's own channel, and the waiting thread closes the connection.
     """
 
-    def __init__(self, client: redis.Redis, channels: list[str]) -> None:
+    def __init__(self, client: Any, channels: list[str]) -> None:
         self._client = client
         self._pubsub = client.pubsub(ignore_subscribe_messages=True)
         self._own = f"{channels[0]}:waiter:{new_batch_id()}"
@@ -122,10 +124,8 @@ class _RedisWaiter:
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             log.warning("wake-up channel lost (%s); relying on deadlines until it is back", exc)
             self._subscribed = False
-            try:
+            with contextlib.suppress(Exception):  # the connection is already broken
                 self._pubsub.reset()
-            except Exception:  # noqa: BLE001 - the connection is already broken
-                pass
             time.sleep(max(0.0, min(0.5, deadline - time.monotonic())))
             return False
 
@@ -135,10 +135,9 @@ class _RedisWaiter:
             if not self._waiting:
                 self._pubsub.close()
                 return
-        try:
+        # If this fails the waiting thread still returns, by its own timeout.
+        with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
             self._client.publish(self._own, b"close")
-        except (redis.ConnectionError, redis.TimeoutError):
-            pass  # the waiting thread returns by its own timeout
 
 
 class RedisStore:
@@ -159,7 +158,9 @@ class RedisStore:
         self.url = _mask(url)
         self.prefix = prefix
         self.partitions = partitions
-        self.client = client or redis.Redis.from_url(
+        # redis-py's reply types are unions of every reply shape: the scripts' replies are
+        # known, so the client is typed loosely rather than cast at every call.
+        self.client: Any = client or redis.Redis.from_url(
             url,
             socket_connect_timeout=connect_timeout,
             socket_timeout=socket_timeout,
@@ -440,8 +441,6 @@ class RedisStore:
 
 def _mask(url: str) -> str:
     """The URL with its password replaced by ***, for logs."""
-    from urllib.parse import urlsplit, urlunsplit
-
     parts = urlsplit(url)
     if parts.password is None:
         return url

@@ -1,0 +1,146 @@
+"""Counters that survive reconnects, and bad input refused with nothing stored."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+import redbatch
+from redbatch import Batcher, ConfigError, InvalidItem, InvalidKey
+from redbatch.stores.base import Store
+from tests.conformance.helpers import ack, claim, claim_one, fail, make
+from tests.conftest import FakeClock
+
+
+def test_stats_follow_every_transition(store: Store, clock: FakeClock) -> None:
+    b = make(store, clock, max_items=2, max_wait=10)
+    assert b.stats().last_flush_at is None
+    b.add_many([("a", 1), ("a", 2), ("a", 3), ("b", 4)])
+    clock.advance(2)
+    s = b.stats()
+    assert (s.open_keys, s.buffered_items, s.in_flight, s.oldest_item_age) == (2, 4, 0, 2.0)
+    running = claim_one(b)  # a: [1, 2]
+    s = b.stats()
+    assert (s.buffered_items, s.in_flight) == (2, 1)
+    assert ack(b, running)
+    s = b.stats()
+    assert (s.flushed_batches, s.flushed_items, s.in_flight) == (1, 2, 0)
+    assert s.last_flush_at == clock.now / 1000
+    assert s.seconds_since_last_flush == 0
+    clock.advance(10)
+    for claimed in claim(b):
+        assert fail(b, claimed)
+    s = b.stats()
+    assert (s.retrying, s.buffered_items, s.open_keys, s.seconds_since_last_flush) == (2, 0, 2, 10)
+
+
+def test_state_survives_reconnecting(
+    store_kind: str, store_factory: tuple[str, dict[str, str]], clock: FakeClock
+) -> None:
+    if store_kind == "memory":
+        pytest.skip("memory:// is not durable, by design")
+    url, options = store_factory
+    first = redbatch.connect(url, **options)
+    b = make(first, clock, max_wait=1)
+    b.add_many([("k", 1), ("j", 2)])
+    clock.advance(1)
+    for claimed in claim(b):
+        assert ack(b, claimed) if claimed.lease.key == "k" else fail(b, claimed, retry_in=None)
+    b.add("k", "pending")
+    first.close()
+    again = make(redbatch.connect(url, **options), clock, max_wait=1)
+    s = again.stats()
+    assert (s.flushed_batches, s.dead, s.buffered_items) == (1, 1, 1)
+    assert s.last_flush_at == clock.now / 1000
+    assert [p.value for p in again.peek("k")] == ["pending"]
+    again.store.close()
+
+
+@dataclass
+class Point:
+    x: int
+
+
+@pytest.mark.parametrize(
+    "item",
+    [object(), {1, 2}, b"bytes", Point(1), datetime(2026, 1, 1), {1: "non-str key"}, 2**70, lambda: 0],
+    ids=["object", "set", "bytes", "dataclass", "datetime", "int-key", "huge-int", "function"],
+)
+def test_non_json_items_are_refused_and_nothing_is_stored(store: Store, clock: FakeClock, item: Any) -> None:
+    b = make(store, clock, max_wait=0)
+    with pytest.raises(InvalidItem):
+        b.add("k", item)
+    with pytest.raises(InvalidItem):
+        b.add_many([("k", "fine"), ("k", item)])
+    assert b.stats().buffered_items == 0
+    assert claim(b) == []
+
+
+def test_items_over_the_size_limit_are_refused(store: Store, clock: FakeClock) -> None:
+    b = make(store, clock, max_item_bytes=100)
+    b.add("k", "x" * 98)  # 100 bytes with its quotes
+    with pytest.raises(InvalidItem, match="over the 100 byte limit"):
+        b.add("k", "x" * 99)
+    assert b.stats().buffered_items == 1
+
+
+@pytest.mark.parametrize("key", ["", None, 7, b"k", "x" * 513], ids=["empty", "none", "int", "bytes", "long"])
+def test_bad_keys_are_refused_and_nothing_is_stored(store: Store, clock: FakeClock, key: Any) -> None:
+    b = make(store, clock)
+    with pytest.raises(InvalidKey):
+        b.add(key, 1)
+    with pytest.raises(InvalidKey):
+        b.add_many([("fine", 1), (key, 1)])
+    with pytest.raises(InvalidKey):
+        b.peek(key)
+    assert b.stats().buffered_items == 0
+
+
+def test_keys_of_any_characters_round_trip(store: Store, clock: FakeClock) -> None:
+    b = make(store, clock, max_wait=0)
+    keys = ["a:b:c", "{tag}", "ünï cødé ✓", "x" * 512, "with\nnewline", "*?[]"]
+    b.add_many([(k, k) for k in keys])
+    assert sorted(c.lease.key for c in claim(b)) == sorted(keys)
+
+
+def test_json_values_of_every_kind_round_trip(store: Store, clock: FakeClock) -> None:
+    b = make(store, clock, max_wait=0)
+    values: list[Any] = [None, True, False, 0, -1, 2**63 - 1, 1.5, "", "ü✓", [], {}, {"a": [1, {"b": None}]}]
+    b.add_many([("k", v) for v in values])
+    assert b.peek("k") and [p.value for p in b.peek("k")] == values
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"max_items": 0},
+        {"max_items": 1.5},
+        {"max_wait": -1},
+        {"idle": -0.1},
+        {"max_wait": math.nan},
+        {"max_attempts": 0},
+        {"lease": 0},
+        {"lease": 0.01},
+        {"backoff": -1},
+        {"timeout": 0},
+        {"max_item_bytes": 0},
+    ],
+)
+def test_invalid_settings_are_refused(store: Store, options: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError):
+        Batcher(store, "b", **options)
+
+
+@pytest.mark.parametrize("name", ["", "has space", "a{b}", "x" * 65, None])
+def test_invalid_batcher_names_are_refused(store: Store, name: Any) -> None:
+    with pytest.raises(ConfigError):
+        Batcher(store, name)
+
+
+def test_every_error_is_a_redbatch_error() -> None:
+    for error in (InvalidItem, InvalidKey, ConfigError, redbatch.NotFound, redbatch.StoreUnavailable):
+        assert issubclass(error, redbatch.RedbatchError)

@@ -1,0 +1,225 @@
+"""The Worker end to end on every store: real clock, real threads, bounded by deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import orjson
+
+from redbatch import Batch, Batcher, Worker
+from redbatch.stores.base import Store
+from redbatch.types import Entry
+
+DEADLINE = 30.0
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = DEADLINE) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached before the deadline"
+        time.sleep(0.01)
+
+
+@contextmanager
+def running(worker: Worker) -> Iterator[Worker]:
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    assert worker.started.wait(10)
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        thread.join(DEADLINE)
+        assert not thread.is_alive(), "worker did not stop"
+
+
+class Recorder:
+    """A handler that records every batch and checks one batch per key at a time."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.batches: list[Batch] = []
+        self.busy: set[str] = set()
+        self.overlaps = 0
+
+    def __call__(self, batch: Batch) -> None:
+        with self.lock:
+            if batch.key in self.busy:
+                self.overlaps += 1
+            self.busy.add(batch.key)
+        time.sleep(0.001)
+        with self.lock:
+            self.busy.discard(batch.key)
+            self.batches.append(batch)
+
+    def items(self) -> int:
+        with self.lock:
+            return sum(len(b.items) for b in self.batches)
+
+
+def test_concurrent_producers_lose_and_duplicate_nothing(store: Store) -> None:
+    b = Batcher(store, "feedback", max_items=20, max_wait=0.05, lease=5)
+    recorder = Recorder()
+    b.handler(recorder)
+    producers, per_producer, keys = 4, 300, 40
+
+    def produce(p: int) -> None:
+        for seq in range(0, per_producer, 3):
+            b.add(f"k{seq % keys}", {"p": p, "seq": seq})
+            b.add_many([(f"k{(seq + i) % keys}", {"p": p, "seq": seq + i}) for i in (1, 2)])
+
+    with running(Worker(store, [b], concurrency=8, handle_signals=False)):
+        threads = [threading.Thread(target=produce, args=(p,)) for p in range(producers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wait_until(lambda: recorder.items() >= producers * per_producer)
+    delivered = [(i["p"], i["seq"]) for batch in recorder.batches for i in batch.items]
+    assert sorted(delivered) == sorted((p, s) for p in range(producers) for s in range(per_producer))
+    assert recorder.overlaps == 0
+    last_seen: dict[tuple[str, int], int] = defaultdict(lambda: -1)
+    for batch in recorder.batches:  # arrival order within a key, per producer
+        for item in batch.items:
+            assert item["seq"] > last_seen[batch.key, item["p"]]
+            last_seen[batch.key, item["p"]] = item["seq"]
+    assert b.stats().buffered_items == 0
+
+
+def test_async_handlers_run_on_the_loop(store: Store) -> None:
+    b = Batcher(store, "chat", max_items=3, max_wait=0.05)
+    seen: list[list[Any]] = []
+
+    @b.handler
+    async def reply(batch: Batch) -> None:
+        await asyncio.sleep(0.001)
+        seen.append(batch.items)
+
+    with running(Worker(store, [b], handle_signals=False)):
+        b.add_many([("chat-1", "hi"), ("chat-1", "there"), ("chat-2", "yo")])
+        wait_until(lambda: sum(map(len, seen)) == 3)
+    assert sorted(seen) == [["hi", "there"], ["yo"]]
+
+
+def test_a_failing_handler_is_retried_then_dead_lettered_and_the_worker_lives(store: Store) -> None:
+    b = Batcher(store, "sink", max_items=10, max_wait=0, max_attempts=3, backoff=0.01)
+    attempts: dict[str, list[int]] = defaultdict(list)
+
+    @b.handler
+    def save(batch: Batch) -> None:
+        attempts[batch.key].append(batch.attempt)
+        if batch.key == "poison":
+            raise ValueError("cannot store this")
+
+    with running(Worker(store, [b], handle_signals=False)):
+        b.add("poison", {"x": 1})
+        wait_until(lambda: b.stats().dead == 1)
+        b.add("fine", 2)
+        wait_until(lambda: attempts["fine"] == [1])
+    assert attempts["poison"] == [1, 2, 3]
+    (dead,) = b.dead_letters()
+    assert dead.items == [{"x": 1}] and dead.attempts == 3
+    assert "ValueError: cannot store this" in dead.error
+
+
+def test_graceful_stop_finishes_in_flight_and_claims_nothing_new(store: Store) -> None:
+    b = Batcher(store, "slow", max_items=1, max_wait=0)
+    started, release = threading.Event(), threading.Event()
+    done: list[Any] = []
+
+    @b.handler
+    def slow(batch: Batch) -> None:
+        started.set()
+        release.wait(DEADLINE)
+        done.extend(batch.items)
+
+    worker = Worker(store, [b], concurrency=1, handle_signals=False)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    b.add("k", "in flight")
+    assert started.wait(DEADLINE)
+    b.add("k2", "not yet claimed")
+    worker.stop()
+    release.set()
+    thread.join(DEADLINE)
+    assert not thread.is_alive()
+    assert done == ["in flight"]
+    stats = b.stats()
+    assert (stats.flushed_batches, stats.in_flight, stats.buffered_items) == (1, 0, 1)
+
+
+def test_a_heartbeat_keeps_a_long_handler_from_running_twice(store: Store) -> None:
+    b = Batcher(store, "long", max_items=1, max_wait=0, lease=0.3)
+    calls: list[int] = []
+
+    @b.handler
+    def long_running(batch: Batch) -> None:
+        calls.append(batch.attempt)
+        time.sleep(1.2)  # the work itself: four lease lengths
+
+    with running(Worker(store, [b], concurrency=2, handle_signals=False)) as worker:
+        b.add("k", 1)
+        wait_until(lambda: b.stats().flushed_batches == 1)
+    assert calls == [1]
+    assert worker.counters.refused == 0
+
+
+def test_a_handler_past_its_timeout_is_retried(store: Store) -> None:
+    b = Batcher(store, "hangs", max_items=1, max_wait=0, timeout=0.2, backoff=0.01, max_attempts=2)
+    calls: list[int] = []
+
+    @b.handler
+    async def hang(batch: Batch) -> None:
+        calls.append(batch.attempt)
+        await asyncio.sleep(DEADLINE)
+
+    with running(Worker(store, [b], handle_signals=False)):
+        b.add("k", 1)
+        wait_until(lambda: b.stats().dead == 1)
+    assert calls == [1, 2]
+    assert "timed out" in b.dead_letters()[0].error
+
+
+def test_corrupt_data_goes_to_dead_letters_without_stopping_the_worker(store: Store) -> None:
+    b = Batcher(store, "corrupt", max_items=1, max_wait=0)
+    seen: list[Any] = []
+    b.handler(lambda batch: seen.extend(batch.items))
+    with running(Worker(store, [b], handle_signals=False)):
+        store.append(b.spec, [Entry("bad", b"{not json", "")], b.clock())
+        wait_until(lambda: b.stats().dead == 1)
+        b.add("good", 1)
+        wait_until(lambda: seen == [1])
+    (dead,) = store.dead_letters(b.spec, 10, 0)
+    assert dead.error.startswith("corrupt data") and dead.attempts == 1
+    assert dead.payloads == (b"{not json",)
+
+
+def test_one_worker_serves_several_batchers(store: Store) -> None:
+    got: dict[str, list[Any]] = defaultdict(list)
+    batchers = []
+    for name in ("one", "two", "three"):
+        batcher = Batcher(store, name, max_items=2, max_wait=0.02)
+        batcher.handler(lambda batch, name=name: got[name].extend(batch.items))
+        batchers.append(batcher)
+    with running(Worker(store, batchers, concurrency=2, handle_signals=False)):
+        for batcher in batchers:
+            batcher.add_many([("k", orjson.loads(b"1")), ("j", 2), ("k", 3)])
+        wait_until(lambda: all(len(got[b.name]) == 3 for b in batchers))
+    assert all(sorted(got[b.name]) == [1, 2, 3] for b in batchers)
+
+
+def test_add_async(store: Store) -> None:
+    b = Batcher(store, "async-producer", max_wait=60)
+
+    async def produce() -> None:
+        await b.add_async("k", 1)
+        await b.add_many_async([("k", 2), ("j", 3)])
+
+    asyncio.run(produce())
+    assert [p.value for p in b.peek("k")] == [1, 2]

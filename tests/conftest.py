@@ -1,0 +1,77 @@
+"""Shared fixtures: a real redis-server per session, a SQLite file per test, a test clock."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import redbatch
+from redbatch.stores.base import Store
+from tests.servers import RedisServer, free_port
+
+STORES = ["memory", "sqlite", "redis"]
+
+
+class FakeClock:
+    """Integer milliseconds that only move when a test moves them."""
+
+    def __init__(self, start_ms: int = 1_700_000_000_000) -> None:
+        self.now = start_ms
+
+    def __call__(self) -> int:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += round(seconds * 1000)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(free_port(), tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def store_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if kind == "memory":
+        return "memory://"
+    if kind == "sqlite":
+        pytest.importorskip("redbatch.stores.sqlite")
+        return f"sqlite:///{tmp_path / 'redbatch.db'}"
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return server.url
+
+
+@pytest.fixture(params=STORES)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def store_factory(
+    store_kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[str, dict[str, str]]]:
+    """The URL and connect() options of a fresh, private store for this test."""
+    url = store_url(store_kind, request, tmp_path)
+    options = {"prefix": f"t{uuid.uuid4().hex[:12]}"} if store_kind == "redis" else {}
+    yield url, options
+
+
+@pytest.fixture
+def store(store_factory: tuple[str, dict[str, str]]) -> Iterator[Store]:
+    url, options = store_factory
+    opened = redbatch.connect(url, **options)
+    try:
+        yield opened
+    finally:
+        opened.close()
