@@ -1,0 +1,116 @@
+"""Real worker processes on the durable stores: sharing work, and dying with SIGKILL."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+import redbatch
+from tests.conformance.test_worker import DEADLINE, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def durable(store_kind: str, store_factory: tuple[str, dict[str, str]]) -> tuple[str, str]:
+    if store_kind == "memory":
+        pytest.skip("memory:// lives in one process")
+    url, options = store_factory
+    return url, options.get("prefix", "redbatch")
+
+
+@pytest.fixture
+def spawn(durable: tuple[str, str], tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    url, prefix = durable
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(record: str, *extra: str) -> subprocess.Popen[bytes]:
+        args = [sys.executable, "-m", "tests.proc_worker", url, prefix, str(tmp_path / record), *extra]
+        proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def records(tmp_path: Path) -> list[dict[str, Any]]:
+    lines = []
+    for path in tmp_path.glob("*.jsonl"):
+        lines += [orjson.loads(line) for line in path.read_bytes().splitlines() if line]
+    return lines
+
+
+def batcher(durable: tuple[str, str]) -> redbatch.Batcher:
+    url, prefix = durable
+    store = redbatch.connect(url, **({"prefix": prefix} if url.startswith("redis") else {}))
+    return redbatch.Batcher(store, "procs", max_items=25, max_wait=0.05, lease=1.0)
+
+
+def delivered(tmp_path: Path) -> Counter[int]:
+    return Counter(i for r in records(tmp_path) if r["event"] == "end" for i in r["items"])
+
+
+def test_several_worker_processes_share_the_work_once(
+    durable: tuple[str, str], spawn: Callable[..., subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    workers = [spawn(f"w{i}.jsonl") for i in range(2)]
+    b = batcher(durable)
+    total = 1500
+    for start in range(0, total, 100):
+        b.add_many([(f"key-{n % 60}", n) for n in range(start, start + 100)])
+    wait_until(lambda: sum(delivered(tmp_path).values()) >= total)
+    for proc in workers:
+        proc.send_signal(signal.SIGTERM)
+    for proc in workers:
+        assert proc.wait(DEADLINE) == 0
+    counts = delivered(tmp_path)
+    assert set(counts) == set(range(total)) and set(counts.values()) == {1}
+    spans: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    starts = {r["id"]: r["t"] for r in records(tmp_path) if r["event"] == "start"}
+    for r in records(tmp_path):
+        if r["event"] == "end":
+            spans[r["key"]].append((starts[r["id"]], r["t"]))
+    for key_spans in spans.values():  # one batch per key at a time, across processes
+        key_spans.sort()
+        assert all(a[1] <= b[0] for a, b in zip(key_spans, key_spans[1:], strict=False))
+    assert len({r["pid"] for r in records(tmp_path)}) == 2  # both took part
+    b.store.close()
+
+
+def test_a_killed_workers_batch_is_delivered_by_another_with_the_same_id(
+    durable: tuple[str, str], spawn: Callable[..., subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    victim = spawn("victim.jsonl", "--block-key", "doomed")
+    b = batcher(durable)
+    b.add_many([("doomed", n) for n in range(5)])
+    wait_until(lambda: any(r["key"] == "doomed" for r in records(tmp_path)))
+    b.add("doomed", "arrived mid-batch")
+    victim.kill()  # SIGKILL: no cleanup, no acknowledgement
+    assert victim.wait(DEADLINE) == -signal.SIGKILL
+    killed_at = time.monotonic()
+    spawn("rescuer.jsonl")
+    wait_until(lambda: sum(1 for r in records(tmp_path) if r["event"] == "end") >= 2)
+    recovery = time.monotonic() - killed_at
+    (started,) = [r for r in records(tmp_path) if r["pid"] == victim.pid]
+    ends = [r for r in records(tmp_path) if r["event"] == "end"]
+    assert [(r["id"], r["attempt"], r["items"]) for r in ends[:1]] == [(started["id"], 2, [0, 1, 2, 3, 4])]
+    assert ends[1]["items"] == ["arrived mid-batch"] and ends[1]["id"] != started["id"]
+    assert recovery < DEADLINE
+    stats = b.stats()
+    assert (stats.in_flight, stats.buffered_items, stats.flushed_batches) == (0, 0, 2)
+    b.store.close()
