@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import signal
 import subprocess
 import sys
@@ -87,7 +88,7 @@ def test_several_worker_processes_share_the_work_once(
             spans[r["key"]].append((starts[r["id"]], r["t"]))
     for key_spans in spans.values():  # one batch per key at a time, across processes
         key_spans.sort()
-        assert all(a[1] <= b[0] for a, b in zip(key_spans, key_spans[1:], strict=False))
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(key_spans))
     assert len({r["pid"] for r in records(tmp_path)}) == 2  # both took part
     b.store.close()
 
