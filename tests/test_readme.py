@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from examples import chat_replies, profile_recompute
 
 ROOT = Path(__file__).resolve().parents[1]
