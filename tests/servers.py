@@ -25,6 +25,7 @@ class RedisServer:
     port: int
     directory: Path
     extra: tuple[str, ...] = ()
+    auth: tuple[str, str] | None = None  # (username, password) for the start-up ping
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -38,7 +39,8 @@ class RedisServer:
         args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory)]
         args += ["--save", "", "--appendonly", "no", *self.extra]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        username, password = self.auth or (None, None)
+        client = redis.Redis(port=self.port, username=username, password=password, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout
         while True:
             try:

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from redbatch.errors import ConfigError
 from redbatch.settings import Settings
-from redbatch.stores.base import Store, Waiter
+from redbatch.stores.base import Store, Waiter, mask_url
 from redbatch.stores.memory import MemoryStore
 
 __all__ = ["Store", "Waiter", "MemoryStore", "connect"]
@@ -35,8 +35,7 @@ def connect(url: str | None = None, *, check: bool = True, **overrides: object) 
     if scheme in ("redis", "rediss"):
         from redbatch.stores.redis import RedisStore  # noqa: PLC0415 - load redis-py only when used
 
-        query = parse_qs(parts.query)
-        partitions = int(query.get("partitions", [settings.partitions])[0])
+        partitions = _redis_partitions(settings.url, settings.partitions)
         redis_store = RedisStore(
             settings.url,
             prefix=settings.prefix,
@@ -55,3 +54,19 @@ def connect(url: str | None = None, *, check: bool = True, **overrides: object) 
         )
         return sqlite_store
     raise ConfigError(f"unknown store URL scheme {parts.scheme!r} in {settings.url!r}; use one of {SCHEMES}")
+
+
+def _redis_partitions(url: str, default: int) -> int:
+    """Check a Redis URL's port and database (redis-py defers it) and read ``?partitions=``."""
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        database = parts.path.lstrip("/")
+        if database and not database.isdigit():
+            raise ValueError(f"the database must be a number, not {database!r}")
+        partitions = int(parse_qs(parts.query).get("partitions", [str(default)])[0])
+    except ValueError as exc:
+        raise ConfigError(f"invalid Redis URL {mask_url(url)}: {exc}") from None
+    if not 1 <= partitions <= 1024:
+        raise ConfigError(f"partitions must be between 1 and 1024, not {partitions}")
+    return partitions

@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
+from urllib.parse import urlsplit, urlunsplit
 
 from redbatch.types import ClaimedBatch, DeadRecord, Entry, Lease, QueueCounters, QueueSpec
 
@@ -105,3 +106,14 @@ def due_at(spec: QueueSpec, first_ms: int, last_ms: int, pending: int, now_ms: i
 def new_batch_id() -> str:
     """A unique, roughly time-ordered id: 12 hex digits of milliseconds, 16 random."""
     return f"{time.time_ns() // 1_000_000:012x}{os.urandom(8).hex()}"
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ``***``, for logs and display."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))

@@ -69,17 +69,21 @@ class _Queue:
 class _MemoryWaiter:
     def __init__(self, store: MemoryStore, names: Sequence[str]) -> None:
         self._store = store
-        self._names = set(names)
         self._seen = store._wake_seq
+        self._closed = False
 
     def wait(self, timeout: float) -> bool:
         with self._store._wake:
-            woke = self._store._wake.wait_for(lambda: self._store._wake_seq != self._seen, timeout)
+            changed = self._store._wake.wait_for(
+                lambda: self._closed or self._store._wake_seq != self._seen, timeout
+            )
             self._seen = self._store._wake_seq
-            return woke
+            return changed and not self._closed
 
     def close(self) -> None:
-        pass
+        with self._store._wake:
+            self._closed = True
+            self._store._wake.notify_all()
 
 
 class MemoryStore:

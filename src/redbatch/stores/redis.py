@@ -17,14 +17,13 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any, ParamSpec, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from redbatch.errors import StoreUnavailable
-from redbatch.stores.base import LEASE_EXPIRED_ERROR, Waiter, new_batch_id
+from redbatch.stores.base import LEASE_EXPIRED_ERROR, Waiter, mask_url, new_batch_id
 from redbatch.types import ClaimedBatch, DeadRecord, Entry, Lease, QueueCounters, QueueSpec
 
 log = logging.getLogger("redbatch.store.redis")
@@ -155,7 +154,7 @@ class RedisStore:
         socket_timeout: float = 10.0,
         client: redis.Redis | None = None,
     ) -> None:
-        self.url = _mask(url)
+        self.url = mask_url(url)
         self.prefix = prefix
         self.partitions = partitions
         # redis-py's reply types are unions of every reply shape: the scripts' replies are
@@ -437,15 +436,3 @@ class RedisStore:
 
     def close(self) -> None:
         self.client.close()
-
-
-def _mask(url: str) -> str:
-    """The URL with its password replaced by ***, for logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
