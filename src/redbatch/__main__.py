@@ -1,0 +1,5 @@
+"""python -m redbatch: the command line."""
+
+from redbatch.cli import app
+
+app()

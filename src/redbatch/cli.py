@@ -1,0 +1,366 @@
+"""The ``redbatch`` command line: run workers, look at batchers and dead letters, try the demo.
+
+Every command takes ``--url`` (default: ``REDBATCH_URL``, else ``sqlite:///./redbatch.db``).
+A redbatch error (an unreachable store, a bad setting, ...) prints one red line and exits 1;
+a usage error (a module without batchers, a missing argument) exits 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Annotated, NoReturn, ParamSpec, TypeVar
+
+import orjson
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.markup import escape
+from rich.table import Table
+
+from redbatch.batcher import Batcher
+from redbatch.demo import DemoOptions, run_demo
+from redbatch.errors import RedbatchError
+from redbatch.stores import Store, connect
+from redbatch.types import BatcherStats
+from redbatch.worker import Worker
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+app = typer.Typer(
+    name="redbatch",
+    help="Durable keyed micro-batching: run workers, inspect batchers and dead letters, try the demo.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+dead_letters_app = typer.Typer(help="List, replay or purge a batcher's dead letters.", no_args_is_help=True)
+app.add_typer(dead_letters_app, name="dead-letters")
+
+console = Console()
+err_console = Console(stderr=True)
+
+UrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--url", help="Store URL (default: REDBATCH_URL, else sqlite:///./redbatch.db).", show_default=False
+    ),
+]
+BatcherArg = Annotated[str, typer.Argument(help="The batcher's name.", show_default=False)]
+MAX_CELL = 120  # characters of an item or error shown in a table cell
+
+
+_log_handler = RichHandler(console=err_console, show_path=False)
+
+
+@app.callback()
+def _setup() -> None:
+    configure_logging(logging.WARNING)
+
+
+def configure_logging(level: int) -> None:
+    """Show redbatch's log records on stderr through rich (above a live display, if any)."""
+    logger = logging.getLogger("redbatch")
+    logger.setLevel(level)
+    if _log_handler not in logger.handlers:
+        logger.addHandler(_log_handler)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    err_console.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """Turn a RedbatchError into one red line and exit code 1, with no traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except RedbatchError as exc:
+            fail(f"{type(exc).__name__}: {exc}", code=1)
+
+    return wrapper
+
+
+@contextmanager
+def opened(url: str | None) -> Iterator[Store]:
+    store = connect(url)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _clip(text: str, width: int = MAX_CELL) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _when(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    moment = datetime.fromtimestamp(seconds).astimezone()
+    return f"{moment:%Y-%m-%d %H:%M:%S} ({_ago(time.time() - seconds)} ago)"
+
+
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+# ---------------------------------------------------------------- demo
+
+
+@app.command()
+@reports_errors
+def demo(
+    url: UrlOption = None,
+    seconds: Annotated[float, typer.Option(min=0.1, help="How long to produce messages.")] = 20.0,
+    conversations: Annotated[int, typer.Option(min=1, help="How many chat conversations (keys).")] = 300,
+    rate: Annotated[float, typer.Option(min=0.1, help="Messages per second, on average.")] = 200.0,
+) -> None:
+    """A first run: batch a synthetic chat load live, then summarise. Run it again to resume."""
+    with opened(url) as store:
+        options = DemoOptions(seconds=seconds, conversations=conversations, rate=rate)
+        run_demo(store, options, console)
+
+
+# ---------------------------------------------------------------- worker
+
+
+def import_target(target: str) -> ModuleType:
+    """Import a dotted module path (from the current directory too) or a ``.py`` file."""
+    if target.endswith(".py") or os.sep in target or "/" in target:
+        return _import_file(Path(target))
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.import_module(target)
+    except ModuleNotFoundError as exc:
+        if exc.name and (target == exc.name or target.startswith(exc.name + ".")):
+            fail(f"cannot import {target!r}: no module named {exc.name!r} (run from the directory above it?)")
+        raise
+
+
+def _import_file(path: Path) -> ModuleType:
+    if not path.is_file():
+        fail(f"no such file: {path}")
+    path = path.resolve()
+    sys.path.insert(0, str(path.parent))  # so the file can import its neighbours
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    if spec is None or spec.loader is None:
+        fail(f"cannot import {path}: not a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def module_batchers(module: ModuleType) -> list[Batcher]:
+    """The Batchers with a handler that ``module`` defines at module level (each once)."""
+    found: dict[int, Batcher] = {}
+    for value in vars(module).values():
+        if isinstance(value, Batcher):
+            found.setdefault(id(value), value)
+    batchers = []
+    for batcher in found.values():
+        if batcher.handler_fn is None:
+            err_console.print(f"[yellow]skipping batcher {batcher.name!r}: it has no handler[/]")
+        else:
+            batchers.append(batcher)
+    return batchers
+
+
+def load_batchers(target: str) -> list[Batcher]:
+    try:
+        module = import_target(target)
+    except (RedbatchError, typer.Exit):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's module failed: show where, then exit 2
+        err_console.print_exception(max_frames=10)
+        fail(f"cannot import {target!r}: {type(exc).__name__}: {exc}")
+    batchers = module_batchers(module)
+    if not batchers:
+        fail(f"{target!r} defines no redbatch.Batcher with a handler at module level")
+    stores = {id(b.store): b.store for b in batchers}
+    if len(stores) > 1:
+        urls = ", ".join(f"{b.name} on {b.store.url}" for b in batchers)
+        fail(f"the batchers of {target!r} use {len(stores)} different stores ({urls}); a worker runs one")
+    return batchers
+
+
+@app.command()
+@reports_errors
+def worker(
+    module: Annotated[str, typer.Argument(help="Dotted module path, or a path to a .py file.")],
+    url: Annotated[
+        str | None,
+        typer.Option("--url", help="Sets REDBATCH_URL before MODULE is imported, for its connect()."),
+    ] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Batches handled at once.")] = 16,
+) -> None:
+    """Run the handlers of every Batcher MODULE defines, until SIGTERM or Ctrl-C."""
+    if url is not None:
+        os.environ["REDBATCH_URL"] = url
+    configure_logging(logging.INFO)
+    batchers = load_batchers(module)
+    store = batchers[0].store
+    names = ", ".join(b.name for b in batchers)
+    err_console.print(f"running {names} on {store.url}, concurrency {concurrency}; Ctrl-C to stop")
+    runner = Worker(store, batchers, concurrency=concurrency)
+    runner.run()
+    counts = runner.counters
+    err_console.print(
+        f"stopped. Batches: {counts.succeeded} succeeded, {counts.retried} retried, "
+        f"{counts.dead_lettered} dead-lettered"
+    )
+
+
+# ---------------------------------------------------------------- stats and inspect
+
+
+_STAT_ROWS: list[tuple[str, Callable[[BatcherStats], str]]] = [
+    ("open keys", lambda s: f"{s.open_keys:,}"),
+    ("buffered items", lambda s: f"{s.buffered_items:,}"),
+    ("oldest item age", lambda s: _ago(s.oldest_item_age)),
+    ("in flight", lambda s: f"{s.in_flight:,}"),
+    ("retrying", lambda s: f"{s.retrying:,}"),
+    ("dead letters", lambda s: f"{s.dead:,}"),
+    ("flushed batches", lambda s: f"{s.flushed_batches:,}"),
+    ("flushed items", lambda s: f"{s.flushed_items:,}"),
+    ("since last flush", lambda s: _ago(s.seconds_since_last_flush)),
+]
+
+
+@app.command()
+@reports_errors
+def stats(
+    batchers: Annotated[list[str] | None, typer.Argument(help="Batcher names.", show_default=False)] = None,
+    url: UrlOption = None,
+) -> None:
+    """Show the counters of the named batchers."""
+    if not batchers:
+        fail("name at least one batcher: redbatch stats BATCHER... (there is no registry of names yet)")
+    with opened(url) as store:
+        rows = [Batcher(store, name).stats() for name in batchers]
+        table = Table(title=f"batchers on {store.url}", title_justify="left")
+        table.add_column("")
+        for row in rows:
+            table.add_column(row.name, justify="right")
+        for label, render in _STAT_ROWS:
+            table.add_row(label, *(render(row) for row in rows))
+        console.print(table)
+
+
+@app.command()
+@reports_errors
+def inspect(
+    batcher: BatcherArg,
+    key: Annotated[str, typer.Argument(help="The key whose pending items to show.", show_default=False)],
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many (the oldest).")] = 20,
+    url: UrlOption = None,
+) -> None:
+    """Show the oldest items waiting under KEY (not those in a running batch)."""
+    with opened(url) as store:
+        items = Batcher(store, batcher).peek(key, limit)
+    if not items:
+        console.print(f"no items pending under {key!r} of {batcher!r}")
+        return
+    table = Table(title=f"{batcher} / {key}: the oldest {len(items)} pending items", title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("arrived")
+    table.add_column("item", overflow="fold")
+    for n, item in enumerate(items, 1):
+        table.add_row(str(n), _when(item.arrived_at), escape(_clip(orjson.dumps(item.value).decode())))
+    console.print(table)
+
+
+# ---------------------------------------------------------------- dead letters
+
+
+IdsOption = Annotated[
+    list[str] | None, typer.Option("--id", help="A dead letter's id (repeatable).", show_default=False)
+]
+
+
+@dead_letters_app.command("list")
+@reports_errors
+def dead_letters_list(
+    batcher: BatcherArg,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many, oldest first.")] = 20,
+    url: UrlOption = None,
+) -> None:
+    """List dead letters, oldest first, with the error of their last attempt."""
+    with opened(url) as store:
+        letters = Batcher(store, batcher).dead_letters(limit=limit)
+    if not letters:
+        console.print(f"no dead letters in {batcher!r}")
+        return
+    table = Table(title=f"{batcher}: {len(letters)} dead letters", title_justify="left")
+    table.add_column("id", no_wrap=True)
+    table.add_column("key", overflow="fold")
+    table.add_column("items", justify="right")
+    table.add_column("attempts", justify="right")
+    table.add_column("died", no_wrap=True)
+    table.add_column("last error", overflow="fold")
+    for letter in letters:
+        last_line = (letter.error.strip().splitlines() or [""])[-1]
+        died = f"{_ago(time.time() - letter.died_at)} ago"
+        table.add_row(
+            letter.id,
+            escape(letter.key),
+            str(len(letter.items)),
+            str(letter.attempts),
+            died,
+            escape(_clip(last_line)),
+        )
+    console.print(table)
+
+
+@dead_letters_app.command("replay")
+@reports_errors
+def dead_letters_replay(batcher: BatcherArg, ids: IdsOption = None, url: UrlOption = None) -> None:
+    """Put dead letters (these --id, or all) back in front of their keys, due now."""
+    with opened(url) as store:
+        count = Batcher(store, batcher).replay(ids or None)
+    console.print(f"replayed {count} items of {batcher!r}")
+
+
+@dead_letters_app.command("purge")
+@reports_errors
+def dead_letters_purge(
+    batcher: BatcherArg,
+    ids: IdsOption = None,
+    older_than: Annotated[
+        float | None, typer.Option(min=0, help="Purge those that died over this many seconds ago.")
+    ] = None,
+    purge_all: Annotated[bool, typer.Option("--all", help="Purge every dead letter of BATCHER.")] = False,
+    url: UrlOption = None,
+) -> None:
+    """Delete dead letters: by --id, by --older-than, or --all of them."""
+    chosen = sum((bool(ids), older_than is not None, purge_all))
+    if chosen != 1:
+        fail("say which dead letters to purge: --id ID..., --older-than SECONDS or --all (one of them)")
+    with opened(url) as store:
+        count = Batcher(store, batcher).purge_dead(ids or None, older_than)
+    console.print(f"purged {count} dead letters of {batcher!r}")
+
+
+if __name__ == "__main__":
+    app()
