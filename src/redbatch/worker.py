@@ -41,6 +41,7 @@ class _Running:
     claimed: ClaimedBatch
     task: asyncio.Task[None] | None = None
     lost: bool = False
+    settling: bool = False  # its outcome is being written: a refused heartbeat is no loss
 
 
 @dataclass(frozen=True)
@@ -293,6 +294,7 @@ class Worker:
 
     async def _settle(self, running: _Running, failure: _Failure | None) -> None:
         batcher, claimed = running.batcher, running.claimed
+        running.settling = True
         lease = claimed.lease
         now = self.clock()
         if failure is None:
@@ -344,7 +346,7 @@ class Worker:
                     log.error("heartbeat for %s failed: %s", batcher.name, exc)
                     continue
                 for run, ok in zip(runs, held, strict=True):
-                    if not ok:
+                    if not ok and not run.settling:
                         run.lost = True
                         log.warning(
                             "lost the lease of batch %s of %s/%s",
