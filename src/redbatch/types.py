@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 Clock = Callable[[], int]
 """A function returning the current time in integer milliseconds since the epoch."""
@@ -32,9 +32,12 @@ class QueueSpec:
     lease_ms: int
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One validated item, encoded, ready to be appended under ``key``."""
+class Entry(NamedTuple):
+    """One validated item, encoded, ready to be appended under ``key``.
+
+    A NamedTuple rather than a frozen dataclass: ``add_many`` builds one per item, and
+    a tuple is built several times faster.
+    """
 
     key: str
     payload: bytes  # UTF-8 JSON

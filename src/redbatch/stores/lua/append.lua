@@ -22,18 +22,18 @@ while i <= #ARGV do
     end
   end
   if #entries > 0 then
-    local before = redis.call('LLEN', items)
-    push_all(items, entries, false)
+    local before = push_all(items, entries, false) - #entries
     total = total + #entries
+    local state = redis.call('HMGET', kh, 'first', 'st')
     local first = now
     if before == 0 then
       redis.call('HSET', kh, 'first', now, 'last', now)
       redis.call('ZADD', age, now, key)
     else
       redis.call('HSET', kh, 'last', now)
-      first = tonumber(redis.call('HGET', kh, 'first'))
+      first = tonumber(state[1])
     end
-    if redis.call('HEXISTS', kh, 'st') == 0 then
+    if not state[2] then
       local deadline = due_at(first, now, before + #entries, now, max_items, max_wait, idle)
       local old = redis.call('ZSCORE', due, key)
       if old == false or tonumber(old) ~= deadline then

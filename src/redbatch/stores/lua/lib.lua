@@ -23,11 +23,13 @@ local function due_at(first, last, pending, now, max_items, max_wait, idle)
   return deadline
 end
 
+-- Push entries in chunks (unpack has a stack limit); returns the list's new length.
 local function push_all(list, entries, left)
-  local cmd = left and 'LPUSH' or 'RPUSH'
+  local cmd, length = left and 'LPUSH' or 'RPUSH', 0
   for i = 1, #entries, 1000 do
-    redis.call(cmd, list, unpack(entries, i, math.min(i + 999, #entries)))
+    length = redis.call(cmd, list, unpack(entries, i, math.min(i + 999, #entries)))
   end
+  return length
 end
 
 local BATCH_FIELDS = {'bid', 'st', 'attempt', 'tok', 'created', 'n', 'err'}
