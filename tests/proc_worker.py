@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import threading
 import time
 
 import orjson
@@ -42,7 +43,14 @@ def main() -> None:
         time.sleep(0.002)
         write("end", batch)
 
-    redbatch.Worker(store, [batcher], concurrency=4).run()
+    worker = redbatch.Worker(store, [batcher], concurrency=4)
+
+    def announce() -> None:  # signal handlers are installed once the worker has started
+        worker.started.wait()
+        record.write(orjson.dumps({"event": "ready", "pid": os.getpid()}) + b"\n")
+
+    threading.Thread(target=announce, daemon=True).start()
+    worker.run()
 
 
 if __name__ == "__main__":
