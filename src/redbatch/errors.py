@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class RedbatchError(Exception):
     """Base class of every error redbatch raises on purpose."""
@@ -29,3 +31,16 @@ class StoreUnavailable(RedbatchError, ConnectionError):
 
 class LeaseLost(RedbatchError):
     """A batch was reclaimed by another worker; this worker may no longer write for it."""
+
+
+class ItemsFailed(RedbatchError):
+    """Raised by a handler: only the items at ``indexes`` failed; the rest are done.
+
+    The batch keeps its id and shrinks to the failed items, which are retried with backoff
+    and, after ``max_attempts``, dead-lettered alone: a poison item does not sink its batch.
+    """
+
+    def __init__(self, indexes: Iterable[int], reason: str = "some items failed") -> None:
+        self.indexes = tuple(indexes)
+        self.reason = reason
+        super().__init__(f"{reason} (items {list(self.indexes)})")

@@ -23,7 +23,7 @@ from typing import Any, TypeVar, cast
 import orjson
 
 from redbatch.batcher import Batcher
-from redbatch.errors import ConfigError, StoreUnavailable
+from redbatch.errors import ConfigError, ItemsFailed, StoreUnavailable
 from redbatch.stores.base import Store, Waiter
 from redbatch.types import Batch, ClaimedBatch, Clock, system_clock
 
@@ -48,6 +48,7 @@ class _Running:
 class _Failure:
     error: str
     retryable: bool = True
+    keep: tuple[int, ...] | None = None  # only these items failed
 
 
 @dataclass
@@ -284,6 +285,8 @@ class Worker:
                 await asyncio.wait_for(coro, batcher.timeout)
             else:
                 await coro
+        except ItemsFailed as exc:
+            return _items_failed(exc, len(batch.items))
         except TimeoutError:
             return _Failure(f"handler timed out after {batcher.timeout} seconds")
         except asyncio.CancelledError:
@@ -302,7 +305,9 @@ class Worker:
             outcome = "succeeded"
         else:
             retry_at = batcher.retry_at(claimed.attempt, now) if failure.retryable else None
-            held = await self._call(self.store.fail, batcher.spec, lease, now, failure.error, retry_at)
+            held = await self._call(
+                self.store.fail, batcher.spec, lease, now, failure.error, retry_at, failure.keep
+            )
             outcome = "retried" if retry_at is not None else "dead"
             log.warning(
                 "batch %s of %s/%s failed (attempt %d): %s",
@@ -381,6 +386,18 @@ class Worker:
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await self._loop_().run_in_executor(self._store_pool, fn, *args)
+
+
+def _items_failed(exc: ItemsFailed, size: int) -> _Failure | None:
+    """The failure a handler reported for some items; None when it named none."""
+    indexes = sorted(set(exc.indexes))
+    if not indexes:
+        return None
+    if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < size for i in indexes):
+        return _Failure(f"ItemsFailed named indexes outside the batch of {size}: {indexes}; {exc.reason}")
+    if len(indexes) == size:
+        return _Failure(f"ItemsFailed: {exc.reason}")
+    return _Failure(f"ItemsFailed: {exc.reason}", keep=tuple(indexes))
 
 
 def decode_batch(claimed: ClaimedBatch) -> Batch:

@@ -115,3 +115,24 @@ def test_no_retry_after_the_last_attempt(store: Store, clock: FakeClock) -> None
     b = make(store, clock, max_attempts=3)
     assert b.retry_at(2, 0) is not None
     assert b.retry_at(3, 0) is None
+
+
+def test_a_partial_failure_shrinks_the_batch_to_its_failed_items(store: Store, clock: FakeClock) -> None:
+    b = make(store, clock, max_wait=0)
+    b.add_many([("k", "ok-0"), ("k", "poison-1"), ("k", "ok-2"), ("k", "poison-3")])
+    first = claim_one(b)
+    now = clock.now
+    assert store.fail(b.spec, first.lease, now, "2 bad items", now + 1000, keep=[1, 3])
+    assert b.stats().flushed_items == 2
+    clock.advance(1)
+    retry = claim_one(b)
+    assert (retry.lease.batch_id, items(retry), retry.attempt) == (
+        first.lease.batch_id,
+        ["poison-1", "poison-3"],
+        2,
+    )
+    assert store.fail(b.spec, retry.lease, clock.now, "still bad", None, keep=[1])
+    (dead,) = b.dead_letters()
+    assert (dead.id, dead.items, dead.error) == (first.lease.batch_id, ["poison-3"], "still bad")
+    s = b.stats()
+    assert (s.flushed_items, s.flushed_batches, s.dead, s.open_keys) == (3, 0, 1, 0)

@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+import redbatch
 from redbatch import Batch, Batcher, Worker
 from redbatch.stores.base import Store
 from redbatch.types import Entry
@@ -223,3 +224,26 @@ def test_add_async(store: Store) -> None:
 
     asyncio.run(produce())
     assert [p.value for p in b.peek("k")] == [1, 2]
+
+
+def test_a_poison_item_does_not_sink_its_batch(store: Store) -> None:
+    b = Batcher(store, "partial", max_items=10, max_wait=0.05, max_attempts=2, backoff=0.01)
+    stored: list[Any] = []
+    calls: list[tuple[str, list[Any]]] = []
+
+    @b.handler
+    def save(batch: Batch) -> None:
+        calls.append((batch.id, list(batch.items)))
+        poison = [i for i, item in enumerate(batch.items) if item == "poison"]
+        stored.extend(item for item in batch.items if item != "poison")
+        if poison:
+            raise redbatch.ItemsFailed(poison, "cannot parse")
+
+    with running(Worker(store, [b], handle_signals=False)):
+        b.add_many([("k", "a"), ("k", "poison"), ("k", "b")])
+        wait_until(lambda: b.stats().dead == 1)
+    assert stored == ["a", "b"]
+    assert [items for _, items in calls] == [["a", "poison", "b"], ["poison"]]
+    assert len({batch_id for batch_id, _ in calls}) == 1  # one batch id throughout
+    (dead,) = b.dead_letters()
+    assert dead.items == ["poison"] and "cannot parse" in dead.error

@@ -256,7 +256,15 @@ class MemoryStore:
             self._reschedule(spec, queue, lease.key, state, now_ms)
             return True
 
-    def fail(self, spec: QueueSpec, lease: Lease, now_ms: int, error: str, retry_at_ms: int | None) -> bool:
+    def fail(
+        self,
+        spec: QueueSpec,
+        lease: Lease,
+        now_ms: int,
+        error: str,
+        retry_at_ms: int | None,
+        keep: Sequence[int] | None = None,
+    ) -> bool:
         with self._lock:
             queue = self._queue(spec)
             state = self._held(queue, lease)
@@ -265,6 +273,10 @@ class MemoryStore:
             current = state.current
             queue.in_flight -= 1
             current.error = error
+            if keep is not None:
+                kept = tuple(current.items[i] for i in keep)
+                queue.flushed_items += len(current.items) - len(kept)
+                current.items = kept
             if retry_at_ms is None:
                 self._bury(queue, lease.key, current, error, now_ms)
                 state.current = None

@@ -320,10 +320,19 @@ class RedisStore:
         return bool(self._eval("ack", keys=[part.due, part.stats], args=args))
 
     @_unavailable
-    def fail(self, spec: QueueSpec, lease: Lease, now_ms: int, error: str, retry_at_ms: int | None) -> bool:
+    def fail(
+        self,
+        spec: QueueSpec,
+        lease: Lease,
+        now_ms: int,
+        error: str,
+        retry_at_ms: int | None,
+        keep: Sequence[int] | None = None,
+    ) -> bool:
         part = self._partition_of(spec.name, lease.key)
         args = self._settle_args(spec, part, lease, now_ms)
         args += (error, "" if retry_at_ms is None else retry_at_ms)
+        args.append("" if keep is None else ",".join(map(str, keep)))
         return bool(self._eval("fail", keys=[part.due, part.stats, part.dead], args=args))
 
     # ------------------------------------------------------------------ operators
