@@ -122,7 +122,7 @@ class BatchingModel(RuleBasedStateMachine):
         model = self.keys[name]
         now = self.clock.now
         if outcome == "ack":
-            assert self.store.ack(self.batcher.spec, batch.lease, now)
+            assert self.store.ack(self.batcher.spec, [batch.lease], now) == [True]
         else:
             retry_at = now + 500 if outcome == "retry" else None
             assert self.store.fail(self.batcher.spec, batch.lease, now, "boom", retry_at)
@@ -130,7 +130,7 @@ class BatchingModel(RuleBasedStateMachine):
             model.running, model.retry_at = False, now + 500
         else:
             model.batch_id, model.batch_items, model.running = None, [], False
-        assert not self.store.ack(self.batcher.spec, batch.lease, now)  # settled once only
+        assert self.store.ack(self.batcher.spec, [batch.lease], now) == [False]  # settled once only
 
     @invariant()
     def counters_match(self) -> None:

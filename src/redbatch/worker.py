@@ -25,7 +25,7 @@ import orjson
 from redbatch.batcher import Batcher
 from redbatch.errors import ConfigError, ItemsFailed, StoreUnavailable
 from redbatch.stores.base import Store, Waiter
-from redbatch.types import Batch, ClaimedBatch, Clock, system_clock
+from redbatch.types import Batch, ClaimedBatch, Clock, Lease, system_clock
 
 log = logging.getLogger("redbatch.worker")
 
@@ -33,6 +33,7 @@ T = TypeVar("T")
 MAX_SLEEP = 2.0
 JANITOR_INTERVAL = 60.0
 MAX_ERROR_LENGTH = 4000
+ACK_GROUP = 512  # most batches acknowledged in one store call
 
 
 @dataclass(eq=False)
@@ -103,6 +104,8 @@ class Worker:
         self._stop_event: asyncio.Event | None = None
         self._changed: asyncio.Event | None = None
         self._signals = 0
+        self._acks: dict[str, list[tuple[Lease, asyncio.Future[bool]]]] = {}
+        self._ackers: dict[str, asyncio.Task[None]] = {}
         self.started = threading.Event()
 
     # ------------------------------------------------------------------ lifecycle
@@ -301,7 +304,7 @@ class Worker:
         lease = claimed.lease
         now = self.clock()
         if failure is None:
-            held = await self._call(self.store.ack, batcher.spec, lease, now)
+            held = await self._ack(batcher, lease)
             outcome = "succeeded"
         else:
             retry_at = batcher.retry_at(claimed.attempt, now) if failure.retryable else None
@@ -333,6 +336,35 @@ class Worker:
             self.counters.retried += 1
         else:
             self.counters.dead_lettered += 1
+
+    async def _ack(self, batcher: Batcher, lease: Lease) -> bool:
+        """Acknowledge with group commit: batches that finish while an acknowledgement is on
+        its way to the store go together in the next one, one round trip (one SQLite
+        transaction) for many batches."""
+        done: asyncio.Future[bool] = self._loop_().create_future()
+        self._acks.setdefault(batcher.name, []).append((lease, done))
+        if batcher.name not in self._ackers:
+            task = asyncio.create_task(self._ack_loop(batcher), name=f"redbatch-ack-{batcher.name}")
+            self._ackers[batcher.name] = task
+        return await done
+
+    async def _ack_loop(self, batcher: Batcher) -> None:
+        # Single-threaded asyncio: nothing runs between the emptiness check and the ``finally``,
+        # so an acknowledgement queued after the last round always finds this task or a new one.
+        try:
+            while pending := self._acks.get(batcher.name):
+                group, self._acks[batcher.name] = pending[:ACK_GROUP], pending[ACK_GROUP:]
+                leases = [lease for lease, _ in group]
+                try:
+                    held = await self._call(self.store.ack, batcher.spec, leases, self.clock())
+                except Exception as exc:  # noqa: BLE001 - handed to every waiter in the group
+                    for _, done in group:
+                        done.set_exception(exc)
+                    continue
+                for (_, done), ok in zip(group, held, strict=True):
+                    done.set_result(ok)
+        finally:
+            del self._ackers[batcher.name]
 
     async def _heartbeat_loop(self) -> None:
         interval = min(b.spec.lease_ms for b in self.batchers) / 3000

@@ -33,7 +33,8 @@ def items(claimed: ClaimedBatch) -> list[Any]:
 
 
 def ack(batcher: Batcher, claimed: ClaimedBatch) -> bool:
-    return batcher.store.ack(batcher.spec, claimed.lease, batcher.clock())
+    (held,) = batcher.store.ack(batcher.spec, [claimed.lease], batcher.clock())
+    return held
 
 
 def fail(batcher: Batcher, claimed: ClaimedBatch, error: str = "boom", retry_in: float | None = 1.0) -> bool:

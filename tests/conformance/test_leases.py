@@ -46,7 +46,7 @@ def test_forged_leases_are_refused(store: Store, clock: FakeClock) -> None:
         Lease("k", "not-the-id", real.lease.fencing_token),
         Lease("other", real.lease.batch_id, real.lease.fencing_token),
     ):
-        assert not b.store.ack(b.spec, forged, clock.now)
+        assert b.store.ack(b.spec, [forged], clock.now) == [False]
     assert ack(b, real)
 
 
@@ -88,3 +88,20 @@ def test_items_waiting_behind_a_lost_batch_follow_it(store: Store, clock: FakeCl
     nxt = claim_one(b)  # "lost" is buried, "next" is served in the same claim
     assert items(nxt) == ["next"]
     assert [d.items for d in b.dead_letters()] == [["lost"]]
+
+
+def test_acknowledgements_go_in_groups_and_each_is_fenced(store: Store, clock: FakeClock) -> None:
+    b = make(store, clock, lease=1, max_wait=0, max_items=1)
+    b.add_many([("a", 1), ("b", 2), ("c", 3), ("a", 4)])
+    first = {c.lease.key: c for c in claim(b)}
+    assert store.heartbeat(b.spec, [first["a"].lease, first["b"].lease], clock.now + 5000) == [True, True]
+    clock.advance(1)
+    stale = first["c"]
+    fresh_c = claim_one(b)  # c's lease lapsed and was reclaimed
+    leases = [first["a"].lease, stale.lease, first["b"].lease]
+    assert store.ack(b.spec, leases, clock.now) == [True, False, True]
+    assert store.ack(b.spec, [], clock.now) == []
+    s = b.stats()
+    assert (s.flushed_batches, s.in_flight) == (2, 1)
+    assert [items(c) for c in claim(b)] == [[4]]  # a's next batch follows its acknowledgement
+    assert ack(b, fresh_c)

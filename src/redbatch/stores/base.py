@@ -58,11 +58,27 @@ class Store(Protocol):
     def heartbeat(self, spec: QueueSpec, leases: Sequence[Lease], lease_until_ms: int) -> list[bool]:
         """Extend leases that are still held; False for each one lost to another worker."""
 
-    def ack(self, spec: QueueSpec, lease: Lease, now_ms: int) -> bool:
-        """Finish a batch; False (and nothing changed) when the lease was lost."""
+    def ack(self, spec: QueueSpec, leases: Sequence[Lease], now_ms: int) -> list[bool]:
+        """Finish batches in one step; False (and nothing changed) for each lease that was lost.
 
-    def fail(self, spec: QueueSpec, lease: Lease, now_ms: int, error: str, retry_at_ms: int | None) -> bool:
-        """Schedule a retry at ``retry_at_ms``, or dead-letter the batch when it is None."""
+        Workers acknowledge in groups: every batch finished while the previous
+        acknowledgement was on its way goes in the next one (group commit).
+        """
+
+    def fail(
+        self,
+        spec: QueueSpec,
+        lease: Lease,
+        now_ms: int,
+        error: str,
+        retry_at_ms: int | None,
+        keep: Sequence[int] | None = None,
+    ) -> bool:
+        """Schedule a retry at ``retry_at_ms``, or dead-letter the batch when it is None.
+
+        With ``keep`` (sorted item indexes), only those items failed: the batch keeps its id
+        and shrinks to them first, and the others count as flushed.
+        """
 
     def clear(self, spec: QueueSpec, key: str) -> int:
         """Drop a key's pending items and any batch waiting to retry; return how many items."""

@@ -242,19 +242,22 @@ class MemoryStore:
                 held.append(state is not None)
             return held
 
-    def ack(self, spec: QueueSpec, lease: Lease, now_ms: int) -> bool:
+    def ack(self, spec: QueueSpec, leases: Sequence[Lease], now_ms: int) -> list[bool]:
         with self._lock:
             queue = self._queue(spec)
-            state = self._held(queue, lease)
-            if state is None or state.current is None:
-                return False
-            queue.in_flight -= 1
-            queue.flushed_batches += 1
-            queue.flushed_items += len(state.current.items)
-            queue.last_flush_at = now_ms
-            state.current = None
-            self._reschedule(spec, queue, lease.key, state, now_ms)
-            return True
+            held = []
+            for lease in leases:
+                state = self._held(queue, lease)
+                held.append(state is not None and state.current is not None)
+                if state is None or state.current is None:
+                    continue
+                queue.in_flight -= 1
+                queue.flushed_batches += 1
+                queue.flushed_items += len(state.current.items)
+                queue.last_flush_at = now_ms
+                state.current = None
+                self._reschedule(spec, queue, lease.key, state, now_ms)
+            return held
 
     def fail(
         self,

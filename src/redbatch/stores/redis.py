@@ -314,10 +314,20 @@ class RedisStore:
         ]
 
     @_unavailable
-    def ack(self, spec: QueueSpec, lease: Lease, now_ms: int) -> bool:
-        part = self._partition_of(spec.name, lease.key)
-        args = self._settle_args(spec, part, lease, now_ms)
-        return bool(self._eval("ack", keys=[part.due, part.stats], args=args))
+    def ack(self, spec: QueueSpec, leases: Sequence[Lease], now_ms: int) -> list[bool]:
+        by_part: dict[_Partition, list[int]] = defaultdict(list)
+        for index, lease in enumerate(leases):
+            by_part[self._partition_of(spec.name, lease.key)].append(index)
+        held = [False] * len(leases)
+        for part, indexes in by_part.items():
+            args: list[Any] = [part.base, now_ms, *self._rule_args(spec), self._channel(spec.name)]
+            for index in indexes:
+                lease = leases[index]
+                args += (lease.key, lease.batch_id, lease.fencing_token)
+            results = self._eval("ack", keys=[part.due, part.stats], args=args)
+            for index, ok in zip(indexes, results, strict=True):
+                held[index] = bool(ok)
+        return held
 
     @_unavailable
     def fail(

@@ -1,20 +1,30 @@
--- ack: finish a running batch and schedule the key's next one.
+-- ack: finish running batches and schedule each key's next one.
 -- KEYS[1] due zset, KEYS[2] stats hash
 -- ARGV[1] base, ARGV[2] now_ms, ARGV[3] max_items, ARGV[4] max_wait_ms, ARGV[5] idle_ms,
--- ARGV[6] wake channel, ARGV[7] key, ARGV[8] batch id, ARGV[9] fencing token
--- Returns 1, or 0 (nothing changed) when the lease is no longer held.
+-- ARGV[6] wake channel, then triples (key, batch id, fencing token)
+-- Returns 1 per batch finished, 0 per lease no longer held (nothing changed for it).
 local due, stats, base, now = KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2])
-local key = ARGV[7]
-local kh = base .. 'k:' .. key
-if not holds(kh, ARGV[8], ARGV[9]) then return 0 end
-local n = tonumber(redis.call('HGET', kh, 'n'))
-redis.call('DEL', base .. 'b:' .. key)
-redis.call('HDEL', kh, unpack(BATCH_FIELDS))
-redis.call('HINCRBY', stats, 'in_flight', -1)
-redis.call('HINCRBY', stats, 'flushed_batches', 1)
-redis.call('HINCRBY', stats, 'flushed_items', n)
-redis.call('HSET', stats, 'last_flush', now)
-if reschedule(base, due, key, now, tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])) then
-  redis.call('PUBLISH', ARGV[6], '1')
+local max_items, max_wait, idle = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local held, batches, items, wake = {}, 0, 0, false
+for i = 7, #ARGV, 3 do
+  local key = ARGV[i]
+  local kh = base .. 'k:' .. key
+  if holds(kh, ARGV[i + 1], ARGV[i + 2]) then
+    items = items + tonumber(redis.call('HGET', kh, 'n'))
+    batches = batches + 1
+    redis.call('DEL', base .. 'b:' .. key)
+    redis.call('HDEL', kh, unpack(BATCH_FIELDS))
+    if reschedule(base, due, key, now, max_items, max_wait, idle) then wake = true end
+    held[#held + 1] = 1
+  else
+    held[#held + 1] = 0
+  end
 end
-return 1
+if batches > 0 then
+  redis.call('HINCRBY', stats, 'in_flight', -batches)
+  redis.call('HINCRBY', stats, 'flushed_batches', batches)
+  redis.call('HINCRBY', stats, 'flushed_items', items)
+  redis.call('HSET', stats, 'last_flush', now)
+end
+if wake then redis.call('PUBLISH', ARGV[6], '1') end
+return held
