@@ -26,7 +26,8 @@ class NotFound(RedbatchError, LookupError):
 
 
 class StoreUnavailable(RedbatchError, ConnectionError):
-    """The store could not be reached within the configured time."""
+    """The store could not be reached within the configured time, or refused to write
+    (a read-only replica during a failover, out of memory, still loading)."""
 
 
 class LeaseLost(RedbatchError):

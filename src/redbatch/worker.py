@@ -11,6 +11,7 @@ against a lost wake-up message).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import threading
@@ -23,7 +24,7 @@ from typing import Any, TypeVar, cast
 import orjson
 
 from redbatch.batcher import Batcher
-from redbatch.errors import ConfigError, ItemsFailed, StoreUnavailable
+from redbatch.errors import ConfigError, ItemsFailed
 from redbatch.stores.base import Store, Waiter
 from redbatch.types import Batch, ClaimedBatch, Clock, Lease, system_clock
 
@@ -33,7 +34,10 @@ T = TypeVar("T")
 MAX_SLEEP = 2.0
 JANITOR_INTERVAL = 60.0
 MAX_ERROR_LENGTH = 4000
-ACK_GROUP = 512  # most batches acknowledged in one store call
+ACK_GROUP = 512
+STORE_ERROR_PAUSE = (
+    0.5  # seconds before trying a failing store again  # most batches acknowledged in one store call
+)
 
 
 @dataclass(eq=False)
@@ -98,7 +102,7 @@ class Worker:
         self.clock = clock
         self.handle_signals = handle_signals
         self.counters = WorkerCounters()
-        self._running: dict[str, _Running] = {}
+        self._running: dict[str, _Running] = {}  # by batch id
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested = threading.Event()
         self._stop_event: asyncio.Event | None = None
@@ -117,9 +121,10 @@ class Worker:
     def stop(self) -> None:
         """Ask the worker to stop: no new claims, in-flight batches finish. Thread-safe."""
         self._stop_requested.set()
-        loop = self._loop
-        if loop is not None and self._stop_event is not None:
-            loop.call_soon_threadsafe(self._stop_event.set)
+        loop, event = self._loop, self._stop_event
+        if loop is not None and event is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already closed: run() returned
+                loop.call_soon_threadsafe(event.set)
 
     async def run_async(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -155,6 +160,7 @@ class Worker:
             self._handler_pool.shutdown(wait=False, cancel_futures=True)
             self._wake_pool.shutdown(wait=False, cancel_futures=True)
             self._store_pool.shutdown(wait=True)
+            self._loop = None
             log.info("worker stopped")
 
     def _install_signal_handlers(self) -> None:
@@ -223,8 +229,9 @@ class Worker:
                 break
             try:
                 batches = await self._call(self.store.claim_due, batcher.spec, self.clock(), free)
-            except StoreUnavailable as exc:
+            except Exception as exc:  # noqa: BLE001 - a store failure never kills the worker
                 log.error("claiming from %s failed: %s", batcher.name, exc)
+                await asyncio.sleep(STORE_ERROR_PAUSE)
                 continue
             for batch in batches:
                 self._start(batcher, batch)
@@ -238,9 +245,9 @@ class Worker:
         for batcher in self.batchers:
             try:
                 due = await self._call(self.store.next_due_ms, batcher.spec)
-            except StoreUnavailable as exc:
+            except Exception as exc:  # noqa: BLE001 - a store failure never kills the worker
                 log.error("reading deadlines of %s failed: %s", batcher.name, exc)
-                return MAX_SLEEP / 4
+                return STORE_ERROR_PAUSE
             if due is not None and (soonest is None or due < soonest):
                 soonest = due
         if soonest is None:
@@ -251,6 +258,15 @@ class Worker:
 
     def _start(self, batcher: Batcher, claimed: ClaimedBatch) -> None:
         self.counters.claimed += 1
+        existing = self._running.get(claimed.lease.batch_id)
+        if existing is not None and not existing.settling:
+            # This worker lost the lease (a store outage stopped its heartbeats) and won it
+            # back: the handler still runs here, so it takes the new lease instead of a
+            # second run of the same batch beside it.
+            existing.claimed = claimed
+            existing.lost = False
+            log.info("re-leased batch %s, still running here", claimed.lease.batch_id)
+            return
         running = _Running(batcher, claimed)
         self._running[claimed.lease.batch_id] = running
         running.task = asyncio.create_task(self._run(running), name=f"redbatch-{claimed.lease.batch_id}")
@@ -264,7 +280,8 @@ class Worker:
         except Exception:  # a store failure while settling: the lease lapses, another retries
             log.exception("could not record the outcome of batch %s", running.claimed.lease.batch_id)
         finally:
-            self._running.pop(running.claimed.lease.batch_id, None)
+            if self._running.get(running.claimed.lease.batch_id) is running:
+                del self._running[running.claimed.lease.batch_id]
             assert self._changed is not None
             self._changed.set()
 
@@ -278,16 +295,17 @@ class Worker:
         handler = batcher.handler_fn
         assert handler is not None
         try:
-            coro: Awaitable[None]
             if batcher.handler_is_async:
                 coro = cast(Awaitable[None], handler(batch))
+                if batcher.timeout is None:
+                    await coro
+                else:
+                    await asyncio.wait_for(coro, batcher.timeout)  # cancels the handler
             else:
                 sync_handler = cast(Callable[[Batch], None], handler)
-                coro = self._loop_().run_in_executor(self._handler_pool, sync_handler, batch)
-            if batcher.timeout is not None:
-                await asyncio.wait_for(coro, batcher.timeout)
-            else:
-                await coro
+                call = self._loop_().run_in_executor(self._handler_pool, sync_handler, batch)
+                if await self._sync_timed_out(call, running):
+                    return _Failure(f"handler timed out after {batcher.timeout} seconds")
         except ItemsFailed as exc:
             return _items_failed(exc, len(batch.items))
         except TimeoutError:
@@ -297,6 +315,32 @@ class Worker:
         except BaseException as exc:  # noqa: BLE001 - a handler's failure never kills the worker
             return _Failure("".join(traceback.format_exception(exc))[-MAX_ERROR_LENGTH:])
         return None
+
+    async def _sync_timed_out(self, call: asyncio.Future[None], running: _Running) -> bool:
+        """Wait for a sync handler; True when it ran past the batcher's timeout.
+
+        Python cannot stop a thread: a sync handler past its timeout keeps its key, its lease
+        (heartbeats go on) and its worker slot until it returns, so no other batch of the
+        key runs meanwhile and nothing queues behind its thread; then the attempt fails.
+        Async handlers are cancelled at their timeout instead.
+        """
+        timeout = running.batcher.timeout
+        if timeout is None:
+            await call
+            return False
+        done, _ = await asyncio.wait({call}, timeout=timeout)
+        if done:
+            call.result()
+            return False
+        lease = running.claimed.lease
+        log.warning(
+            "sync handler of batch %s of %s/%s passed its %s s timeout; it cannot be interrupted, so "
+            "the key stays leased until it returns, then the attempt fails",
+            lease.batch_id, running.batcher.name, lease.key, timeout,
+        )  # fmt: skip
+        with contextlib.suppress(BaseException):
+            await call
+        return True
 
     async def _settle(self, running: _Running, failure: _Failure | None) -> None:
         batcher, claimed = running.batcher, running.claimed

@@ -22,7 +22,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from redbatch.errors import StoreUnavailable
+from redbatch.errors import RedbatchError, StoreUnavailable
 from redbatch.stores.base import LEASE_EXPIRED_ERROR, Waiter, mask_url, new_batch_id
 from redbatch.types import ClaimedBatch, DeadRecord, Entry, Lease, QueueCounters, QueueSpec
 
@@ -32,10 +32,14 @@ P = ParamSpec("P")
 T = TypeVar("T")
 _SCRIPTS = ("append", "claim", "heartbeat", "ack", "fail", "clear", "flush", "replay", "purge")
 _CHUNK = 500
+# Error prefixes of a Redis that is up but cannot take writes now; OOM included: with
+# noeviction, Redis refuses writes until memory is freed.
+_REFUSALS = {"READONLY", "OOM", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY", "NOREPLICAS"}
 
 
 def _unavailable(fn: Callable[P, T]) -> Callable[P, T]:
-    """Turn redis-py's connection failures into StoreUnavailable."""
+    """Turn redis-py's failures into redbatch errors: StoreUnavailable when Redis cannot be
+    reached or refuses writes (READONLY during a failover, OOM, LOADING, ...)."""
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -43,6 +47,10 @@ def _unavailable(fn: Callable[P, T]) -> Callable[P, T]:
             return fn(*args, **kwargs)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+        except redis.ResponseError as exc:
+            if str(exc).split(" ", 1)[0] in _REFUSALS or isinstance(exc, redis.ReadOnlyError):
+                raise StoreUnavailable(f"Redis refused the command: {exc}") from exc
+            raise RedbatchError(f"Redis error: {exc}") from exc
 
     return wrapper
 
