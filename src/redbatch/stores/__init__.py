@@ -50,7 +50,7 @@ def connect(url: str | None = None, *, check: bool = True, **overrides: object) 
         from redbatch.stores.sqlite import SQLiteStore, sqlite_path  # noqa: PLC0415 - on demand
 
         sqlite_store: Store = SQLiteStore(
-            sqlite_path(settings.url), busy_timeout=settings.sqlite_busy_timeout
+            sqlite_path(settings.url), busy_timeout=settings.sqlite_busy_timeout, url=settings.url
         )
         return sqlite_store
     raise ConfigError(f"unknown store URL scheme {parts.scheme!r} in {settings.url!r}; use one of {SCHEMES}")

@@ -1,0 +1,608 @@
+"""What only the SQLite store has: its URL, its file, its locks, and processes sharing it.
+
+The protocol's semantics are the conformance suite's job; here a state machine also checks
+that every operation answers exactly as the in-memory reference store does.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+import redbatch
+from redbatch.errors import ConfigError, StoreUnavailable
+from redbatch.stores.memory import MemoryStore
+from redbatch.stores.sqlite import (
+    SCHEMA_VERSION,
+    SELECT_DUE,
+    SELECT_NEXT_DUE,
+    SELECT_OLDEST,
+    SQLiteStore,
+    sqlite_path,
+)
+from redbatch.types import ClaimedBatch, DeadRecord, Entry, Lease, QueueSpec
+from tests.conformance.test_worker import DEADLINE, running, wait_until
+
+SPEC = QueueSpec("b", max_items=3, max_wait_ms=1000, idle_ms=0, dedupe=False, max_attempts=2, lease_ms=500)
+SPAWN = multiprocessing.get_context("spawn")
+
+
+def entries(key: str, *values: int) -> list[Entry]:
+    return [Entry(key, str(v).encode(), "") for v in values]
+
+
+# ---------------------------------------------------------------- URLs and opening
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("sqlite:///relative.db", "relative.db"),
+        ("sqlite:///./here/redbatch.db", "./here/redbatch.db"),
+        ("sqlite:///my%20file.db", "my file.db"),
+        ("SQLITE:///upper.db", "upper.db"),
+    ],
+)
+def test_a_url_names_a_file_relative_to_the_cwd(
+    url: str, path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert sqlite_path(url) == path
+
+
+def test_four_slashes_name_an_absolute_path_whose_folder_is_created(tmp_path: Path) -> None:
+    target = tmp_path / "new" / "folder" / "x.db"
+    assert sqlite_path(f"sqlite:///{target}") == str(target)
+    assert target.parent.is_dir()
+
+
+@pytest.mark.parametrize(
+    ("url", "complaint"),
+    [
+        ("sqlite://", "file name"),
+        ("sqlite:///", "file name"),
+        ("sqlite:///folder/", "file name"),
+        ("sqlite://host/x.db", "no host"),
+        ("sqlite:///:memory:", "memory://"),
+        ("sqlite:///x.db?mode=memory", "no query"),
+        ("redis://localhost/0", "not a sqlite"),
+    ],
+)
+def test_bad_urls_are_config_errors(url: str, complaint: str) -> None:
+    with pytest.raises(ConfigError, match=complaint):
+        sqlite_path(url)
+
+
+def test_connect_keeps_the_url_and_is_durable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = redbatch.connect("sqlite:///data/r.db")
+    try:
+        assert isinstance(store, SQLiteStore)
+        assert store.url == "sqlite:///data/r.db"
+        assert store.durable is True
+        assert (tmp_path / "data" / "r.db").is_file()
+    finally:
+        store.close()
+
+
+def test_a_url_may_be_given_to_the_constructor(tmp_path: Path) -> None:
+    store = SQLiteStore(f"sqlite:///{tmp_path}/u.db")
+    assert store.url == f"sqlite:///{tmp_path}/u.db"
+    assert store.path == f"{tmp_path}/u.db"
+    store.close()
+
+
+def test_a_folder_is_not_a_database(tmp_path: Path) -> None:
+    with pytest.raises(StoreUnavailable, match="cannot be opened"):
+        SQLiteStore(str(tmp_path))
+
+
+def test_a_file_that_is_not_sqlite_is_refused_clearly(tmp_path: Path) -> None:
+    path = tmp_path / "notes.db"
+    path.write_bytes(b"these are not the pages you are looking for" * 100)
+    with pytest.raises(StoreUnavailable, match="not a SQLite database"):
+        SQLiteStore(str(path))
+
+
+def test_a_folder_that_cannot_be_created_is_store_unavailable(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StoreUnavailable, match="cannot create the folder"):
+        sqlite_path(f"sqlite:///{tmp_path}/file/sub/x.db")
+
+
+def test_bad_options_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        SQLiteStore(str(tmp_path / "x.db"), synchronous="OFF")
+    with pytest.raises(ConfigError):
+        SQLiteStore(str(tmp_path / "x.db"), busy_timeout=0)
+
+
+def test_the_file_is_wal_fully_synchronous_and_versioned(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "x.db"))
+    conn = store._conn()
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    store.close()
+
+
+def test_a_file_from_a_newer_redbatch_is_refused(tmp_path: Path) -> None:
+    SQLiteStore(str(tmp_path / "x.db")).close()
+    with sqlite3.connect(tmp_path / "x.db") as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(StoreUnavailable, match="newer"):
+        SQLiteStore(str(tmp_path / "x.db"))
+
+
+@pytest.mark.parametrize("query", [SELECT_DUE, SELECT_NEXT_DUE, SELECT_OLDEST])
+def test_finding_due_work_is_an_index_search_not_a_scan(tmp_path: Path, query: str) -> None:
+    store = SQLiteStore(str(tmp_path / "x.db"))
+    params = (SPEC.name, 0)[: query.count("?")]
+    plan = " | ".join(row[3] for row in store._conn().execute(f"EXPLAIN QUERY PLAN {query}", params))
+    assert "SEARCH keys USING" in plan and "INDEX" in plan, plan
+    assert "SCAN" not in plan and "TEMP B-TREE" not in plan, plan
+    store.close()
+
+
+# ---------------------------------------------------------------- transactions and locks
+
+
+def test_an_append_that_fails_half_way_stores_nothing(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "x.db"))
+    store.append(SPEC, entries("a", 1), 0)
+    unbindable = Entry("z", object(), "")  # type: ignore[arg-type]
+    with pytest.raises(sqlite3.Error):
+        store.append(SPEC, [*entries("a", 2), *entries("b", 3), unbindable], 0)
+    assert store.peek(SPEC, "a", 10) == [(0, b"1")]
+    assert store.peek(SPEC, "b", 10) == []
+    counters = store.counters(SPEC)
+    assert (counters.open_keys, counters.buffered_items) == (1, 1)
+    store.close()
+
+
+def test_a_writer_locked_out_too_long_gets_store_unavailable(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "x.db"), busy_timeout=0.2)
+    other = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="locked by another writer"):
+            store.append(SPEC, entries("a", 1), 0)
+        assert time.monotonic() - started < 5
+        assert store.counters(SPEC).buffered_items == 0  # readers are never blocked
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    store.append(SPEC, entries("a", 1), 0)
+    store.close()
+
+
+def test_threads_each_use_their_own_connection(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "x.db"), synchronous="NORMAL")
+    errors: list[BaseException] = []
+
+    def produce(n: int) -> None:
+        try:
+            for i in range(100):
+                store.append(SPEC, entries(f"k{i % 7}", n * 1000 + i), i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=produce, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(DEADLINE)
+    assert not errors
+    assert store.counters(SPEC).buffered_items == 800
+    assert sum(len(store.peek(SPEC, f"k{k}", 1000)) for k in range(7)) == 800
+    store.close()
+
+
+def test_close_from_another_thread_waits_for_running_operations(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "x.db"), synchronous="NORMAL")
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def produce(n: int) -> None:
+        try:
+            for i in range(200):
+                store.append(SPEC, entries(f"k{n}", i), i)
+                store.counters(SPEC)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=produce, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+
+    def close_repeatedly() -> None:
+        while not done.is_set():
+            store.close()
+
+    closer = threading.Thread(target=close_repeatedly)
+    closer.start()
+    for thread in threads:
+        thread.join(DEADLINE)
+    done.set()
+    closer.join(DEADLINE)
+    assert not errors
+    assert store.counters(SPEC).buffered_items == 800
+    store.close()
+
+
+def test_a_closed_store_reopens_on_next_use(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "x.db"))
+    store.append(SPEC, entries("a", 1), 0)
+    store.close()
+    store.append(SPEC, entries("a", 2), 0)
+    assert [p for _, p in store.peek(SPEC, "a", 10)] == [b"1", b"2"]
+    store.close()
+
+
+def test_a_payload_edited_by_hand_reaches_dead_letters_not_a_crash(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "x.db"))
+    batcher = redbatch.Batcher(store, "b", max_items=2, max_wait=0.01)
+    batcher.add("k", {"fine": True})
+    batcher.add("k", {"fine": False})
+    with sqlite3.connect(tmp_path / "x.db") as conn:
+        conn.execute("UPDATE pending SET payload = 'not json {' WHERE id = (SELECT MAX(id) FROM pending)")
+    batcher.handler(lambda batch: None)
+    with running(redbatch.Worker(store, [batcher], concurrency=2, handle_signals=False)):
+        wait_until(lambda: batcher.stats().dead == 1)
+    (dead,) = store.dead_letters(batcher.spec, 10, 0)
+    assert dead.error.startswith("corrupt data")
+    store.close()
+
+
+def test_replayed_items_are_still_deduplicated(tmp_path: Path) -> None:
+    """Dedupe collapses equal items while they wait, and a replayed item waits again."""
+    store = SQLiteStore(str(tmp_path / "x.db"))
+    spec = QueueSpec("d", 3, 1000, 0, True, 1, 500)
+    store.append(spec, [Entry("k", b"1", "one")], 0)
+    (claimed,) = store.claim_due(spec, 1000, 1)
+    store.append(spec, [Entry("k", b"1", "one")], 1000)  # forgotten once claimed: kept
+    assert store.fail(spec, claimed.lease, 1000, "boom", None)
+    assert store.replay(spec, None, 1000) == 1
+    store.append(spec, [Entry("k", b"1", "one")], 1000)  # two waiting already: collapsed
+    assert [p for _, p in store.peek(spec, "k", 10)] == [b"1", b"1"]
+    store.close()
+
+
+def test_a_partial_failure_shrinks_the_batch_to_the_failed_items(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "x.db"))
+    store.append(SPEC, entries("k", 1, 2, 3), 0)
+    (first,) = store.claim_due(SPEC, 0, 1)
+    assert store.fail(SPEC, first.lease, 10, "2 and 3 broke", 20, (1, 2))
+    counters = store.counters(SPEC)
+    assert (counters.flushed_items, counters.flushed_batches, counters.retrying) == (1, 0, 1)
+    (again,) = store.claim_due(SPEC, 20, 1)
+    assert (again.lease.batch_id, again.attempt, again.payloads) == (first.lease.batch_id, 2, (b"2", b"3"))
+    assert store.fail(SPEC, again.lease, 30, "3 broke", None, (1,))
+    (dead,) = store.dead_letters(SPEC, 10, 0)
+    assert (dead.payloads, dead.attempts, dead.error) == ((b"3",), 2, "3 broke")
+    assert store.counters(SPEC).flushed_items == 2
+    store.close()
+
+
+# ---------------------------------------------------------------- the waiter
+
+
+def test_the_waiter_wakes_at_once_for_this_process(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "x.db"))
+    waiter = store.waiter([SPEC.name])
+    assert waiter.wait(0.05) is False
+    woke: list[bool] = []
+    thread = threading.Thread(target=lambda: woke.append(waiter.wait(DEADLINE)))
+    thread.start()
+    time.sleep(0.05)  # let it block; correctness does not depend on it
+    started = time.monotonic()
+    store.append(SPEC, entries("a", 1, 2, 3), 0)  # full: due now
+    thread.join(DEADLINE)
+    assert woke == [True] and time.monotonic() - started < 1
+    waiter.close()
+    store.close()
+
+
+def _append_one(path: str) -> None:
+    SQLiteStore(path).append(SPEC, entries("from-child", 1), 0)
+
+
+def test_the_waiter_sees_other_processes_commits(tmp_path: Path) -> None:
+    path = str(tmp_path / "x.db")
+    store = SQLiteStore(path)
+    waiter = store.waiter([SPEC.name])
+    child = SPAWN.Process(target=_append_one, args=(path,))
+    child.start()
+    deadline = time.monotonic() + DEADLINE
+    while not waiter.wait(1.0):
+        assert time.monotonic() < deadline
+    child.join(DEADLINE)
+    assert child.exitcode == 0
+    assert store.peek(SPEC, "from-child", 1) == [(0, b"1")]
+    waiter.close()
+    store.close()
+
+
+def test_closing_a_waiter_from_another_thread_ends_its_wait(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "x.db"))
+    waiter = store.waiter([SPEC.name])
+    result: list[bool] = []
+    thread = threading.Thread(target=lambda: result.append(waiter.wait(DEADLINE)))
+    thread.start()
+    time.sleep(0.05)
+    started = time.monotonic()
+    waiter.close()
+    thread.join(DEADLINE)
+    assert result == [False] and time.monotonic() - started < 1
+    assert waiter.wait(1.0) is False
+    store.close()
+
+
+# ---------------------------------------------------------------- processes sharing one file
+
+
+def _produce(path: str, producer: int, count: int) -> None:
+    store = SQLiteStore(path)
+    batcher = redbatch.Batcher(store, "shared", max_items=20, max_wait=0.05)
+    for i in range(0, count // 2):
+        batcher.add(f"key-{i % 13}", [producer, i])
+    rest = list(range(count // 2, count))
+    for start in range(0, len(rest), 50):
+        batcher.add_many([(f"key-{i % 13}", [producer, i]) for i in rest[start : start + 50]])
+    store.close()
+
+
+def test_producer_processes_then_one_worker_deliver_every_item_once(tmp_path: Path) -> None:
+    path = str(tmp_path / "shared.db")
+    producers = [SPAWN.Process(target=_produce, args=(path, p, 500)) for p in range(4)]
+    for proc in producers:
+        proc.start()
+    for proc in producers:
+        proc.join(DEADLINE * 2)
+        assert proc.exitcode == 0
+    store = SQLiteStore(path)
+    batcher = redbatch.Batcher(store, "shared", max_items=20, max_wait=0.05)
+    assert batcher.stats().buffered_items == 2000
+    seen: Counter[tuple[int, int]] = Counter()
+    lock = threading.Lock()
+
+    @batcher.handler
+    def record(batch: redbatch.Batch) -> None:
+        with lock:
+            seen.update(tuple(item) for item in batch.items)
+
+    with running(redbatch.Worker(store, [batcher], concurrency=8, handle_signals=False)):
+        wait_until(lambda: sum(seen.values()) >= 2000)
+        wait_until(lambda: batcher.stats().in_flight == 0)
+    assert seen == Counter({(p, i): 1 for p in range(4) for i in range(500)})
+    stats = batcher.stats()
+    assert (stats.open_keys, stats.buffered_items, stats.flushed_items) == (0, 0, 2000)
+    store.close()
+
+
+def _leave_state(path: str) -> None:
+    """Leave behind a flushed batch, a dead letter and pending items, then exit."""
+    store = SQLiteStore(path)
+    store.append(SPEC, entries("done", 1, 2, 3), 1_000)
+    (done,) = store.claim_due(SPEC, 1_000, 10)
+    assert store.ack(SPEC, [done.lease], 1_500) == [True]
+    store.append(SPEC, entries("doomed", 4), 2_000)
+    (doomed,) = store.claim_due(SPEC, 3_000, 10)
+    assert store.fail(SPEC, doomed.lease, 3_100, "it broke", None)
+    store.append(SPEC, entries("waiting", 5, 6), 4_000)
+    os._exit(0)  # no close(), no cleanup: as abrupt as an exit gets without a signal
+
+
+def test_state_survives_every_process_exiting(tmp_path: Path) -> None:
+    path = str(tmp_path / "x.db")
+    child = SPAWN.Process(target=_leave_state, args=(path,))
+    child.start()
+    child.join(DEADLINE)
+    assert child.exitcode == 0
+    store = SQLiteStore(path)
+    counters = store.counters(SPEC)
+    assert counters.flushed_batches == 1 and counters.flushed_items == 3
+    assert counters.last_flush_at == 1_500
+    assert (counters.open_keys, counters.buffered_items, counters.oldest_arrival) == (1, 2, 4_000)
+    assert (counters.in_flight, counters.retrying, counters.dead) == (0, 0, 1)
+    assert store.peek(SPEC, "waiting", 10) == [(4_000, b"5"), (4_000, b"6")]
+    (dead,) = store.dead_letters(SPEC, 10, 0)
+    assert (dead.key, dead.payloads, dead.error, dead.died_at) == ("doomed", (b"4",), "it broke", 3_100)
+    assert store.next_due_ms(SPEC) == 5_000
+    store.close()
+
+
+PRODUCER = """
+import sys
+from redbatch.stores.sqlite import SQLiteStore
+from redbatch.types import Entry, QueueSpec
+spec = QueueSpec("b", max_items=3, max_wait_ms=1000, idle_ms=0, dedupe=False, max_attempts=2, lease_ms=500)
+store = SQLiteStore(sys.argv[1])
+i = 0
+while True:
+    store.append(spec, [Entry(f"k{i % 5}", str(i).encode(), "") for _ in range(1 + i % 3)], i)
+    print(i, flush=True)
+    i += 1
+"""
+
+
+def test_a_producer_killed_mid_write_loses_nothing_it_was_told_was_stored(tmp_path: Path) -> None:
+    path = str(tmp_path / "x.db")
+    proc = subprocess.Popen([sys.executable, "-c", PRODUCER, path], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    acknowledged = -1
+    while acknowledged < 300:
+        acknowledged = int(proc.stdout.readline())
+    proc.kill()
+    proc.wait(DEADLINE)
+    proc.stdout.close()
+    store = SQLiteStore(path)
+    assert store._conn().execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    stored = Counter(int(p) for k in range(5) for _, p in store.peek(SPEC, f"k{k}", 10_000))
+    for i in range(acknowledged + 1):
+        assert stored[i] == 1 + i % 3, i
+    assert store.counters(SPEC).buffered_items == sum(stored.values())
+    store.close()
+
+
+# ---------------------------------------------------------------- same answers as the reference
+
+KEYS = st.sampled_from(["a", "b", "c"])
+
+
+class SameAsMemory(RuleBasedStateMachine):
+    """Drive a SQLite store and the memory store alike; every answer must match.
+
+    Batch ids are random, so each SQLite id is paired with the memory store's id of the
+    batch claimed at the same step.
+    """
+
+    folder: Path = Path()
+    dedupe = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spec = QueueSpec("m", 3, 1000, 300, self.dedupe, 2, 500)
+        self.sqlite = SQLiteStore(
+            str(self.folder / f"m{id(self)}-{time.monotonic_ns()}.db"), synchronous="NORMAL"
+        )
+        self.memory = MemoryStore()
+        self.now = 1_000_000
+        self.ids: dict[str, str] = {}  # sqlite batch id -> memory batch id
+        self.leases: list[tuple[Lease, Lease]] = []  # every lease handed out, stale ones too
+
+    def both(self, method: str, *args: Any) -> tuple[Any, Any]:
+        return getattr(self.sqlite, method)(*args), getattr(self.memory, method)(*args)
+
+    def same_batches(self, ours: list[ClaimedBatch], theirs: list[ClaimedBatch]) -> None:
+        assert len(ours) == len(theirs)
+        for a, b in zip(ours, theirs, strict=True):
+            assert self.ids.setdefault(a.lease.batch_id, b.lease.batch_id) == b.lease.batch_id
+            assert (a.lease.key, a.lease.fencing_token) == (b.lease.key, b.lease.fencing_token)
+            assert (a.attempt, a.created_at, a.payloads, a.arrived_at) == (
+                b.attempt,
+                b.created_at,
+                b.payloads,
+                b.arrived_at,
+            )
+            self.leases.append((a.lease, b.lease))
+
+    def same_dead(self, ours: list[DeadRecord], theirs: list[DeadRecord]) -> None:
+        # Records that died at the same moment are ordered by their (random) id: compare sets.
+        mapped = [replace(r, batch_id=self.ids[r.batch_id]) for r in ours]
+        assert sorted(mapped, key=repr) == sorted(theirs, key=repr)
+
+    @rule(key=KEYS, values=st.lists(st.integers(0, 7), min_size=1, max_size=4))
+    def append(self, key: str, values: list[int]) -> None:
+        batch = [Entry(key, str(v).encode(), f"d{v}" if self.dedupe else "") for v in values]
+        self.both("append", self.spec, batch, self.now)
+
+    @rule(seconds=st.sampled_from([0.1, 0.3, 0.6, 1.0, 2.0]))
+    def advance(self, seconds: float) -> None:
+        self.now += round(seconds * 1000)
+
+    @rule(limit=st.integers(1, 4))
+    def claim(self, limit: int) -> None:
+        self.same_batches(*self.both("claim_due", self.spec, self.now, limit))
+
+    @rule(data=st.data())
+    def ack(self, data: st.DataObject) -> None:
+        """A group of leases, stale ones and repeats included."""
+        group = data.draw(st.lists(st.sampled_from(self.leases), max_size=4)) if self.leases else []
+        ours, theirs = [a for a, _ in group], [b for _, b in group]
+        assert self.sqlite.ack(self.spec, ours, self.now) == self.memory.ack(self.spec, theirs, self.now)
+
+    @rule(data=st.data(), outcome=st.sampled_from(["retry", "bury", "shrink", "heartbeat"]))
+    def settle(self, data: st.DataObject, outcome: str) -> None:
+        if not self.leases:
+            return
+        ours, theirs = data.draw(st.sampled_from(self.leases))
+        if outcome == "heartbeat":
+            until = self.now + 500
+            assert self.sqlite.heartbeat(self.spec, [ours], until) == self.memory.heartbeat(
+                self.spec, [theirs], until
+            )
+            return
+        retry_at = None if outcome == "bury" else self.now + 200
+        keep = (0,) if outcome == "shrink" else None  # every batch has an item 0
+        assert self.sqlite.fail(self.spec, ours, self.now, "err", retry_at, keep) == self.memory.fail(
+            self.spec, theirs, self.now, "err", retry_at, keep
+        )
+
+    @rule(key=KEYS)
+    def clear(self, key: str) -> None:
+        ours, theirs = self.both("clear", self.spec, key)
+        assert ours == theirs
+
+    @rule(key=st.none() | KEYS)
+    def flush(self, key: str | None) -> None:
+        ours, theirs = self.both("flush", self.spec, key, self.now)
+        assert ours == theirs
+
+    # The memory store forgets the digests of replayed items (the Redis store does not):
+    # test_replayed_items_are_still_deduplicated states what SQLite does.
+    @precondition(lambda self: not self.dedupe)
+    @rule(data=st.data())
+    def replay(self, data: st.DataObject) -> None:
+        # Ids are random: pick dead letters by what they hold, so that examples replay.
+        dead = sorted(
+            self.memory.dead_letters(self.spec, 100, 0), key=lambda r: (r.died_at, r.key, r.payloads)
+        )
+        theirs = data.draw(
+            st.none() | st.lists(st.sampled_from([r.batch_id for r in dead] or ["x"]), unique=True)
+        )
+        back = {m: s for s, m in self.ids.items()}
+        ours = None if theirs is None else [back.get(i, i) for i in theirs]
+        assert self.sqlite.replay(self.spec, ours, self.now) == self.memory.replay(
+            self.spec, theirs, self.now
+        )
+
+    @rule(before=st.none() | st.integers(0, 3000))
+    def purge(self, before: int | None) -> None:
+        cutoff = None if before is None else self.now - before
+        ours, theirs = self.both("purge_dead", self.spec, None, cutoff)
+        assert ours == theirs
+
+    @invariant()
+    def same_state(self) -> None:
+        ours, theirs = self.both("counters", self.spec)
+        assert ours == theirs
+        assert self.sqlite.next_due_ms(self.spec) == self.memory.next_due_ms(self.spec)
+        for key in ("a", "b", "c"):
+            assert self.sqlite.peek(self.spec, key, 100) == self.memory.peek(self.spec, key, 100)
+        self.same_dead(*self.both("dead_letters", self.spec, 100, 0))
+
+    def teardown(self) -> None:
+        self.sqlite.close()
+
+
+@pytest.mark.parametrize("dedupe", [False, True])
+def test_every_answer_matches_the_memory_store(tmp_path: Path, dedupe: bool) -> None:
+    machine = type("Machine", (SameAsMemory,), {"folder": tmp_path, "dedupe": dedupe})
+    run_state_machine_as_test(
+        machine,
+        settings=settings(
+            max_examples=40, stateful_step_count=30, deadline=None, suppress_health_check=list(HealthCheck)
+        ),
+    )
