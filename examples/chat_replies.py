@@ -31,7 +31,8 @@ def main(url: str | None = None) -> list[tuple[str, list[str]]]:
     replies: list[tuple[str, list[str]]] = []
     chat = build(store, replies)
     worker = redbatch.Worker(store, [chat], concurrency=8, handle_signals=False)
-    threading.Thread(target=worker.run, daemon=True).start()
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
 
     chat.add_many([("chat-1", {"text": "hi"}), ("chat-1", {"text": "are you there?"})])
     while not replies:  # the first reply is being composed...
@@ -45,6 +46,7 @@ def main(url: str | None = None) -> list[tuple[str, list[str]]]:
     while len(replies) < 3 and time.monotonic() < deadline:
         time.sleep(0.01)
     worker.stop()
+    thread.join()
     for key, texts in replies:
         print(f"{key}: one reply to {texts}")
     store.close()

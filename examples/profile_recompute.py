@@ -23,11 +23,13 @@ def main(url: str | None = None) -> list[int]:
     print("pending:", [p.value for p in recompute.peek("all")])  # [7, 3, 11]
 
     worker = redbatch.Worker(store, [recompute], handle_signals=False)
-    threading.Thread(target=worker.run, daemon=True).start()
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
     deadline = time.monotonic() + 10
     while len(recomputed) < 3 and time.monotonic() < deadline:
         time.sleep(0.01)
     worker.stop()
+    thread.join()
     stats = recompute.stats()  # read back from the store: survives restarts
     print(f"recomputed {recomputed}; pending {stats.buffered_items}; last batch at {stats.last_flush_at}")
     store.close()

@@ -42,6 +42,7 @@ class _Queue:
     due: dict[str, int] = field(default_factory=dict)
     heap: list[tuple[int, str]] = field(default_factory=list)  # lazy: checked against due
     dead: dict[str, DeadRecord] = field(default_factory=dict)
+    dead_digests: dict[str, tuple[str, ...]] = field(default_factory=dict)  # dedupe again on replay
     buffered: int = 0
     in_flight: int = 0
     retrying: int = 0
@@ -210,6 +211,7 @@ class MemoryStore:
             current.created_at,
             now_ms,
         )
+        queue.dead_digests[current.batch_id] = tuple(d for _, _, d in current.items)
 
     def next_due_ms(self, spec: QueueSpec) -> int | None:
         with self._lock:
@@ -356,14 +358,17 @@ class MemoryStore:
     def replay(self, spec: QueueSpec, batch_ids: Sequence[str] | None, now_ms: int) -> int:
         with self._lock:
             queue = self._queue(spec)
-            ids = list(queue.dead) if batch_ids is None else [i for i in batch_ids if i in queue.dead]
+            wanted = queue.dead if batch_ids is None else dict.fromkeys(batch_ids)
+            ids = [i for i in wanted if i in queue.dead]
             replayed = 0
             for batch_id in ids:
                 record = queue.dead.pop(batch_id)
+                digests = queue.dead_digests.pop(batch_id)
                 state = queue.keys.get(record.key)
                 if state is None:
                     state = queue.keys[record.key] = _Key(last_ms=now_ms)
-                items = [(a, p, "") for a, p in zip(record.arrived_at, record.payloads, strict=True)]
+                items = list(zip(record.arrived_at, record.payloads, digests, strict=True))
+                state.digests.update(d for d in digests if d)
                 state.pending.extendleft(reversed(items))
                 queue.buffered += len(items)
                 replayed += len(items)
@@ -377,11 +382,12 @@ class MemoryStore:
         with self._lock:
             queue = self._queue(spec)
             if batch_ids is not None:
-                doomed = [i for i in batch_ids if i in queue.dead]
+                doomed = [i for i in dict.fromkeys(batch_ids) if i in queue.dead]
             else:
                 doomed = [i for i, r in queue.dead.items() if before_ms is None or r.died_at < before_ms]
             for batch_id in doomed:
                 del queue.dead[batch_id]
+                del queue.dead_digests[batch_id]
             return len(doomed)
 
     def waiter(self, names: Sequence[str]) -> Waiter:
