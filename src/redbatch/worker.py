@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import threading
@@ -19,18 +20,19 @@ import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar, cast
 
 import orjson
 
 from redbatch.batcher import Batcher
-from redbatch.errors import ConfigError, ItemsFailed
+from redbatch.errors import ConfigError, ItemsFailed, StoreUnavailable
 from redbatch.stores.base import Store, Waiter
 from redbatch.types import Batch, ClaimedBatch, Clock, Lease, system_clock
 
 log = logging.getLogger("redbatch.worker")
 
 T = TypeVar("T")
+P = ParamSpec("P")
 MAX_SLEEP = 2.0
 JANITOR_INTERVAL = 60.0
 MAX_ERROR_LENGTH = 4000
@@ -277,7 +279,9 @@ class Worker:
             await self._settle(running, failure)
         except asyncio.CancelledError:
             log.warning("batch %s abandoned; its lease will lapse", running.claimed.lease.batch_id)
-        except Exception:  # a store failure while settling: the lease lapses, another retries
+        except StoreUnavailable as exc:  # the lease lapses and the batch is retried
+            log.error("could not record the outcome of batch %s: %s", running.claimed.lease.batch_id, exc)
+        except Exception:
             log.exception("could not record the outcome of batch %s", running.claimed.lease.batch_id)
         finally:
             if self._running.get(running.claimed.lease.batch_id) is running:
@@ -460,8 +464,9 @@ class Worker:
         assert self._loop is not None
         return self._loop
 
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await self._loop_().run_in_executor(self._store_pool, fn, *args)
+    async def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a blocking store call on the store pool; typed, so a protocol change shows."""
+        return await self._loop_().run_in_executor(self._store_pool, functools.partial(fn, *args, **kwargs))
 
 
 def _items_failed(exc: ItemsFailed, size: int) -> _Failure | None:
