@@ -41,12 +41,15 @@ class ModelKey:
     attempt: int = 0
     running: bool = False
     retry_at: int = 0
+    stays_due: bool = False  # was due when more items arrived: more items never delay a key
 
     def due(self, now: int) -> bool:
         if self.batch_id is not None:
             return not self.running and self.retry_at <= now
         if not self.pending:
             return False
+        if self.stays_due:
+            return True
         first = self.pending[0][1]
         return len(self.pending) >= MAX_ITEMS or first + MAX_WAIT <= now or self.last_ms + IDLE <= now
 
@@ -85,6 +88,8 @@ class BatchingModel(RuleBasedStateMachine):
         else:
             self.batcher.add_many([(key, item) for item in new])
         model = self.key(key)
+        if model.batch_id is None and model.due(self.clock.now):
+            model.stays_due = True
         model.pending += [(item, self.clock.now) for item in new]
         model.last_ms = self.clock.now
 
@@ -107,6 +112,7 @@ class BatchingModel(RuleBasedStateMachine):
             else:
                 taken = model.pending[:MAX_ITEMS]
                 del model.pending[:MAX_ITEMS]
+                model.stays_due = False
                 assert items == [item for item, _ in taken]
                 model.batch_id, model.batch_items, model.attempt = batch.lease.batch_id, items, 0
             model.attempt += 1

@@ -204,3 +204,14 @@ def test_batchers_are_independent(store: Store, clock: FakeClock) -> None:
     clock.advance(1)
     assert items(claim_one(one)) == ["for one"]
     assert items(claim_one(two)) == ["for two"]
+
+
+def test_a_key_already_due_stays_due_when_items_arrive(store: Store, clock: FakeClock) -> None:
+    b = make(store, clock, max_wait=60, idle=5)
+    b.add("flushed", 1)
+    b.flush("flushed")
+    b.add("flushed", 2)  # would postpone a debounce, but the key was flushed: it stays due
+    b.add("overdue", 1)
+    clock.advance(5)  # due by idle, not yet claimed
+    b.add("overdue", 2)
+    assert {c.lease.key: items(c) for c in claim(b)} == {"flushed": [1, 2], "overdue": [1, 2]}

@@ -225,6 +225,7 @@ class RedisStore:
             else:
                 group.append(entry)
         calls: list[tuple[list[str], list[Any]]] = []
+        stamp = b"%d:" % now_ms  # entries are "arrived_ms:digest:json", readable with redis-cli
         for part, keyed in by_part.items():
             args: list[Any] = [
                 part.base,
@@ -235,8 +236,7 @@ class RedisStore:
             ]
             for key, group in keyed.items():
                 args += (key, len(group))
-                for entry in group:
-                    args += (entry.digest, entry.payload)
+                args += [b"%s%s:%s" % (stamp, e.digest.encode(), e.payload) for e in group]
             calls.append(([part.due, part.age, part.stats], args))
         if len(calls) == 1:  # one script, atomic by itself, one round trip
             self._eval("append", *calls[0])

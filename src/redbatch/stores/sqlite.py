@@ -518,10 +518,11 @@ class SQLiteStore:
             key_id, pending = row["id"], row["pending"] + len(group)
             first = now_ms if row["first_at"] is None else row["first_at"]
             deadline = None if row["batch_id"] is not None else due_at(spec, first, now_ms, pending, now_ms)
+            # A key already due (flushed, or overdue) stays due: more items never delay it.
             tx.cur.execute(
-                "UPDATE keys SET pending = ?, first_at = ?, last_at = ?, due_at = COALESCE(?, due_at)"
-                " WHERE id = ?",
-                (pending, first, now_ms, deadline, key_id),
+                "UPDATE keys SET pending = ?, first_at = ?, last_at = ?,"
+                " due_at = CASE WHEN ? IS NULL OR due_at <= ? THEN due_at ELSE ? END WHERE id = ?",
+                (pending, first, now_ms, deadline, now_ms, deadline, key_id),
             )
         tx.cur.executemany(
             "INSERT INTO pending (key_id, arrived_at, digest, payload) VALUES (?, ?, ?, ?)",

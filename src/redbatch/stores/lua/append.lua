@@ -1,42 +1,59 @@
--- append: add items under their keys (all in one partition) and reschedule each key.
+-- append: add entries under their keys (all in one partition) and reschedule each key.
 -- KEYS[1] due zset, KEYS[2] age zset (first pending arrival per key), KEYS[3] stats hash
 -- ARGV[1] base, ARGV[2] now_ms, ARGV[3] max_items, ARGV[4] max_wait_ms, ARGV[5] idle_ms,
 -- ARGV[6] dedupe '1'|'0', ARGV[7] wake channel,
--- then per key: key, n, and n pairs of (digest, payload)
--- Returns the number of items added (deduplicated ones are not).
+-- then per key: key, n, and n entries "now_ms:digest:json" (built by the client, so that
+-- without dedupe this script only pushes a slice of ARGV)
+-- Returns the number of entries added (deduplicated ones are not).
 local due, age, stats = KEYS[1], KEYS[2], KEYS[3]
 local base, now = ARGV[1], tonumber(ARGV[2])
 local max_items, max_wait, idle = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local dedupe, channel = ARGV[6] == '1', ARGV[7]
 local total, wake, i = 0, false, 8
+
+-- RPUSH ARGV[from..to] in chunks (unpack has a stack limit); returns the list's length.
+local function push_args(list, from, to)
+  local length = 0
+  for j = from, to, 1000 do
+    length = redis.call('RPUSH', list, unpack(ARGV, j, math.min(j + 999, to)))
+  end
+  return length
+end
+
 while i <= #ARGV do
   local key, n = ARGV[i], tonumber(ARGV[i + 1])
   i = i + 2
   local items, kh = base .. 'i:' .. key, base .. 'k:' .. key
-  local entries = {}
-  for _ = 1, n do
-    local digest, payload = ARGV[i], ARGV[i + 1]
-    i = i + 2
-    if not dedupe or redis.call('SADD', base .. 'd:' .. key, digest) == 1 then
-      entries[#entries + 1] = now .. ':' .. digest .. ':' .. payload
+  local count, length = n, 0
+  if dedupe then
+    local fresh = {}
+    for j = i, i + n - 1 do
+      if redis.call('SADD', base .. 'd:' .. key, digest_of(ARGV[j])) == 1 then fresh[#fresh + 1] = ARGV[j] end
     end
+    count = #fresh
+    if count > 0 then length = push_all(items, fresh, false) end
+  else
+    length = push_args(items, i, i + n - 1)
   end
-  if #entries > 0 then
-    local before = push_all(items, entries, false) - #entries
-    total = total + #entries
+  i = i + n
+  if count > 0 then
+    total = total + count
+    local before = length - count
     local state = redis.call('HMGET', kh, 'first', 'st')
-    local first = now
+    local first = tonumber(state[1])
     if before == 0 then
+      first = now
       redis.call('HSET', kh, 'first', now, 'last', now)
       redis.call('ZADD', age, now, key)
-    else
+    elseif idle > 0 then
       redis.call('HSET', kh, 'last', now)
-      first = tonumber(state[1])
     end
-    if not state[2] then
-      local deadline = due_at(first, now, before + #entries, now, max_items, max_wait, idle)
+    -- Without a debounce, a key that already had items keeps its deadline unless it is full.
+    if not state[2] and (before == 0 or idle > 0 or length >= max_items) then
+      local deadline = due_at(first, now, length, now, max_items, max_wait, idle)
       local old = redis.call('ZSCORE', due, key)
-      if old == false or tonumber(old) ~= deadline then
+      -- A key already due (flushed, or overdue) stays due: more items never delay it.
+      if old == false or (tonumber(old) ~= deadline and tonumber(old) > now) then
         local head = redis.call('ZRANGE', due, 0, 0, 'WITHSCORES')
         redis.call('ZADD', due, deadline, key)
         if deadline <= now or head[2] == nil or deadline < tonumber(head[2]) then wake = true end

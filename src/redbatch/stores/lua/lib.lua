@@ -45,7 +45,9 @@ local function reschedule(base, due, key, now, max_items, max_wait, idle)
     return false
   end
   local times = redis.call('HMGET', kh, 'first', 'last')
-  local deadline = due_at(tonumber(times[1]), tonumber(times[2]), pending, now, max_items, max_wait, idle)
+  local first = tonumber(times[1])
+  -- 'last' is only kept up to date for debounced batchers (idle > 0)
+  local deadline = due_at(first, tonumber(times[2]) or first, pending, now, max_items, max_wait, idle)
   redis.call('ZADD', due, deadline, key)
   return deadline <= now
 end
