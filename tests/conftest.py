@@ -12,7 +12,7 @@ import redbatch
 from redbatch.stores.base import Store
 from tests.servers import RedisServer, free_port
 
-STORES = ["memory", "sqlite", "redis"]
+STORES = ["memory", "sqlite", "redis", "redis-partitioned"]
 
 
 class FakeClock:
@@ -63,7 +63,11 @@ def store_factory(
 ) -> Iterator[tuple[str, dict[str, str]]]:
     """The URL and connect() options of a fresh, private store for this test."""
     url = store_url(store_kind, request, tmp_path)
-    options = {"prefix": f"t{uuid.uuid4().hex[:12]}"} if store_kind == "redis" else {}
+    options: dict[str, str] = {}
+    if store_kind.startswith("redis"):
+        options["prefix"] = f"t{uuid.uuid4().hex[:12]}"
+    if store_kind == "redis-partitioned":
+        options["partitions"] = "3"
     yield url, options
 
 
