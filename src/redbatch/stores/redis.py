@@ -294,21 +294,45 @@ class RedisStore:
 
     # ------------------------------------------------------------------ lease holders
 
-    @_unavailable
-    def heartbeat(self, spec: QueueSpec, leases: Sequence[Lease], lease_until_ms: int) -> list[bool]:
+    def _per_partition(
+        self,
+        spec: QueueSpec,
+        leases: Sequence[Lease],
+        script: str,
+        keys_of: Callable[[_Partition], list[str]],
+        head_of: Callable[[_Partition], list[Any]],
+    ) -> list[bool]:
+        """Run a lease script once per partition, with (key, batch id, token) triples after
+        its head arguments; return whether each lease was held, in the order given."""
         by_part: dict[_Partition, list[int]] = defaultdict(list)
         for index, lease in enumerate(leases):
             by_part[self._partition_of(spec.name, lease.key)].append(index)
         held = [False] * len(leases)
         for part, indexes in by_part.items():
-            args: list[Any] = [part.base, lease_until_ms]
+            args = head_of(part)
             for index in indexes:
                 lease = leases[index]
                 args += (lease.key, lease.batch_id, lease.fencing_token)
-            results = self._eval("heartbeat", keys=[part.due], args=args)
+            results = self._eval(script, keys=keys_of(part), args=args)
             for index, ok in zip(indexes, results, strict=True):
                 held[index] = bool(ok)
         return held
+
+    @_unavailable
+    def heartbeat(self, spec: QueueSpec, leases: Sequence[Lease], lease_until_ms: int) -> list[bool]:
+        return self._per_partition(
+            spec, leases, "heartbeat", lambda p: [p.due], lambda p: [p.base, lease_until_ms]
+        )
+
+    @_unavailable
+    def ack(self, spec: QueueSpec, leases: Sequence[Lease], now_ms: int) -> list[bool]:
+        return self._per_partition(
+            spec,
+            leases,
+            "ack",
+            lambda p: [p.due, p.stats],
+            lambda p: [p.base, now_ms, *self._rule_args(spec), self._channel(spec.name)],
+        )
 
     def _settle_args(self, spec: QueueSpec, part: _Partition, lease: Lease, now_ms: int) -> list[Any]:
         return [
@@ -320,22 +344,6 @@ class RedisStore:
             lease.batch_id,
             lease.fencing_token,
         ]
-
-    @_unavailable
-    def ack(self, spec: QueueSpec, leases: Sequence[Lease], now_ms: int) -> list[bool]:
-        by_part: dict[_Partition, list[int]] = defaultdict(list)
-        for index, lease in enumerate(leases):
-            by_part[self._partition_of(spec.name, lease.key)].append(index)
-        held = [False] * len(leases)
-        for part, indexes in by_part.items():
-            args: list[Any] = [part.base, now_ms, *self._rule_args(spec), self._channel(spec.name)]
-            for index in indexes:
-                lease = leases[index]
-                args += (lease.key, lease.batch_id, lease.fencing_token)
-            results = self._eval("ack", keys=[part.due, part.stats], args=args)
-            for index, ok in zip(indexes, results, strict=True):
-                held[index] = bool(ok)
-        return held
 
     @_unavailable
     def fail(
