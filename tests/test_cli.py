@@ -85,6 +85,21 @@ def wait_until(condition: Callable[[], bool], what: str, deadline: float = DEADL
 # ---------------------------------------------------------------- the demo's parts
 
 
+def signal_when(
+    proc: subprocess.Popen[bytes], condition: Callable[[], bool], what: str, sig: signal.Signals
+) -> str:
+    """Send ``sig`` once ``condition`` holds; return the process's output once it exits."""
+    try:
+        wait_until(condition, what)
+        proc.send_signal(sig)
+        output, _ = proc.communicate(timeout=DEADLINE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return output.decode()
+
+
 def test_percentile_is_nearest_rank() -> None:
     assert percentile([], 0.5) is None
     values = [float(n) for n in range(1, 101)]
@@ -144,16 +159,10 @@ def test_demo_ends_cleanly_on_ctrl_c(cli_env: tuple[str, dict[str, str], Store],
     proc = subprocess.Popen(
         args, cwd=tmp_path, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
-    try:
-        watcher = demo_batcher(store)
-        wait_until(lambda: watcher.stats().flushed_items > 0, "the demo to deliver something")
-        proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=DEADLINE)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    text = output.decode()
+    watcher = demo_batcher(store)
+    text = signal_when(
+        proc, lambda: watcher.stats().flushed_items > 0, "the demo to deliver something", signal.SIGINT
+    )
     assert proc.returncode == 0, text
     assert "stopped by Ctrl-C" in text
     assert "Traceback" not in text
@@ -269,18 +278,12 @@ def test_worker_runs_a_modules_batchers_until_sigterm(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    try:
-        wait_until(
-            lambda: delivered.exists() and len(delivered.read_bytes().splitlines()) >= 10,
-            "the worker to deliver 10 items",
-        )
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=DEADLINE)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    text = output.decode()
+    text = signal_when(
+        proc,
+        lambda: delivered.exists() and len(delivered.read_bytes().splitlines()) >= 10,
+        "the worker to deliver 10 items",
+        signal.SIGTERM,
+    )
     assert proc.returncode == 0, text
     assert sorted(orjson.loads(line)["n"] for line in delivered.read_bytes().splitlines()) == list(range(10))
     assert "skipping batcher 'unhandled'" in text

@@ -30,10 +30,6 @@ class StoreUnavailable(RedbatchError, ConnectionError):
     (a read-only replica during a failover, out of memory, still loading)."""
 
 
-class LeaseLost(RedbatchError):
-    """A batch was reclaimed by another worker; this worker may no longer write for it."""
-
-
 class ItemsFailed(RedbatchError):
     """Raised by a handler: only the items at ``indexes`` failed; the rest are done.
 

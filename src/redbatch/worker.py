@@ -19,7 +19,7 @@ import threading
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, cast
 
 import orjson
@@ -67,7 +67,6 @@ class WorkerCounters:
     retried: int = 0
     dead_lettered: int = 0
     refused: int = 0  # acknowledgements refused because the lease was lost
-    errors: list[str] = field(default_factory=list)
 
 
 class Worker:

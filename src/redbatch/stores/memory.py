@@ -146,10 +146,6 @@ class MemoryStore:
                 # A key already due (flushed, or overdue) stays due: more items never delay it.
                 if state.current is None and queue.due.get(key, now_ms + 1) > now_ms:
                     self._reschedule(spec, queue, key, state, now_ms)
-            for key in [k for k in {e.key for e in entries} if k not in touched]:
-                state = queue.keys[key]
-                if not state.pending and state.current is None:
-                    self._reschedule(spec, queue, key, state, now_ms)
 
     # ------------------------------------------------------------------ claiming
 

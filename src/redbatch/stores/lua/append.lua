@@ -11,15 +11,6 @@ local max_items, max_wait, idle = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber
 local dedupe, channel = ARGV[6] == '1', ARGV[7]
 local total, wake, i = 0, false, 8
 
--- RPUSH ARGV[from..to] in chunks (unpack has a stack limit); returns the list's length.
-local function push_args(list, from, to)
-  local length = 0
-  for j = from, to, 1000 do
-    length = redis.call('RPUSH', list, unpack(ARGV, j, math.min(j + 999, to)))
-  end
-  return length
-end
-
 while i <= #ARGV do
   local key, n = ARGV[i], tonumber(ARGV[i + 1])
   i = i + 2
@@ -33,7 +24,7 @@ while i <= #ARGV do
     count = #fresh
     if count > 0 then length = push_all(items, fresh, false) end
   else
-    length = push_args(items, i, i + n - 1)
+    length = push_all(items, ARGV, false, i, i + n - 1)
   end
   i = i + n
   if count > 0 then

@@ -23,11 +23,13 @@ local function due_at(first, last, pending, now, max_items, max_wait, idle)
   return deadline
 end
 
--- Push entries in chunks (unpack has a stack limit); returns the list's new length.
-local function push_all(list, entries, left)
+-- Push source[from..to] (default: all of it) in chunks, since unpack has a stack limit;
+-- returns the list's new length.
+local function push_all(list, source, left, from, to)
   local cmd, length = left and 'LPUSH' or 'RPUSH', 0
-  for i = 1, #entries, 1000 do
-    length = redis.call(cmd, list, unpack(entries, i, math.min(i + 999, #entries)))
+  from, to = from or 1, to or #source
+  for i = from, to, 1000 do
+    length = redis.call(cmd, list, unpack(source, i, math.min(i + 999, to)))
   end
   return length
 end
