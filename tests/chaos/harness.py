@@ -53,6 +53,8 @@ FAULTS = ("kill", "stop", "redis", "net", "handler")
 BATCHER_NAME = "chaos"
 TICK = 0.25  # longest the injector waits before looking at its workers again
 READY_TIMEOUT = 30.0
+PAUSE_TRIES = 40  # look for a busy worker to pause for up to 2 s
+PAUSE_RETRY_SECONDS = 0.05
 STOP_TIMEOUT = 20.0
 
 
@@ -333,12 +335,16 @@ class ChaosRun:
         self.faults["kill"] += 1
         self._start_worker()
 
-    def _pause_worker(self) -> None:
+    def _pause_worker(self, tries_left: int = PAUSE_TRIES) -> None:
         candidates = [c for c in self.workers.values() if not c.paused]
         if len(candidates) < 2:  # keep one worker running to reclaim the paused one's batches
             return
-        # Prefer a worker with batches in flight: their late acknowledgements must be refused.
+        # Pause a worker with batches in flight: their late acknowledgements must be refused.
+        # Batches settle fast, so look again shortly (bounded) rather than pause an idle one.
         busy = [c for c in candidates if c.in_flight() > 0]
+        if not busy and tries_left > 0:
+            self._later(PAUSE_RETRY_SECONDS, "pause", lambda: self._pause_worker(tries_left - 1))
+            return
         child = self.rng.choice(busy or candidates)
         self.faults["stop_with_batches_in_flight"] += bool(busy)
         child.process.send_signal(signal.SIGSTOP)
