@@ -14,9 +14,10 @@ fi
 
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[test]'
+.venv/bin/python -m pip install --quiet -e '.[test,docs]'
 
 .venv/bin/ruff check src tests benchmarks examples
 .venv/bin/ruff format --check src tests benchmarks examples
 .venv/bin/mypy
+.venv/bin/mkdocs build --strict --quiet  # the API reference: a broken docstring reference fails here
 .venv/bin/python -m pytest -m "not slow" "$@"

@@ -1,4 +1,21 @@
-"""The one exception hierarchy: every error redbatch raises on purpose is a RedbatchError."""
+"""The one exception hierarchy: every error redbatch raises on purpose is a ``RedbatchError``.
+
+Each is raised at the boundary, before anything is stored, so catching one means nothing
+partial was written::
+
+    RedbatchError
+    ├── InvalidItem        (also a ValueError)   an item is not JSON, NaN/inf, or too large
+    ├── InvalidKey         (also a ValueError)   a key is empty, too long, not a str, or not
+    │                                            valid Unicode (a lone surrogate)
+    ├── ConfigError        (also a ValueError)   a bad setting, store URL or URL option
+    ├── NotFound           (also a LookupError)  an unknown batcher, dead letter or job id
+    ├── StoreUnavailable   (also a ConnectionError)  the store cannot be reached in the
+    │                                            configured time, or refuses writes
+    └── ItemsFailed        raised *by a handler*: only the named items failed
+
+The command line maps them to exit codes: ``NotFound`` 3, ``StoreUnavailable`` 4, any other
+``RedbatchError`` 1; usage errors exit 2.
+"""
 
 from __future__ import annotations
 
