@@ -1,8 +1,10 @@
 """Property-based test: every store against a plain model of the batching rules.
 
-A hypothesis state machine adds items, moves the clock, claims, acknowledges and fails
-batches in random orders, and checks each claim, the counters and ``peek`` against a model
-that states the rules as simply as possible.
+A hypothesis state machine adds items, moves the clock, claims, acknowledges, fails, clears
+and flushes in random orders, and checks each claim, the counters and ``peek`` against a
+model that states the rules as simply as possible. Every step is checked against the state
+machine of ``redbatch.engine``: the key's state before and after must be the ones its
+transition names, and the event counters must move as the transition says.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from hypothesis.stateful import (
 )
 
 import redbatch
+from redbatch.engine import TRANSITIONS, Counter, KeyState
 from redbatch.types import ClaimedBatch
 from redbatch.worker import decode_batch
 from tests.conftest import FakeClock, store_url
@@ -42,6 +45,12 @@ class ModelKey:
     running: bool = False
     retry_at: int = 0
     stays_due: bool = False  # was due when more items arrived: more items never delay a key
+
+    @property
+    def state(self) -> KeyState:
+        if self.batch_id is not None:
+            return KeyState.RUNNING if self.running else KeyState.WAITING
+        return KeyState.IDLE if self.pending else KeyState.ABSENT
 
     def due(self, now: int) -> bool:
         if self.batch_id is not None:
@@ -72,6 +81,15 @@ class BatchingModel(RuleBasedStateMachine):
         self.keys: dict[str, ModelKey] = {}
         self.running: dict[str, ClaimedBatch] = {}
         self.next_item = 0
+        self.events = dict.fromkeys(Counter, 0)  # what the transitions taken so far moved
+
+    def step(self, name: str, model: ModelKey, before: KeyState, **amounts: int) -> None:
+        """Check a step against the engine's transition table and count what it moves."""
+        transition = TRANSITIONS[name]
+        assert before in transition.before, (name, before)
+        assert model.state in transition.after, (name, model.state)
+        for counter, delta in transition.moved(**amounts).items():
+            self.events[counter] += delta
 
     def teardown(self) -> None:
         self.store.close()
@@ -88,10 +106,12 @@ class BatchingModel(RuleBasedStateMachine):
         else:
             self.batcher.add_many([(key, item) for item in new])
         model = self.key(key)
+        before = model.state
         if model.batch_id is None and model.due(self.clock.now):
             model.stays_due = True
         model.pending += [(item, self.clock.now) for item in new]
         model.last_ms = self.clock.now
+        self.step("append", model, before, items=count)
 
     @rule(ms=st.sampled_from([1, 100, 299, 300, 700, 1000, 2500]))
     def advance(self, ms: int) -> None:
@@ -106,6 +126,7 @@ class BatchingModel(RuleBasedStateMachine):
             name = batch.lease.key
             assert name in due
             model = self.keys[name]
+            before = model.state
             items = decode_batch(batch).items
             if model.batch_id is not None:  # a retry: same id, same items
                 assert (batch.lease.batch_id, items) == (model.batch_id, model.batch_items)
@@ -117,6 +138,7 @@ class BatchingModel(RuleBasedStateMachine):
                 model.batch_id, model.batch_items, model.attempt = batch.lease.batch_id, items, 0
             model.attempt += 1
             model.running = True
+            self.step("claim" if before is KeyState.IDLE else "claim_retry", model, before, items=len(items))
             assert batch.attempt == model.attempt
             self.running[name] = batch
 
@@ -132,11 +154,34 @@ class BatchingModel(RuleBasedStateMachine):
         else:
             retry_at = now + 500 if outcome == "retry" else None
             assert self.store.fail(self.batcher.spec, batch.lease, now, "boom", retry_at)
+        size = len(model.batch_items)
         if outcome == "retry":
             model.running, model.retry_at = False, now + 500
         else:
             model.batch_id, model.batch_items, model.running = None, [], False
+        transition = {"ack": "ack", "retry": "fail_retry", "dead": "fail_dead"}[outcome]
+        self.step(transition, model, KeyState.RUNNING, done=size if outcome == "ack" else 0)
         assert self.store.ack(self.batcher.spec, [batch.lease], now) == [False]  # settled once only
+
+    @rule(key=KEYS)
+    def clear(self, key: str) -> None:
+        model = self.key(key)
+        before, dropped = model.state, len(model.pending)
+        expected = dropped + (len(model.batch_items) if before is KeyState.WAITING else 0)
+        assert self.batcher.clear(key) == expected
+        model.pending, model.stays_due = [], False
+        if before is KeyState.WAITING:
+            model.batch_id, model.batch_items = None, []
+        self.step("clear", model, before, items=dropped)
+
+    @rule(key=KEYS)
+    def flush(self, key: str) -> None:
+        model = self.key(key)
+        before = model.state
+        assert self.batcher.flush(key) == (1 if before is KeyState.IDLE else 0)
+        if before is KeyState.IDLE:
+            model.stays_due = True
+        self.step("flush", model, before)
 
     @invariant()
     def counters_match(self) -> None:
@@ -146,6 +191,10 @@ class BatchingModel(RuleBasedStateMachine):
         assert stats.in_flight == sum(m.running for m in models)
         assert stats.retrying == sum(m.batch_id is not None and not m.running for m in models)
         assert stats.open_keys == sum(bool(m.pending) or m.batch_id is not None for m in models)
+        assert stats.buffered_items == self.events[Counter.BUFFERED_ITEMS]
+        assert stats.dead == self.events[Counter.DEAD]
+        assert stats.flushed_batches == self.events[Counter.FLUSHED_BATCHES]
+        assert stats.flushed_items == self.events[Counter.FLUSHED_ITEMS]
 
     @invariant()
     def peek_matches(self) -> None:
