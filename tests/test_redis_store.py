@@ -13,7 +13,7 @@ import pytest
 import redbatch
 from redbatch import Batcher
 from redbatch.stores.redis import RedisStore
-from tests.conformance.helpers import claim
+from tests.conformance.helpers import claim, claim_one, items
 from tests.conftest import FakeClock
 from tests.servers import RedisServer
 
@@ -46,3 +46,16 @@ def test_a_publish_cut_short_is_finished_by_the_next_start(redis_store: RedisSto
     assert redis_store.publish_rules(new.spec, clock()) == new.spec  # the same rules: nothing replaced
     assert len(claim(new)) == 10
 
+
+def test_a_hand_edited_record_is_a_clear_error_not_a_loop(redis_store: RedisStore, clock: FakeClock) -> None:
+    b = Batcher(redis_store, "b", clock=clock)
+    b.add("k", 1)
+    for part in redis_store._partitions("b"):
+        redis_store.client.hset(part.rules, "max_items", "many")
+    with pytest.raises(redbatch.ConfigError, match="unreadable"):
+        Batcher.open(redis_store, "b")
+    assert redis_store.publish_rules(b.configured, clock()) is None  # a worker's start repairs it
+    assert Batcher.open(redis_store, "b").spec == b.spec
+    b.add("k", 2)
+    clock.advance(60)
+    assert items(claim_one(b)) == [1, 2]

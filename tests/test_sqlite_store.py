@@ -236,6 +236,19 @@ def test_a_version_1_file_gains_the_rules_table_and_keeps_its_data(tmp_path: Pat
     store.close()
 
 
+def test_a_hand_edited_rules_row_is_a_clear_error_until_a_worker_publishes(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "x.db"))
+    store.append(SPEC, entries("k", 1), 0)
+    with sqlite3.connect(tmp_path / "x.db") as conn:
+        conn.execute("UPDATE rules SET max_items = 'many'")
+    conn.close()
+    with pytest.raises(ConfigError, match="unreadable"):
+        redbatch.Batcher.open(store, "b")
+    assert store.publish_rules(SPEC, 0) is None
+    assert store.stored_rules("b") == SPEC
+    store.close()
+
+
 @pytest.mark.parametrize("query", [SELECT_DUE, SELECT_NEXT_DUE, SELECT_OLDEST])
 def test_finding_due_work_is_an_index_search_not_a_scan(tmp_path: Path, query: str) -> None:
     store = SQLiteStore(str(tmp_path / "x.db"))
