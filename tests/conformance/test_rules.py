@@ -8,15 +8,20 @@ when the producer's differ, and the producer adopts the store's before it retrie
 from __future__ import annotations
 
 import logging
+import threading
 
 import pytest
 
-from redbatch import Batcher
+import redbatch
+from redbatch import Batch, Batcher, Worker
 from redbatch.errors import NotFound
 from redbatch.stores.base import Store
 from redbatch.types import ClaimedBatch
 from tests.conformance.helpers import ack, claim, claim_one, items, make
+from tests.conformance.test_worker import running, wait_until
 from tests.conftest import FakeClock
+
+WORKER_DEADLINE = 10.0  # far below the producer's 60 s default: only the worker's rules fit
 
 
 def keys_of(batches: list[ClaimedBatch]) -> list[str]:
@@ -176,3 +181,43 @@ def test_open_builds_a_batcher_from_the_stored_rules(store: Store, clock: FakeCl
     assert opened.spec == made.spec
     assert opened.configured == made.spec
     assert [p.value for p in opened.peek("k")] == [1]
+
+
+# ---------------------------------------------------------------- workers
+
+
+def test_a_worker_publishes_its_rules_before_serving(store: Store) -> None:
+    producer = Batcher(store, "late")  # defaults: items would wait 60 s
+    producer.add("k", "before")
+    worker_side = Batcher(store, "late", max_wait=0.05, lease=5)
+    done = threading.Event()
+    seen: list[object] = []
+
+    @worker_side.handler
+    def handle(batch: Batch) -> None:
+        seen.extend(batch.items)
+        if "after" in seen:
+            done.set()
+
+    with running(Worker(store, [worker_side], handle_signals=False)):
+        assert store.stored_rules("late") == worker_side.configured
+        producer.add("k", "after")
+        assert done.wait(WORKER_DEADLINE), f"delivered only {seen}"
+    assert sorted(map(str, seen)) == ["after", "before"]
+
+
+def test_a_running_worker_adopts_rules_another_worker_published(
+    store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(redbatch.worker, "RULES_REFRESH", 0.05)
+    mine = Batcher(store, "shared", max_wait=60, lease=5)
+    mine.handler(lambda batch: None)
+    theirs = Batcher(store, "shared", max_wait=0.5, lease=2)
+    with (
+        caplog.at_level(logging.WARNING, logger="redbatch"),
+        running(Worker(store, [mine], handle_signals=False)),
+    ):
+        store.publish_rules(theirs.configured, mine.clock())
+        wait_until(lambda: mine.spec == theirs.configured, WORKER_DEADLINE)
+    assert mine.configured.lease_ms == 5000
+    assert any("this process configured" in r.getMessage() for r in caplog.records)
