@@ -190,6 +190,8 @@ def test_stats_inspect_and_dead_letters(cli_env: tuple[str, dict[str, str], Stor
     orders = redbatch.Batcher(store, "orders", max_items=100, max_wait=60)
     orders.add_many([("k-1", {"sku": "A-1", "qty": 2}), ("k-1", {"sku": "B-7", "qty": 1}), ("k-2", [1])])
 
+    redbatch.Batcher(store, "empty").add("k", 1)
+    assert redbatch.Batcher(store, "empty").clear("k") == 1
     code, output = invoke("stats", "orders", "empty", "--url", url)
     assert code == 0, output
     assert re.search(r"buffered items\s*│\s*3\s*│\s*0\s*│", output), output
@@ -216,6 +218,39 @@ def test_stats_inspect_and_dead_letters(cli_env: tuple[str, dict[str, str], Stor
     code, output = invoke("dead-letters", "purge", "orders", "--all", "--url", url)
     assert code == 0 and "purged 1 dead letters" in output, output
     assert orders.stats().dead == 0
+
+
+def test_a_batcher_the_store_never_saw_is_not_found(cli_env: tuple[str, dict[str, str], Store]) -> None:
+    url, _, store = cli_env
+    redbatch.Batcher(store, "known").add("k", 1)
+    for command in (
+        ["stats", "known", "never-existed"],
+        ["inspect", "never-existed", "k"],
+        ["dead-letters", "list", "never-existed"],
+        ["dead-letters", "replay", "never-existed"],
+        ["dead-letters", "purge", "never-existed", "--all"],
+    ):
+        code, output = invoke(*command, "--url", url)
+        assert code != 0, (command, output)
+        assert "NotFound" in output and "never-existed" in output, (command, output)
+        assert "Traceback" not in output
+
+
+def test_replay_from_the_command_line_applies_the_stored_dedupe_rule(
+    cli_env: tuple[str, dict[str, str], Store],
+) -> None:
+    url, _, store = cli_env
+    profiles = redbatch.Batcher(store, "profiles", max_items=100, max_wait=60, dedupe=True)
+    profiles.add("p", {"id": 1})
+    profiles.flush("p")
+    now = profiles.clock()
+    [claimed] = store.claim_due(profiles.spec, now, 10)
+    assert store.fail(profiles.spec, claimed.lease, now, "ValueError: boom", None)
+
+    code, output = invoke("dead-letters", "replay", "profiles", "--url", url)
+    assert code == 0 and "replayed 1 items" in output, output
+    profiles.add("p", {"id": 1})  # equal to the replayed item: collapsed into it
+    assert [p.value for p in profiles.peek("p")] == [{"id": 1}]
 
 
 def test_stats_needs_a_batcher_name() -> None:

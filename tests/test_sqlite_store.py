@@ -46,6 +46,65 @@ from tests.conformance.test_worker import DEADLINE, running, wait_until
 SPEC = QueueSpec("b", max_items=3, max_wait_ms=1000, idle_ms=0, dedupe=False, max_attempts=2, lease_ms=500)
 SPAWN = multiprocessing.get_context("spawn")
 
+# The schema of version 1, as redbatch 0.1.0 created it (before the ``rules`` table).
+SCHEMA_V1 = (
+    """CREATE TABLE IF NOT EXISTS queues (
+        name TEXT PRIMARY KEY,
+        open_keys INTEGER NOT NULL DEFAULT 0,
+        buffered INTEGER NOT NULL DEFAULT 0,
+        in_flight INTEGER NOT NULL DEFAULT 0,
+        retrying INTEGER NOT NULL DEFAULT 0,
+        dead INTEGER NOT NULL DEFAULT 0,
+        flushed_batches INTEGER NOT NULL DEFAULT 0,
+        flushed_items INTEGER NOT NULL DEFAULT 0,
+        last_flush_at INTEGER,
+        token_seq INTEGER NOT NULL DEFAULT 0)""",
+    """CREATE TABLE IF NOT EXISTS keys (
+        id INTEGER PRIMARY KEY,
+        queue TEXT NOT NULL,
+        key TEXT NOT NULL,
+        due_at INTEGER NOT NULL,
+        pending INTEGER NOT NULL DEFAULT 0,
+        first_at INTEGER,
+        last_at INTEGER NOT NULL,
+        batch_id TEXT,
+        running INTEGER NOT NULL DEFAULT 0,
+        attempt INTEGER NOT NULL DEFAULT 0,
+        fencing_token INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER,
+        batch_size INTEGER NOT NULL DEFAULT 0,
+        error TEXT NOT NULL DEFAULT '',
+        UNIQUE (queue, key))""",
+    # ``key`` breaks ties the way the memory store's heap does.
+    "CREATE INDEX IF NOT EXISTS keys_due ON keys (queue, due_at, key)",
+    "CREATE INDEX IF NOT EXISTS keys_age ON keys (queue, first_at) WHERE first_at IS NOT NULL",
+    # ``id`` is arrival order within a key; replayed items take ids below the smallest.
+    """CREATE TABLE IF NOT EXISTS pending (
+        id INTEGER PRIMARY KEY,
+        key_id INTEGER NOT NULL,
+        arrived_at INTEGER NOT NULL,
+        digest TEXT NOT NULL,
+        payload BLOB NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS pending_key ON pending (key_id, id)",
+    "CREATE INDEX IF NOT EXISTS pending_digest ON pending (key_id, digest) WHERE digest <> ''",
+    """CREATE TABLE IF NOT EXISTS batch_items (
+        id INTEGER PRIMARY KEY,
+        batch_id TEXT NOT NULL,
+        arrived_at INTEGER NOT NULL,
+        digest TEXT NOT NULL,
+        payload BLOB NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS batch_items_batch ON batch_items (batch_id, id)",
+    """CREATE TABLE IF NOT EXISTS dead_letters (
+        batch_id TEXT PRIMARY KEY,
+        queue TEXT NOT NULL,
+        key TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        error TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        died_at INTEGER NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS dead_letters_died ON dead_letters (queue, died_at, batch_id)",
+)
+
 
 def entries(key: str, *values: int) -> list[Entry]:
     return [Entry(key, str(v).encode(), "") for v in values]
@@ -152,6 +211,42 @@ def test_a_file_from_a_newer_redbatch_is_refused(tmp_path: Path) -> None:
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(StoreUnavailable, match="newer"):
         SQLiteStore(str(tmp_path / "x.db"))
+
+
+def test_a_version_1_file_gains_the_rules_table_and_keeps_its_data(tmp_path: Path) -> None:
+    """Version 1 (before rules were stored): the same tables, no ``rules``; its items stay."""
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as conn:
+        for statement in SCHEMA_V1:
+            conn.execute(statement)
+        conn.execute("INSERT INTO queues (name, open_keys, buffered) VALUES ('b', 1, 1)")
+        conn.execute(
+            "INSERT INTO keys (id, queue, key, due_at, pending, first_at, last_at)"
+            " VALUES (1, 'b', 'k', 5000, 1, 0, 0)"
+        )
+        conn.execute("INSERT INTO pending (key_id, arrived_at, digest, payload) VALUES (1, 0, '', X'31')")
+        conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    store = SQLiteStore(str(path))
+    assert store._conn().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert store.stored_rules("b") is None
+    store.append(SPEC, entries("k", 2), 10)
+    assert store.stored_rules("b") == SPEC
+    assert store.peek(SPEC, "k", 10) == [(0, b"1"), (10, b"2")]
+    store.close()
+
+
+def test_a_hand_edited_rules_row_is_a_clear_error_until_a_worker_publishes(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "x.db"))
+    store.append(SPEC, entries("k", 1), 0)
+    with sqlite3.connect(tmp_path / "x.db") as conn:
+        conn.execute("UPDATE rules SET max_items = 'many'")
+    conn.close()
+    with pytest.raises(ConfigError, match="unreadable"):
+        redbatch.Batcher.open(store, "b")
+    assert store.publish_rules(SPEC, 0) is None
+    assert store.stored_rules("b") == SPEC
+    store.close()
 
 
 @pytest.mark.parametrize("query", [SELECT_DUE, SELECT_NEXT_DUE, SELECT_OLDEST])

@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
+import logging
 import math
 import random
 import re
+import threading
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeAlias
 
 import orjson
 
-from redbatch.errors import ConfigError, InvalidItem, InvalidKey
-from redbatch.stores.base import Store
+from redbatch.errors import ConfigError, InvalidItem, InvalidKey, NotFound
+from redbatch.stores.base import RulesChanged, Store
 from redbatch.types import (
     Batch,
     BatcherStats,
@@ -28,7 +30,11 @@ from redbatch.types import (
 
 Handler: TypeAlias = Callable[[Batch], None] | Callable[[Batch], Awaitable[None]]
 
+log = logging.getLogger("redbatch.batcher")
+
 MAX_KEY_LENGTH = 512
+RULES_ATTEMPTS = 3
+"""Appends tried per add when the store keeps holding other rules (a publish in between)."""
 DEFAULT_MAX_ITEM_BYTES = 1 << 20
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Only JSON values: dataclasses, datetimes and subclasses of str/int/dict/list are refused
@@ -47,6 +53,12 @@ def encode_item(item: Any, max_bytes: int = DEFAULT_MAX_ITEM_BYTES) -> bytes:
     if len(payload) > max_bytes:
         raise InvalidItem(f"item is {len(payload)} bytes encoded, over the {max_bytes} byte limit")
     return payload
+
+
+def item_digest(item: Any) -> str:
+    """The dedupe identity of an item: equal JSON, key order ignored."""
+    canonical = orjson.dumps(item, option=_DUMPS_OPTIONS | orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(canonical, digest_size=16).hexdigest()
 
 
 def check_key(key: object) -> str:
@@ -89,6 +101,11 @@ class Batcher:
     seconds. A failing batch is retried with exponential backoff and jitter, then
     dead-lettered after ``max_attempts``. A worker owns a batch for ``lease`` seconds and
     keeps it by heartbeat while its handler runs.
+
+    Those six settings are the batcher's *rules*, and the store holds one set per name:
+    a worker publishes its own when it starts, and a producer whose settings differ adopts
+    the store's at its next ``add`` (with a warning). ``configured`` is what this process
+    asked for, ``spec`` the rules in effect. Constructing a Batcher does no I/O.
     """
 
     def __init__(
@@ -134,8 +151,32 @@ class Batcher:
         )
         self.max_item_bytes = _positive_int("max_item_bytes", max_item_bytes)
         self.clock = clock
+        self.configured = self.spec
+        self._rules_lock = threading.Lock()
         self._handler: Handler | None = None
         self._handler_is_async = False
+
+    @classmethod
+    def open(cls, store: Store, name: str, *, clock: Clock = system_clock) -> Batcher:
+        """The batcher ``name`` with the rules ``store`` holds for it, for tools and operators.
+
+        Raises NotFound when the store holds none: nothing was ever added to it and no worker
+        ever ran it. Settings that are not rules (``backoff``, ``timeout``, ...) are defaults.
+        """
+        rules = store.stored_rules(check_name(name))
+        if rules is None:
+            raise NotFound(f"no batcher {name!r} in {store.url}: nothing was ever added, no worker ran it")
+        return cls(
+            store,
+            name,
+            max_items=rules.max_items,
+            max_wait=rules.max_wait_ms / 1000,
+            idle=rules.idle_ms / 1000 or None,
+            dedupe=rules.dedupe,
+            max_attempts=rules.max_attempts,
+            lease=rules.lease_ms / 1000,
+            clock=clock,
+        )
 
     def __repr__(self) -> str:
         return f"Batcher({self.name!r}, store={self.store.url!r})"
@@ -158,36 +199,79 @@ class Batcher:
     def handler_is_async(self) -> bool:
         return self._handler_is_async
 
+    # ------------------------------------------------------------------ the rules
+
+    def adopt_rules(self, rules: QueueSpec) -> None:
+        """Apply ``rules``, the store's, from now on; warn when they are not this process's.
+
+        Producers adopt them by themselves when the store refuses an append; workers call
+        this when they find that another worker published other rules.
+        """
+        with self._rules_lock:
+            if rules.version == self.spec.version:
+                return
+            self.spec = rules
+            if rules.version == self.configured.version:
+                log.info("batcher %s: the store holds this process's rules again", self.name)
+                return
+            log.warning(
+                "batcher %s: this process configured {%s}, the store holds {%s} (published by the last "
+                "worker to start, or recorded by the first producer); using the store's",
+                self.name,
+                self.configured.describe(),
+                rules.describe(),
+            )
+
+    def _append(self, entries: list[Entry], now_ms: int) -> None:
+        """Append under the rules in effect; when the store holds others, adopt them, retry."""
+        attempt = 1
+        while True:
+            spec = self.spec
+            try:
+                self.store.append(spec, entries, now_ms)
+                return
+            except RulesChanged as exc:
+                if attempt == RULES_ATTEMPTS:
+                    raise
+                attempt += 1
+                if exc.unstored is not None:  # only where partitions disagreed: keep what was stored
+                    entries = [entries[i] for i in exc.unstored]
+                # None: the record vanished (a flushed Redis); the retry records this process's.
+                self.adopt_rules(self.store.stored_rules(self.name) or self.configured)
+                if self.spec.dedupe != spec.dedupe:
+                    entries = [self._with_digest(e) for e in entries]
+
+    def _with_digest(self, entry: Entry) -> Entry:
+        """An entry re-encoded for the dedupe rule in effect (its payload is valid JSON)."""
+        digest = item_digest(orjson.loads(entry.payload)) if self.spec.dedupe else ""
+        return entry._replace(digest=digest)
+
     # ------------------------------------------------------------------ producing
 
     def _entry(self, key: str, item: Any) -> Entry:
         key = check_key(key)
         payload = encode_item(item, self.max_item_bytes)
-        digest = ""
-        if self.spec.dedupe:
-            canonical = orjson.dumps(item, option=_DUMPS_OPTIONS | orjson.OPT_SORT_KEYS)
-            digest = hashlib.blake2b(canonical, digest_size=16).hexdigest()
-        return Entry(key, payload, digest)
+        return Entry(key, payload, item_digest(item) if self.spec.dedupe else "")
 
     def add(self, key: str, item: Any) -> None:
         """Add one item under ``key``; it is durable (as the store allows) when this returns."""
-        self.store.append(self.spec, [self._entry(key, item)], self.clock())
+        self._append([self._entry(key, item)], self.clock())
 
     def add_many(self, items: Iterable[tuple[str, Any]]) -> int:
         """Add many (key, item) pairs in one round trip, all or none; return how many."""
         entries = [self._entry(key, item) for key, item in items]
         if entries:
-            self.store.append(self.spec, entries, self.clock())
+            self._append(entries, self.clock())
         return len(entries)
 
     async def add_async(self, key: str, item: Any) -> None:
         entry = self._entry(key, item)
-        await asyncio.to_thread(self.store.append, self.spec, [entry], self.clock())
+        await asyncio.to_thread(self._append, [entry], self.clock())
 
     async def add_many_async(self, items: Iterable[tuple[str, Any]]) -> int:
         entries = [self._entry(key, item) for key, item in items]
         if entries:
-            await asyncio.to_thread(self.store.append, self.spec, entries, self.clock())
+            await asyncio.to_thread(self._append, entries, self.clock())
         return len(entries)
 
     # ------------------------------------------------------------------ the retry rule
@@ -254,7 +338,14 @@ class Batcher:
         ]
 
     def replay(self, ids: Sequence[str] | None = None) -> int:
-        """Put dead letters (these ids, or all) back at the front of their keys; return items."""
+        """Put dead letters (these ids, or all) back at the front of their keys; return items.
+
+        Replayed items are deduplicated again when the store's rules say so, whatever this
+        process configured: the rules are read first.
+        """
+        stored = self.store.stored_rules(self.name)
+        if stored is not None:
+            self.adopt_rules(stored)
         return self.store.replay(self.spec, None if ids is None else list(ids), self.clock())
 
     def purge_dead(self, ids: Sequence[str] | None = None, older_than: float | None = None) -> int:

@@ -258,7 +258,7 @@ def stats(
     if not batchers:
         fail("name at least one batcher: redbatch stats BATCHER... (there is no registry of names yet)")
     with opened(url) as store:
-        rows = [Batcher(store, name).stats() for name in batchers]
+        rows = [Batcher.open(store, name).stats() for name in batchers]
         table = Table(title=f"batchers on {store.url}", title_justify="left")
         table.add_column("")
         for row in rows:
@@ -278,7 +278,7 @@ def inspect(
 ) -> None:
     """Show the oldest items waiting under KEY (not those in a running batch)."""
     with opened(url) as store:
-        items = Batcher(store, batcher).peek(key, limit)
+        items = Batcher.open(store, batcher).peek(key, limit)
     if not items:
         console.print(f"no items pending under {key!r} of {batcher!r}")
         return
@@ -308,7 +308,7 @@ def dead_letters_list(
 ) -> None:
     """List dead letters, oldest first, with the error of their last attempt."""
     with opened(url) as store:
-        letters = Batcher(store, batcher).dead_letters(limit=limit)
+        letters = Batcher.open(store, batcher).dead_letters(limit=limit)
     if not letters:
         console.print(f"no dead letters in {batcher!r}")
         return
@@ -338,7 +338,7 @@ def dead_letters_list(
 def dead_letters_replay(batcher: BatcherArg, ids: IdsOption = None, url: UrlOption = None) -> None:
     """Put dead letters (these --id, or all) back in front of their keys, due now."""
     with opened(url) as store:
-        count = Batcher(store, batcher).replay(ids or None)
+        count = Batcher.open(store, batcher).replay(ids or None)
     console.print(f"replayed {count} items of {batcher!r}")
 
 
@@ -358,7 +358,7 @@ def dead_letters_purge(
     if chosen != 1:
         fail("say which dead letters to purge: --id ID..., --older-than SECONDS or --all (one of them)")
     with opened(url) as store:
-        count = Batcher(store, batcher).purge_dead(ids or None, older_than)
+        count = Batcher.open(store, batcher).purge_dead(ids or None, older_than)
     console.print(f"purged {count} dead letters of {batcher!r}")
 
 

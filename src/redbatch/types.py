@@ -6,10 +6,15 @@ injectable clock; the public values (``Batch``, ``BatcherStats``, ...) use float
 
 from __future__ import annotations
 
+import hashlib
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
+
+import orjson
+
+from redbatch.errors import ConfigError
 
 Clock = Callable[[], int]
 """A function returning the current time in integer milliseconds since the epoch."""
@@ -19,9 +24,18 @@ def system_clock() -> int:
     return time.time_ns() // 1_000_000
 
 
+RULE_FIELDS = ("max_items", "max_wait_ms", "idle_ms", "dedupe", "max_attempts", "lease_ms")
+"""The settings a store applies itself: a batcher's *rules*, recorded once per batcher name."""
+
+
 @dataclass(frozen=True, slots=True)
 class QueueSpec:
-    """What a store needs to know of a batcher to apply its rules atomically."""
+    """A batcher's rules: what a store needs to know of it to apply them atomically.
+
+    The store records one set per batcher name; ``version`` (16 hex digits of a hash of the
+    rules, not of the name) lets ``append`` check in its atomic step that the producer's
+    rules are the recorded ones.
+    """
 
     name: str
     max_items: int
@@ -30,6 +44,44 @@ class QueueSpec:
     dedupe: bool
     max_attempts: int
     lease_ms: int
+    version: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        canonical = orjson.dumps(self.rules(), option=orjson.OPT_SORT_KEYS)
+        object.__setattr__(self, "version", hashlib.blake2b(canonical, digest_size=8).hexdigest())
+
+    def rules(self) -> dict[str, int | bool]:
+        """The rule fields by name (durations in integer milliseconds, as stores keep them)."""
+        return {name: getattr(self, name) for name in RULE_FIELDS}
+
+    @classmethod
+    def from_record(cls, name: str, record: Mapping[str, Any]) -> QueueSpec:
+        """Rules as a store recorded them: values may be ints, or their text (Redis, bytes)."""
+        try:
+            fields = {field_name: int(record[field_name]) for field_name in RULE_FIELDS}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"batcher {name!r}: the store's record of its rules is unreadable ({exc!r}); "
+                "starting a worker for it publishes them again"
+            ) from None
+        return cls(
+            name,
+            max_items=fields["max_items"],
+            max_wait_ms=fields["max_wait_ms"],
+            idle_ms=fields["idle_ms"],
+            dedupe=bool(fields["dedupe"]),
+            max_attempts=fields["max_attempts"],
+            lease_ms=fields["lease_ms"],
+        )
+
+    def describe(self) -> str:
+        """The rules in a line, in the units of ``Batcher``'s settings, for logs."""
+        idle = f"{self.idle_ms / 1000:g}s" if self.idle_ms else "off"
+        return (
+            f"max_items={self.max_items} max_wait={self.max_wait_ms / 1000:g}s idle={idle} "
+            f"dedupe={'on' if self.dedupe else 'off'} max_attempts={self.max_attempts} "
+            f"lease={self.lease_ms / 1000:g}s"
+        )
 
 
 class Entry(NamedTuple):

@@ -35,6 +35,8 @@ T = TypeVar("T")
 P = ParamSpec("P")
 MAX_SLEEP = 2.0
 JANITOR_INTERVAL = 60.0
+RULES_REFRESH = 10.0
+"""Seconds between looks at the rules the store holds, to adopt those another worker published."""
 MAX_ERROR_LENGTH = 4000
 ACK_GROUP = 512
 STORE_ERROR_PAUSE = (
@@ -111,6 +113,7 @@ class Worker:
         self._signals = 0
         self._acks: dict[str, list[tuple[Lease, asyncio.Future[bool]]]] = {}
         self._ackers: dict[str, asyncio.Task[None]] = {}
+        self._published: set[str] = set()  # batchers whose rules this worker published
         self.started = threading.Event()
 
     # ------------------------------------------------------------------ lifecycle
@@ -137,10 +140,12 @@ class Worker:
         self._handler_pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="redbatch-handler")
         self._wake_pool = ThreadPoolExecutor(1, thread_name_prefix="redbatch-wake")
         self._install_signal_handlers()
+        await self._sync_rules()  # before serving: claims and producers then follow these rules
         waiter = self.store.waiter([b.name for b in self.batchers])
         background = [
             asyncio.create_task(self._heartbeat_loop(), name="redbatch-heartbeat"),
             asyncio.create_task(self._janitor_loop(), name="redbatch-janitor"),
+            asyncio.create_task(self._rules_loop(), name="redbatch-rules"),
         ]
         log.info(
             "worker started on %s: %s, concurrency %d",
@@ -414,9 +419,9 @@ class Worker:
             del self._ackers[batcher.name]
 
     async def _heartbeat_loop(self) -> None:
-        interval = min(b.spec.lease_ms for b in self.batchers) / 3000
         while True:
-            await asyncio.sleep(interval)
+            # Read each round: adopted rules may have shortened a lease.
+            await asyncio.sleep(min(b.spec.lease_ms for b in self.batchers) / 3000)
             for batcher in self.batchers:
                 runs = [r for r in list(self._running.values()) if r.batcher is batcher and not r.lost]
                 if not runs:
@@ -450,6 +455,46 @@ class Worker:
                 except Exception as exc:  # noqa: BLE001 - housekeeping must outlive store errors
                     log.error("purging old dead letters of %s failed: %s", batcher.name, exc)
             await asyncio.sleep(JANITOR_INTERVAL)
+
+    async def _rules_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RULES_REFRESH)
+            await self._sync_rules()
+
+    async def _sync_rules(self) -> None:
+        """Publish each batcher's configured rules once, then adopt whatever the store holds.
+
+        The last worker to start defines a batcher's rules: workers started before it adopt
+        them here within ``RULES_REFRESH`` seconds, producers at their next add. A store
+        failure is logged and the batcher tried again next round.
+        """
+        for batcher in self.batchers:
+            try:
+                stored = None
+                if batcher.name in self._published:
+                    stored = await self._call(self.store.stored_rules, batcher.name)
+                if stored is None:  # not yet published, or the record is gone (a flushed Redis)
+                    await self._publish_rules(batcher)
+                else:
+                    batcher.adopt_rules(stored)
+            except Exception as exc:  # noqa: BLE001 - a store failure never kills the worker
+                log.error("publishing or reading the rules of %s failed: %s", batcher.name, exc)
+
+    async def _publish_rules(self, batcher: Batcher) -> None:
+        rules = batcher.configured
+        previous = await self._call(self.store.publish_rules, rules, self.clock())
+        self._published.add(batcher.name)
+        batcher.adopt_rules(rules)
+        if previous is None:
+            log.info("batcher %s: published its rules {%s}", batcher.name, rules.describe())
+        elif previous.version != rules.version:
+            log.warning(
+                "batcher %s: published {%s}, replacing {%s}; waiting keys rescheduled, producers "
+                "and other workers adopt them",
+                batcher.name,
+                rules.describe(),
+                previous.describe(),
+            )
 
     async def _drain(self) -> None:
         tasks = [r.task for r in list(self._running.values()) if r.task is not None]

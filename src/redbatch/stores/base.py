@@ -7,19 +7,44 @@ either ``running`` (leased to a worker until ``lease_until``) or ``waiting`` (to
 the key needs attention: its flush deadline while idle, its lease expiry while running, its
 retry time while waiting. ``claim_due`` therefore serves new batches, retries and batches
 of crashed workers through one path.
+
+A batcher's *rules* (``QueueSpec``: max_items, max_wait, idle, dedupe, max_attempts, lease)
+are recorded once per batcher name in the store, so that every process applies the same.
+A worker publishes its rules when it starts (``publish_rules``: the last worker to start
+defines them); ``append`` checks, in its atomic step, that the producer's rules are the
+recorded ones, and stores nothing (``RulesChanged``) when they are not, so no item is ever
+scheduled under rules other than the store's.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
-from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
+from redbatch.errors import ConfigError, RedbatchError
 from redbatch.types import ClaimedBatch, DeadRecord, Entry, Lease, QueueCounters, QueueSpec
 
+log = logging.getLogger("redbatch.store")
+
 LEASE_EXPIRED_ERROR = "lease expired: the worker running this batch was lost"
+
+
+class RulesChanged(RedbatchError):
+    """An append was made under other rules than the store holds for its batcher.
+
+    Nothing was stored of the entries at the indexes ``unstored`` (``None``: of any entry).
+    ``Batcher`` catches it, adopts the store's rules and retries; it reaches callers of
+    ``Store.append`` only, or when the rules keep changing under a producer.
+    """
+
+    def __init__(self, name: str, unstored: Sequence[int] | None = None) -> None:
+        self.name = name
+        self.unstored = None if unstored is None else tuple(unstored)
+        super().__init__(f"batcher {name!r}: the store holds other rules than this append was made under")
 
 
 @runtime_checkable
@@ -43,7 +68,23 @@ class Store(Protocol):
     """False for stores that lose everything when the process exits."""
 
     def append(self, spec: QueueSpec, entries: Sequence[Entry], now_ms: int) -> None:
-        """Add items under their keys, all or none, and reschedule each key's deadline."""
+        """Add items under their keys, all or none, and reschedule each key's deadline.
+
+        The batcher's recorded rules must be ``spec``'s (same ``version``): else nothing is
+        stored and ``RulesChanged`` is raised. When none are recorded yet, ``spec``'s are
+        recorded in the same step.
+        """
+
+    def publish_rules(self, spec: QueueSpec, now_ms: int) -> QueueSpec | None:
+        """Record ``spec`` as its batcher's rules; return those it replaced (None: none).
+
+        When the rules change, every key without a current batch is rescheduled under the
+        new ones (a key already due stays due); a running or retrying batch keeps its
+        deadline, and its key follows the new rules once the batch ends.
+        """
+
+    def stored_rules(self, name: str) -> QueueSpec | None:
+        """The rules recorded for batcher ``name``, or None when it was never used."""
 
     def claim_due(self, spec: QueueSpec, now_ms: int, limit: int) -> list[ClaimedBatch]:
         """Lease up to ``limit`` due batches: retries, lapsed leases, or new batches.
@@ -104,6 +145,18 @@ class Store(Protocol):
         """A waiter woken when a key of one of these batchers may have become due."""
 
     def close(self) -> None: ...
+
+
+def replaced_rules(name: str, record: Mapping[str, Any] | None) -> QueueSpec | None:
+    """The rules a publish replaced, for the publisher's log; an unreadable record (edited by
+    hand) was replaced all the same, so it is logged here rather than failing the publish."""
+    if not record:
+        return None
+    try:
+        return QueueSpec.from_record(name, record)
+    except ConfigError as exc:
+        log.warning("%s; replaced", exc)
+        return None
 
 
 def due_at(spec: QueueSpec, first_ms: int, last_ms: int, pending: int, now_ms: int) -> int:

@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from redbatch.stores.base import LEASE_EXPIRED_ERROR, Waiter, due_at, new_batch_id
+from redbatch.stores.base import LEASE_EXPIRED_ERROR, RulesChanged, Waiter, due_at, new_batch_id
 from redbatch.types import ClaimedBatch, DeadRecord, Entry, Lease, QueueCounters, QueueSpec
 
 log = logging.getLogger("redbatch.store.memory")
@@ -98,6 +98,7 @@ class MemoryStore:
         self._wake = threading.Condition(self._lock)
         self._wake_seq = 0
         self._queues: dict[str, _Queue] = {}
+        self._rules: dict[str, QueueSpec] = {}
         log.warning("memory:// store: nothing is durable, everything is lost when the process exits")
 
     def _queue(self, spec: QueueSpec) -> _Queue:
@@ -128,6 +129,8 @@ class MemoryStore:
 
     def append(self, spec: QueueSpec, entries: Sequence[Entry], now_ms: int) -> None:
         with self._lock:
+            if self._rules.setdefault(spec.name, spec).version != spec.version:
+                raise RulesChanged(spec.name)
             queue = self._queue(spec)
             touched: dict[str, _Key] = {}
             for entry in entries:
@@ -146,6 +149,27 @@ class MemoryStore:
                 # A key already due (flushed, or overdue) stays due: more items never delay it.
                 if state.current is None and queue.due.get(key, now_ms + 1) > now_ms:
                     self._reschedule(spec, queue, key, state, now_ms)
+
+    # ------------------------------------------------------------------ rules
+
+    def publish_rules(self, spec: QueueSpec, now_ms: int) -> QueueSpec | None:
+        with self._lock:
+            previous = self._rules.get(spec.name)
+            self._rules[spec.name] = spec
+            if previous is not None and previous.version == spec.version:
+                return previous
+            queue = self._queue(spec)
+            for key, state in queue.keys.items():
+                # A key already due (flushed, or overdue) stays due.
+                if state.current is None and state.pending and queue.due.get(key, now_ms) > now_ms:
+                    first = state.pending[0][0]
+                    queue.schedule(key, due_at(spec, first, state.last_ms, len(state.pending), now_ms))
+            self._notify()
+            return previous
+
+    def stored_rules(self, name: str) -> QueueSpec | None:
+        with self._lock:
+            return self._rules.get(name)
 
     # ------------------------------------------------------------------ claiming
 

@@ -3,6 +3,10 @@
 Keys live under ``{prefix:batcher:partition}``, a hash tag, so that everything one script
 touches sits in one Redis Cluster slot and a batcher can be spread over partitions (and so
 over cluster nodes). Values are JSON, readable with redis-cli.
+
+Each partition carries its own copy of the batcher's rules (``…:rules``), since a script
+touches one hash tag only; every write of them covers all partitions in one MULTI, so a
+producer never finds the partitions disagreeing.
 """
 
 from __future__ import annotations
@@ -23,15 +27,25 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from redbatch.errors import RedbatchError, StoreUnavailable
-from redbatch.stores.base import LEASE_EXPIRED_ERROR, Waiter, mask_url, new_batch_id
-from redbatch.types import ClaimedBatch, DeadRecord, Entry, Lease, QueueCounters, QueueSpec
+from redbatch.stores.base import (
+    LEASE_EXPIRED_ERROR,
+    RulesChanged,
+    Waiter,
+    mask_url,
+    new_batch_id,
+    replaced_rules,
+)
+from redbatch.types import RULE_FIELDS, ClaimedBatch, DeadRecord, Entry, Lease, QueueCounters, QueueSpec
 
 log = logging.getLogger("redbatch.store.redis")
 
 P = ParamSpec("P")
 T = TypeVar("T")
-_SCRIPTS = ("append", "claim", "heartbeat", "ack", "fail", "clear", "flush", "replay", "purge")
+_SCRIPTS = (
+    "append", "claim", "heartbeat", "ack", "fail", "clear", "flush", "replay", "purge", "rules", "reschedule"
+)  # fmt: skip
 _CHUNK = 500
+_OTHER_RULES, _NO_RULES = -1, -2  # append.lua's refusals
 # Error prefixes of a Redis that is up but cannot take writes now; OOM included: with
 # noeviction, Redis refuses writes until memory is freed.
 _REFUSALS = {"READONLY", "OOM", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY", "NOREPLICAS"}
@@ -60,6 +74,13 @@ def _split_entry(entry: bytes) -> tuple[int, str, bytes]:
     return int(arrived), digest.decode(), payload
 
 
+def _record(reply: Any) -> dict[str, bytes]:
+    """A hash as HGETALL answers it: a dict from redis-py, a flat list from a script."""
+    if isinstance(reply, dict):
+        return {field.decode(): value for field, value in reply.items()}
+    return {reply[i].decode(): reply[i + 1] for i in range(0, len(reply), 2)}
+
+
 def _load_scripts(client: Any) -> dict[str, Any]:
     lua = resources.files("redbatch.stores").joinpath("lua")
     prelude = lua.joinpath("lib.lua").read_text()
@@ -72,7 +93,7 @@ def _load_scripts(client: Any) -> dict[str, Any]:
 class _Partition:
     """The key names of one batcher partition."""
 
-    __slots__ = ("age", "base", "dead", "due", "seq", "stats")
+    __slots__ = ("age", "base", "dead", "due", "rules", "seq", "stats")
 
     def __init__(self, prefix: str, name: str, index: int) -> None:
         self.base = f"{{{prefix}:{name}:{index}}}:"
@@ -81,6 +102,7 @@ class _Partition:
         self.stats = self.base + "stats"
         self.dead = self.base + "dead"
         self.seq = self.base + "seq"
+        self.rules = self.base + "rules"
 
 
 class _RedisWaiter:
@@ -216,6 +238,31 @@ class RedisStore:
 
     @_unavailable
     def append(self, spec: QueueSpec, entries: Sequence[Entry], now_ms: int) -> None:
+        calls = self._append_calls(spec, entries, now_ms)
+        if len(calls) == 1:  # one script, atomic by itself, one round trip
+            results = [int(self._eval("append", *calls[0][1]))]
+        else:
+            results = self._run_appends([call for _, call in calls])
+        if min(results) >= 0:
+            return
+        refused = [i for i, result in enumerate(results) if result < 0]
+        if _NO_RULES in results:  # the batcher's first append: record its rules, then retry
+            self._write_rules("record", spec, now_ms)
+            again = self._run_appends([calls[i][1] for i in refused])
+            refused = [i for i, result in zip(refused, again, strict=True) if result < 0]
+            if not refused:
+                return
+        if len(refused) == len(calls):
+            raise RulesChanged(spec.name)
+        # Only if partitions disagree (another partition count elsewhere): name what was not stored.
+        parts = {calls[i][0] for i in refused}
+        unstored = [n for n, e in enumerate(entries) if self._partition_of(spec.name, e.key) in parts]
+        raise RulesChanged(spec.name, unstored)
+
+    def _append_calls(
+        self, spec: QueueSpec, entries: Sequence[Entry], now_ms: int
+    ) -> list[tuple[_Partition, tuple[list[str], list[Any]]]]:
+        """The append script's keys and arguments for each partition the entries fall in."""
         by_part: dict[_Partition, dict[str, list[Entry]]] = defaultdict(dict)
         for entry in entries:
             keyed = by_part[self._partition_of(spec.name, entry.key)]
@@ -224,7 +271,7 @@ class RedisStore:
                 keyed[entry.key] = [entry]
             else:
                 group.append(entry)
-        calls: list[tuple[list[str], list[Any]]] = []
+        calls: list[tuple[_Partition, tuple[list[str], list[Any]]]] = []
         stamp = b"%d:" % now_ms  # entries are "arrived_ms:digest:json", readable with redis-cli
         for part, keyed in by_part.items():
             args: list[Any] = [
@@ -233,19 +280,66 @@ class RedisStore:
                 *self._rule_args(spec),
                 int(spec.dedupe),
                 self._channel(spec.name),
+                spec.version,
             ]
             for key, group in keyed.items():
                 args += (key, len(group))
                 args += [b"%s%s:%s" % (stamp, e.digest.encode(), e.payload) for e in group]
-            calls.append(([part.due, part.age, part.stats], args))
+            calls.append((part, ([part.due, part.age, part.stats, part.rules], args)))
+        return calls
+
+    def _run_appends(self, calls: list[tuple[list[str], list[Any]]]) -> list[int]:
         if len(calls) == 1:  # one script, atomic by itself, one round trip
-            self._eval("append", *calls[0])
-            return
+            return [int(self._eval("append", *calls[0]))]
         # Several partitions: MULTI keeps add_many all-or-none on a single server.
         pipe = self.client.pipeline(transaction=True)
         for keys, args in calls:
             self._scripts["append"](keys=keys, args=args, client=pipe)
-        pipe.execute()
+        return [int(result) for result in pipe.execute()]
+
+    # ------------------------------------------------------------------ rules
+
+    def _write_rules(self, mode: str, spec: QueueSpec, now_ms: int) -> list[tuple[dict[str, bytes], bool]]:
+        """Run rules.lua on every partition of the batcher, in one MULTI when there are
+        several, so that no append ever sees some partitions changed and others not.
+        Returns, per partition, its record before and whether its keys need rescheduling."""
+        parts = self._partitions(spec.name)
+        rules = spec.rules()
+        args = [mode, now_ms, spec.version, *(int(rules[name]) for name in RULE_FIELDS)]
+        if len(parts) == 1:
+            replies = [self._eval("rules", [parts[0].rules], args)]
+        else:
+            pipe = self.client.pipeline(transaction=True)
+            for part in parts:
+                self._scripts["rules"](keys=[part.rules], args=args, client=pipe)
+            replies = pipe.execute()
+        return [(_record(flat), bool(stale)) for flat, stale in replies]
+
+    @_unavailable
+    def publish_rules(self, spec: QueueSpec, now_ms: int) -> QueueSpec | None:
+        written = self._write_rules("publish", spec, now_ms)
+        for part, (_, stale) in zip(self._partitions(spec.name), written, strict=True):
+            if stale:
+                self._reschedule(spec, part, now_ms)
+        return replaced_rules(spec.name, written[0][0])
+
+    def _reschedule(self, spec: QueueSpec, part: _Partition, now_ms: int) -> None:
+        """Reschedule a partition's keys under ``spec`` in chunks: Redis serves others between."""
+        cursor: str = "0"
+        while True:
+            reply = self._eval(
+                "reschedule",
+                keys=[part.due, part.rules],
+                args=[part.base, now_ms, spec.version, cursor, _CHUNK, self._channel(spec.name)],
+            )
+            cursor = reply.decode() if isinstance(reply, bytes) else str(reply)
+            if cursor in ("0", ""):
+                return
+
+    @_unavailable
+    def stored_rules(self, name: str) -> QueueSpec | None:
+        record = self.client.hgetall(self._partitions(name)[0].rules)
+        return QueueSpec.from_record(name, _record(record)) if record else None
 
     # ------------------------------------------------------------------ claiming
 

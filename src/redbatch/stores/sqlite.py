@@ -14,6 +14,7 @@ Tables (all times are integer milliseconds handed in by the caller):
 - ``pending``: items waiting, in ``id`` order per key.
 - ``batch_items``: items of a current or a dead batch, by batch id.
 - ``dead_letters``: dead batches; their items stay in ``batch_items``.
+- ``rules``: a row per batcher: the rules every process applies, and their version.
 """
 
 from __future__ import annotations
@@ -30,12 +31,21 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from redbatch.errors import ConfigError, StoreUnavailable
-from redbatch.stores.base import LEASE_EXPIRED_ERROR, Waiter, due_at, new_batch_id
+from redbatch.stores.base import (
+    LEASE_EXPIRED_ERROR,
+    RulesChanged,
+    Waiter,
+    due_at,
+    new_batch_id,
+    replaced_rules,
+)
 from redbatch.types import ClaimedBatch, DeadRecord, Entry, Lease, QueueCounters, QueueSpec
 
 log = logging.getLogger("redbatch.store.sqlite")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: the batching tables. 2: adds ``rules``; a version-1 file gains it from the same
+``CREATE TABLE IF NOT EXISTS`` statements that create a new file, and keeps its data."""
 POLL_SECONDS = 0.01
 """How often a waiter looks for commits by other processes (SQLite cannot notify them)."""
 _LOCK_ROUND_MS = 50
@@ -99,6 +109,17 @@ SCHEMA = (
         created_at INTEGER NOT NULL,
         died_at INTEGER NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS dead_letters_died ON dead_letters (queue, died_at, batch_id)",
+    # Since version 2.
+    """CREATE TABLE IF NOT EXISTS rules (
+        name TEXT PRIMARY KEY,
+        max_items INTEGER NOT NULL,
+        max_wait_ms INTEGER NOT NULL,
+        idle_ms INTEGER NOT NULL,
+        dedupe INTEGER NOT NULL,
+        max_attempts INTEGER NOT NULL,
+        lease_ms INTEGER NOT NULL,
+        version TEXT NOT NULL,
+        updated_at INTEGER NOT NULL)""",
 )
 
 SELECT_DUE = (
@@ -111,6 +132,19 @@ _BUMP = (
     "UPDATE queues SET "
     + ", ".join(f"{name} = {name} + ?" for name in _COUNTERS)
     + ", last_flush_at = COALESCE(?, last_flush_at), token_seq = token_seq + ? WHERE name = ?"
+)
+_RECORD_RULES = (
+    "INSERT OR REPLACE INTO rules (name, max_items, max_wait_ms, idle_ms, dedupe, max_attempts, lease_ms,"
+    " version, updated_at) VALUES (:name, :max_items, :max_wait_ms, :idle_ms, :dedupe, :max_attempts,"
+    " :lease_ms, :version, :now)"
+)
+# The batching rule (stores.base.due_at) restated as SQL, for every key without a current batch
+# that is not due yet (a key already due stays due): one statement, however many keys.
+_RESCHEDULE_IDLE_KEYS = (
+    "UPDATE keys SET due_at = CASE WHEN pending >= :max_items THEN :now"
+    " WHEN :idle_ms > 0 THEN MIN(first_at + :max_wait_ms, last_at + :idle_ms)"
+    " ELSE first_at + :max_wait_ms END"
+    " WHERE queue = :name AND batch_id IS NULL AND pending > 0 AND due_at > :now"
 )
 _END_BATCH = (
     "UPDATE keys SET batch_id = NULL, running = 0, attempt = 0, fencing_token = 0,"
@@ -484,6 +518,31 @@ class SQLiteStore:
             "SELECT arrived_at, digest, payload FROM batch_items WHERE batch_id = ? ORDER BY id", (batch_id,)
         ).fetchall()
 
+    # ------------------------------------------------------------------ rules
+
+    @staticmethod
+    def _record_rules(cur: sqlite3.Cursor, spec: QueueSpec, now_ms: int) -> None:
+        params = {**spec.rules(), "name": spec.name, "version": spec.version, "now": now_ms}
+        cur.execute(_RECORD_RULES, params)
+
+    @staticmethod
+    def _rules_row(cur: sqlite3.Cursor, name: str) -> Any:
+        return cur.execute("SELECT * FROM rules WHERE name = ?", (name,)).fetchone()
+
+    def publish_rules(self, spec: QueueSpec, now_ms: int) -> QueueSpec | None:
+        with self._write() as tx:
+            row = self._rules_row(tx.cur, spec.name)
+            self._record_rules(tx.cur, spec, now_ms)  # the same rules too: repairs a hand-edited row
+            if row is None or row["version"] != spec.version:
+                params = {**spec.rules(), "name": spec.name, "now": now_ms}
+                tx.wake = tx.cur.execute(_RESCHEDULE_IDLE_KEYS, params).rowcount > 0
+        return replaced_rules(spec.name, None if row is None else dict(zip(row.keys(), row, strict=True)))
+
+    def stored_rules(self, name: str) -> QueueSpec | None:
+        with self._read() as cur:
+            row = self._rules_row(cur, name)
+        return None if row is None else QueueSpec.from_record(name, row)
+
     # ------------------------------------------------------------------ producing
 
     def append(self, spec: QueueSpec, entries: Sequence[Entry], now_ms: int) -> None:
@@ -491,6 +550,11 @@ class SQLiteStore:
         for entry in entries:
             by_key.setdefault(entry.key, []).append(entry)
         with self._write(spec.name) as tx:
+            row = tx.cur.execute("SELECT version FROM rules WHERE name = ?", (spec.name,)).fetchone()
+            if row is None:
+                self._record_rules(tx.cur, spec, now_ms)
+            elif row[0] != spec.version:
+                raise RulesChanged(spec.name)  # rolls the transaction back: nothing stored
             head = self._head(tx.cur, spec.name)
             for key, group in by_key.items():
                 deadline = self._append_key(tx, spec, key, group, now_ms)

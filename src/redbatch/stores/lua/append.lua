@@ -1,15 +1,19 @@
 -- append: add entries under their keys (all in one partition) and reschedule each key.
--- KEYS[1] due zset, KEYS[2] age zset (first pending arrival per key), KEYS[3] stats hash
+-- KEYS[1] due zset, KEYS[2] age zset (first pending arrival per key), KEYS[3] stats hash,
+-- KEYS[4] rules hash (the batcher's recorded rules, see rules.lua)
 -- ARGV[1] base, ARGV[2] now_ms, ARGV[3] max_items, ARGV[4] max_wait_ms, ARGV[5] idle_ms,
--- ARGV[6] dedupe '1'|'0', ARGV[7] wake channel,
+-- ARGV[6] dedupe '1'|'0', ARGV[7] wake channel, ARGV[8] version of the rules in ARGV,
 -- then per key: key, n, and n entries "now_ms:digest:json" (built by the client, so that
 -- without dedupe this script only pushes a slice of ARGV)
--- Returns the number of entries added (deduplicated ones are not).
+-- Returns the number of entries added (deduplicated ones are not), or, storing nothing,
+-- -1 when the partition holds other rules and -2 when it holds none yet.
+local recorded = redis.call('HGET', KEYS[4], 'version')
+if recorded ~= ARGV[8] then return recorded and -1 or -2 end
 local due, age, stats = KEYS[1], KEYS[2], KEYS[3]
 local base, now = ARGV[1], tonumber(ARGV[2])
 local max_items, max_wait, idle = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local dedupe, channel = ARGV[6] == '1', ARGV[7]
-local total, wake, i = 0, false, 8
+local total, wake, i = 0, false, 9
 
 while i <= #ARGV do
   local key, n = ARGV[i], tonumber(ARGV[i + 1])

@@ -7,6 +7,7 @@
 --   B..'b:'..key  list  entries of the current batch
 --   B..'x:'..bid  hash  a dead letter: key, attempts, error, created, died
 --   B..'xi:'..bid list  a dead letter's entries
+--   B..'rules'    hash  the batcher's rules, a copy in every partition (see rules.lua)
 local function arrival(entry)
   return tonumber(string.match(entry, '^(%d+):'))
 end
