@@ -19,6 +19,7 @@ from redbatch.types import (
     Batch,
     BatcherStats,
     Clock,
+    CorruptItem,
     DeadLetter,
     Entry,
     PendingItem,
@@ -47,6 +48,15 @@ def encode_item(item: Any, max_bytes: int = DEFAULT_MAX_ITEM_BYTES) -> bytes:
     if len(payload) > max_bytes:
         raise InvalidItem(f"item is {len(payload)} bytes encoded, over the {max_bytes} byte limit")
     return payload
+
+
+def decode_item(payload: bytes) -> Any:
+    """An item from its stored JSON, or a ``CorruptItem`` when the bytes are not JSON, so that
+    listing what a store holds never fails on one bad item."""
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        return CorruptItem(payload, f"not JSON: {exc}")
 
 
 def check_key(key: object) -> str:
@@ -228,7 +238,7 @@ class Batcher:
     def peek(self, key: str, limit: int = 100) -> list[PendingItem]:
         """The oldest ``limit`` items waiting under ``key`` (not those in a running batch)."""
         rows = self.store.peek(self.spec, check_key(key), _positive_int("limit", limit))
-        return [PendingItem(orjson.loads(payload), arrived / 1000) for arrived, payload in rows]
+        return [PendingItem(decode_item(payload), arrived / 1000) for arrived, payload in rows]
 
     def clear(self, key: str) -> int:
         """Drop a key's waiting items (and a batch waiting to retry); a running batch finishes."""
@@ -244,7 +254,7 @@ class Batcher:
             DeadLetter(
                 id=r.batch_id,
                 key=r.key,
-                items=[orjson.loads(p) for p in r.payloads],
+                items=[decode_item(p) for p in r.payloads],
                 attempts=r.attempts,
                 error=r.error,
                 created_at=r.created_at / 1000,

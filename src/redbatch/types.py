@@ -113,8 +113,21 @@ class Batch:
 
 
 @dataclass(frozen=True, slots=True)
+class CorruptItem:
+    """Stands in for an item whose stored bytes do not decode (in ``DeadLetter.items`` and
+    ``PendingItem.value``), so that one bad item hides nothing else.
+
+    ``raw`` is what the store holds; ``reason`` says why it could not be read.
+    """
+
+    raw: bytes
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class PendingItem:
-    """An item waiting under a key, as ``Batcher.peek`` shows it."""
+    """An item waiting under a key, as ``Batcher.peek`` shows it (a ``CorruptItem`` when its
+    bytes do not decode)."""
 
     value: Any
     arrived_at: float
@@ -122,7 +135,8 @@ class PendingItem:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """A batch that used up its attempts, with the error of its last one."""
+    """A batch that used up its attempts (or was found corrupt), with the error of its last
+    one. An item whose bytes do not decode is a ``CorruptItem`` in ``items``."""
 
     id: str
     key: str
