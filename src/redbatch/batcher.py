@@ -238,7 +238,7 @@ class Batcher:
     def peek(self, key: str, limit: int = 100) -> list[PendingItem]:
         """The oldest ``limit`` items waiting under ``key`` (not those in a running batch)."""
         rows = self.store.peek(self.spec, check_key(key), _positive_int("limit", limit))
-        return [PendingItem(decode_item(payload), arrived / 1000) for arrived, payload in rows]
+        return [PendingItem(decode_item(p), None if a is None else a / 1000) for a, p in rows]
 
     def clear(self, key: str) -> int:
         """Drop a key's waiting items (and a batch waiting to retry); a running batch finishes."""

@@ -81,7 +81,7 @@ class QueueCounters:
 
 @dataclass(frozen=True, slots=True)
 class DeadRecord:
-    """A dead letter as a store keeps it."""
+    """A dead letter as a store keeps it (an arrival the store cannot read is 0)."""
 
     batch_id: str
     key: str
@@ -127,10 +127,10 @@ class CorruptItem:
 @dataclass(frozen=True, slots=True)
 class PendingItem:
     """An item waiting under a key, as ``Batcher.peek`` shows it (a ``CorruptItem`` when its
-    bytes do not decode)."""
+    bytes do not decode; ``arrived_at`` None when the store cannot read it either)."""
 
     value: Any
-    arrived_at: float
+    arrived_at: float | None
 
 
 @dataclass(frozen=True, slots=True)

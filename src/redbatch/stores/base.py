@@ -86,8 +86,9 @@ class Store(Protocol):
     def flush(self, spec: QueueSpec, key: str | None, now_ms: int) -> int:
         """Make a key (or every key) due now; return how many keys were made due."""
 
-    def peek(self, spec: QueueSpec, key: str, limit: int) -> list[tuple[int, bytes]]:
-        """A key's oldest pending items as (arrived_at_ms, payload)."""
+    def peek(self, spec: QueueSpec, key: str, limit: int) -> Sequence[tuple[int | None, bytes]]:
+        """A key's oldest pending items as (arrived_at_ms, payload); the arrival is None where
+        the store cannot read it (an entry written by hand, to be dead-lettered as corrupt)."""
 
     def counters(self, spec: QueueSpec) -> QueueCounters: ...
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import re
 import threading
 import time
 import zlib
@@ -32,6 +33,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 _SCRIPTS = ("append", "claim", "heartbeat", "ack", "fail", "clear", "flush", "replay", "purge")
 _CHUNK = 500
+_SPARE_IDS = 2  # batch ids claim.lua may use on corrupt batches it buries, beyond its limit
 # Error prefixes of a Redis that is up but cannot take writes now; OOM included: with
 # noeviction, Redis refuses writes until memory is freed.
 _REFUSALS = {"READONLY", "OOM", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY", "NOREPLICAS"}
@@ -55,9 +57,18 @@ def _unavailable(fn: Callable[P, T]) -> Callable[P, T]:
     return wrapper
 
 
-def _split_entry(entry: bytes) -> tuple[int, str, bytes]:
-    arrived, digest, payload = entry.split(b":", 2)
-    return int(arrived), digest.decode(), payload
+# An entry is "arrived_ms:digest:json" (lib.lua's digest_of reads the same framing).
+_FRAMING = re.compile(rb"([0-9]+):[^:]*:")
+
+
+def _read_entry(entry: bytes) -> tuple[int | None, bytes]:
+    """An entry's arrival and payload. One without the framing (pushed by hand) has no arrival
+    to read; its payload is the whole entry, which the batcher shows as a ``CorruptItem``
+    unless it is JSON. Listing must work on anything; claims never hand such an entry out."""
+    framed = _FRAMING.match(entry)
+    if framed is None:
+        return None, entry
+    return int(framed[1]), entry[framed.end() :]
 
 
 def _load_scripts(client: Any) -> dict[str, Any]:
@@ -268,20 +279,19 @@ class RedisStore:
                     spec.max_attempts,
                     int(spec.dedupe),
                     LEASE_EXPIRED_ERROR,
-                    *(new_batch_id() for _ in range(want)),
+                    *(new_batch_id() for _ in range(want + _SPARE_IDS)),
                 ],
             )
             for key, batch_id, attempt, token, created, raw in rows:
-                split = [_split_entry(e) for e in raw]
-                claimed.append(
-                    ClaimedBatch(
-                        Lease(key.decode(), batch_id.decode(), int(token)),
-                        int(attempt),
-                        int(created),
-                        tuple(p for _, _, p in split),
-                        tuple(a for a, _, _ in split),
-                    )
-                )
+                lease = Lease(key.decode(), batch_id.decode(), int(token))
+                entries = [_read_entry(e) for e in raw]
+                arrivals = tuple(a for a, _ in entries if a is not None)
+                if len(arrivals) < len(entries):  # claim.lua buries these: this is a safety net
+                    why = "corrupt data: an entry is not framed as arrived_ms:digest:json"
+                    self.fail(spec, lease, now_ms, why, None)
+                    continue
+                payloads = tuple(p for _, p in entries)
+                claimed.append(ClaimedBatch(lease, int(attempt), int(created), payloads, arrivals))
         return claimed
 
     @_unavailable
@@ -378,10 +388,9 @@ class RedisStore:
         return made
 
     @_unavailable
-    def peek(self, spec: QueueSpec, key: str, limit: int) -> list[tuple[int, bytes]]:
+    def peek(self, spec: QueueSpec, key: str, limit: int) -> list[tuple[int | None, bytes]]:
         part = self._partition_of(spec.name, key)
-        rows = self.client.lrange(f"{part.base}i:{key}", 0, limit - 1)
-        return [(arrived, payload) for arrived, _, payload in map(_split_entry, rows)]
+        return [_read_entry(e) for e in self.client.lrange(f"{part.base}i:{key}", 0, limit - 1)]
 
     @_unavailable
     def counters(self, spec: QueueSpec) -> QueueCounters:
@@ -440,13 +449,13 @@ class RedisStore:
             meta, raw = replies[2 * i], replies[2 * i + 1]
             if not meta:
                 continue  # purged meanwhile
-            split = [_split_entry(e) for e in raw]
+            entries = [_read_entry(e) for e in raw]
             records.append(
                 DeadRecord(
                     batch_id=batch_id,
                     key=meta[b"key"].decode(),
-                    payloads=tuple(p for _, _, p in split),
-                    arrived_at=tuple(a for a, _, _ in split),
+                    payloads=tuple(p for _, p in entries),
+                    arrived_at=tuple(a or 0 for a, _ in entries),
                     attempts=int(meta[b"attempts"]),
                     error=meta[b"error"].decode(errors="replace"),
                     created_at=int(meta[b"created"]),
