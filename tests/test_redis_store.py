@@ -3,6 +3,7 @@ partitions. The conformance suite covers the behaviour every store shares."""
 
 from __future__ import annotations
 
+import uuid
 import zlib
 
 import pytest
@@ -11,6 +12,7 @@ from redbatch import Batcher, CorruptItem
 from redbatch.stores.redis import RedisStore
 from tests.conformance.helpers import ack, claim, fail, items, make
 from tests.conftest import FakeClock
+from tests.servers import RedisServer
 
 
 @pytest.fixture(params=["redis", "redis-partitioned"])
@@ -64,3 +66,40 @@ def test_a_retry_whose_entries_were_edited_by_hand_is_dead_lettered(
     assert dead.items == [1, CorruptItem(b"garbage", dead.items[1].reason)]
     s = b.stats()
     assert (s.in_flight, s.retrying, s.dead) == (1, 0, 1)
+
+
+# ---------------------------------------------------------------- partitions
+
+
+def keys_by_partition(partitions: int, per_partition: int) -> list[list[str]]:
+    """Key names grouped by the partition they hash to."""
+    found: list[list[str]] = [[] for _ in range(partitions)]
+    n = 0
+    while min(len(keys) for keys in found) < per_partition:
+        key = f"key-{n}"
+        keys = found[zlib.crc32(key.encode()) % partitions]
+        if len(keys) < per_partition:
+            keys.append(key)
+        n += 1
+    return found
+
+
+def test_due_work_is_served_earliest_deadline_first_across_partitions(
+    redis_server: RedisServer, clock: FakeClock
+) -> None:
+    store = RedisStore(redis_server.url, prefix=f"t{uuid.uuid4().hex[:12]}", partitions=4)
+    b = make(store, clock, max_wait=5)
+    groups = keys_by_partition(4, 3)
+    # Deadlines one second apart, the earliest in the last partition and the
+    # partitions taking turns, so that partition order and deadline order disagree.
+    in_deadline_order = [groups[p][n] for n in range(3) for p in (3, 1, 2, 0)]
+    for key in in_deadline_order:
+        b.add(key, key)
+        clock.advance(1)
+    clock.advance(5)
+    served: list[str] = []
+    while batches := claim(b, limit=3):
+        assert len(batches) == 3
+        served += [c.lease.key for c in batches]
+    assert served == in_deadline_order
+    store.close()

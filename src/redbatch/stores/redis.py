@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import heapq
 import logging
 import re
 import threading
 import time
 import zlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any, ParamSpec, TypeVar
@@ -262,36 +263,84 @@ class RedisStore:
 
     @_unavailable
     def claim_due(self, spec: QueueSpec, now_ms: int, limit: int) -> list[ClaimedBatch]:
+        """Lease up to ``limit`` due batches, earliest deadline first across the batcher's
+        partitions: their due heads are read first, and each partition holding some of
+        the ``limit`` earliest claims that many, so no partition waits behind another."""
+        parts = self._partitions(spec.name)
+        if limit <= 0:
+            return []
+        if len(parts) == 1:
+            rows = self._eval("claim", *self._claim_call(spec, parts[0], now_ms, limit))
+            return self._claimed(spec, now_ms, rows)
+        pipe = self.client.pipeline(transaction=False)
+        for part in parts:
+            pipe.zrangebyscore(part.due, "-inf", now_ms, start=0, num=limit, withscores=True)
+        heads = heapq.nsmallest(
+            limit, ((score, key, i) for i, rows in enumerate(pipe.execute()) for key, score in rows)
+        )
+        claimed = self._claim_shares(
+            spec, now_ms, {parts[i]: n for i, n in Counter(i for *_, i in heads).items()}
+        )
+        rank = {key.decode(): n for n, (_, key, _) in enumerate(heads)}
+        claimed.sort(key=lambda c: rank.get(c.lease.key, len(rank)))
+        return claimed
+
+    def _claim_shares(
+        self, spec: QueueSpec, now_ms: int, shares: dict[_Partition, int]
+    ) -> list[ClaimedBatch]:
+        """Run claim.lua on each partition for its share, in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for part, share in shares.items():
+            keys, args = self._claim_call(spec, part, now_ms, share)
+            pipe.execute_command("EVALSHA", self._scripts["claim"].sha, len(keys), *keys, *args)
         claimed: list[ClaimedBatch] = []
-        for part in self._partitions(spec.name):
-            want = limit - len(claimed)
-            if want <= 0:
-                break
-            rows = self._eval(
-                "claim",
-                keys=[part.due, part.age, part.stats, part.dead, part.seq],
-                args=[
-                    part.base,
-                    now_ms,
-                    want,
-                    spec.lease_ms,
-                    *self._rule_args(spec),
-                    spec.max_attempts,
-                    int(spec.dedupe),
-                    LEASE_EXPIRED_ERROR,
-                    *(new_batch_id() for _ in range(want + _SPARE_IDS)),
-                ],
-            )
-            for key, batch_id, attempt, token, created, raw in rows:
-                lease = Lease(key.decode(), batch_id.decode(), int(token))
-                entries = [_read_entry(e) for e in raw]
-                arrivals = tuple(a for a, _ in entries if a is not None)
-                if len(arrivals) < len(entries):  # claim.lua buries these: this is a safety net
-                    why = "corrupt data: an entry is not framed as arrived_ms:digest:json"
-                    self.fail(spec, lease, now_ms, why, None)
-                    continue
-                payloads = tuple(p for _, p in entries)
-                claimed.append(ClaimedBatch(lease, int(attempt), int(created), payloads, arrivals))
+        failure: Exception | None = None
+        for (part, share), reply in zip(shares.items(), pipe.execute(raise_on_error=False), strict=True):
+            rows = reply
+            if isinstance(reply, redis.exceptions.NoScriptError):  # SCRIPT FLUSH, a restart
+                rows = self._eval("claim", *self._claim_call(spec, part, now_ms, share))
+            elif isinstance(reply, Exception):
+                failure = reply
+                continue
+            claimed += self._claimed(spec, now_ms, rows)
+        if failure is not None:
+            if not claimed:
+                raise failure
+            # What was leased is handed out, not stranded; the next claim meets the failure again.
+            log.error("claiming from a partition of %s failed: %s", spec.name, failure)
+        return claimed
+
+    def _claim_call(
+        self, spec: QueueSpec, part: _Partition, now_ms: int, want: int
+    ) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of claim.lua for ``want`` batches of one partition."""
+        keys = [part.due, part.age, part.stats, part.dead, part.seq]
+        args = [
+            part.base,
+            now_ms,
+            want,
+            spec.lease_ms,
+            *self._rule_args(spec),
+            spec.max_attempts,
+            int(spec.dedupe),
+            LEASE_EXPIRED_ERROR,
+            *(new_batch_id() for _ in range(want + _SPARE_IDS)),
+        ]
+        return keys, args
+
+    def _claimed(self, spec: QueueSpec, now_ms: int, rows: Any) -> list[ClaimedBatch]:
+        """claim.lua's reply as batches."""
+        claimed = []
+        for key, batch_id, attempt, token, created, raw in rows:
+            lease = Lease(key.decode(), batch_id.decode(), int(token))
+            entries = [_read_entry(e) for e in raw]
+            arrivals = tuple(a for a, _ in entries if a is not None)
+            if len(arrivals) < len(entries):  # claim.lua buries these: this is a safety net
+                why = "corrupt data: an entry is not framed as arrived_ms:digest:json"
+                self.fail(spec, lease, now_ms, why, None)
+                continue
+            payloads = tuple(p for _, p in entries)
+            claimed.append(ClaimedBatch(lease, int(attempt), int(created), payloads, arrivals))
         return claimed
 
     @_unavailable
