@@ -3,16 +3,23 @@ partitions. The conformance suite covers the behaviour every store shares."""
 
 from __future__ import annotations
 
+import signal
+import socket
+import time
 import uuid
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
-from redbatch import Batcher, CorruptItem
+import redbatch
+from redbatch import Batcher, CorruptItem, StoreUnavailable
 from redbatch.stores.redis import RedisStore
 from tests.conformance.helpers import ack, claim, fail, items, make
 from tests.conftest import FakeClock
-from tests.servers import RedisServer
+from tests.servers import RedisServer, free_port
 
 
 @pytest.fixture(params=["redis", "redis-partitioned"])
@@ -102,4 +109,85 @@ def test_due_work_is_served_earliest_deadline_first_across_partitions(
         assert len(batches) == 3
         served += [c.lease.key for c in batches]
     assert served == in_deadline_order
+    store.close()
+
+
+# ---------------------------------------------------------------- bounded failure
+
+CONNECT_TIMEOUT = SOCKET_TIMEOUT = 1.0
+SLACK = 0.5  # seconds of scheduling and handshake allowed on top of the configured bound
+TIMEOUTS = {"connect_timeout": CONNECT_TIMEOUT, "socket_timeout": SOCKET_TIMEOUT}
+
+
+@pytest.fixture
+def silent_url() -> Iterator[str]:
+    """A URL of a server that accepts TCP connections (the kernel does, from the backlog)
+    and never answers."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+
+
+@contextmanager
+def takes_less_than(bound: float) -> Iterator[None]:
+    started = time.monotonic()
+    yield
+    elapsed = time.monotonic() - started
+    assert elapsed < bound, f"took {elapsed:.2f} s, over the {bound:.2f} s bound"
+
+
+def test_connect_to_a_silent_server_fails_within_its_timeouts(silent_url: str) -> None:
+    with takes_less_than(CONNECT_TIMEOUT + SOCKET_TIMEOUT + SLACK), pytest.raises(StoreUnavailable):
+        redbatch.connect(silent_url, **TIMEOUTS)
+
+
+def test_add_to_a_silent_server_fails_within_its_timeouts(silent_url: str) -> None:
+    store = redbatch.connect(silent_url, check=False, **TIMEOUTS)
+    b = Batcher(store, "b")
+    with takes_less_than(CONNECT_TIMEOUT + SOCKET_TIMEOUT + SLACK), pytest.raises(StoreUnavailable):
+        b.add("k", 1)
+    store.close()
+
+
+def test_tls_to_a_plain_server_fails_within_its_timeouts(redis_server: RedisServer) -> None:
+    url = f"rediss://127.0.0.1:{redis_server.port}/0"
+    with takes_less_than(CONNECT_TIMEOUT + SOCKET_TIMEOUT + SLACK), pytest.raises(StoreUnavailable):
+        redbatch.connect(url, **TIMEOUTS)
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, free to be stopped, paused or reconfigured."""
+    server = RedisServer(free_port(), tmp_path).start()
+    try:
+        yield server
+    finally:
+        if server.process is not None and server.process.poll() is None:
+            server.process.send_signal(signal.SIGCONT)
+        server.stop()
+
+
+def test_a_command_to_a_server_that_stopped_answering_fails_within_the_socket_timeout(
+    own_server: RedisServer,
+) -> None:
+    store = redbatch.connect(own_server.url, **TIMEOUTS)  # the connection is made and kept
+    b = Batcher(store, "b")
+    b.add("k", 1)
+    assert own_server.process is not None
+    own_server.process.send_signal(signal.SIGSTOP)
+    with takes_less_than(SOCKET_TIMEOUT + SLACK), pytest.raises(StoreUnavailable):
+        b.add("k", 2)
+    own_server.process.send_signal(signal.SIGCONT)
+    store.close()
+
+
+def test_the_first_command_after_a_restart_succeeds(own_server: RedisServer) -> None:
+    store = redbatch.connect(own_server.url, **TIMEOUTS)
+    b = Batcher(store, "b")
+    b.add("k", 1)  # a pooled connection now points at the server about to go away
+    own_server.stop()
+    own_server.start()
+    b.add("k", 2)
+    assert b.stats().buffered_items == 1  # the new server kept nothing (no persistence)
     store.close()

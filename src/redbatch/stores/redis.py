@@ -21,7 +21,7 @@ from importlib import resources
 from typing import Any, ParamSpec, TypeVar
 
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from redbatch.errors import RedbatchError, StoreUnavailable
@@ -42,12 +42,26 @@ _REFUSALS = {"READONLY", "OOM", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOW
 
 def _unavailable(fn: Callable[P, T]) -> Callable[P, T]:
     """Turn redis-py's failures into redbatch errors: StoreUnavailable when Redis cannot be
-    reached or refuses writes (READONLY during a failover, OOM, LOADING, ...)."""
+    reached or refuses writes (READONLY during a failover, OOM, LOADING, ...).
+
+    This is the one place a store operation is retried: once, when its connection turned
+    out to be dropped (reset, closed, refused: errors that show at once), so that the
+    first command after a Redis restart does not fail. A timeout is never retried: it
+    has spent its time already, and the command may have run. redis-py's own retries,
+    nested in each other (command, connect, socket connect, health check), are off:
+    they multiplied the bound the timeouts promise.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
-            return fn(*args, **kwargs)
+            try:
+                return fn(*args, **kwargs)
+            except redis.ConnectionError as exc:
+                if type(exc) is not redis.ConnectionError:  # authentication, LOADING, ...
+                    raise
+                log.info("Redis connection dropped (%s); trying once more on a new one", exc)
+                return fn(*args, **kwargs)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
         except redis.ResponseError as exc:
@@ -179,12 +193,15 @@ class RedisStore:
         self.partitions = partitions
         # redis-py's reply types are unions of every reply shape: the scripts' replies are
         # known, so the client is typed loosely rather than cast at every call.
+        # Bounded failure: connecting takes at most connect_timeout, and each reply (the
+        # handshake's, a command's) at most socket_timeout, with no retry inside redis-py
+        # (see _unavailable). No health check either: the pool already replaces a
+        # connection the server closed, and a PING before a command only adds a wait.
         self.client: Any = client or redis.Redis.from_url(
             url,
             socket_connect_timeout=connect_timeout,
             socket_timeout=socket_timeout,
-            health_check_interval=30,
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+            retry=Retry(NoBackoff(), 0),
         )
         self._scripts = _load_scripts(self.client)
         self._parts: dict[str, list[_Partition]] = {}
