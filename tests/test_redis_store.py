@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import redis
 
 import redbatch
 from redbatch import Batcher, CorruptItem, StoreUnavailable
@@ -191,3 +192,58 @@ def test_the_first_command_after_a_restart_succeeds(own_server: RedisServer) -> 
     b.add("k", 2)
     assert b.stats().buffered_items == 1  # the new server kept nothing (no persistence)
     store.close()
+
+
+# ---------------------------------------------------------------- scripts and refusals
+
+
+def test_scripts_are_loaded_again_after_script_flush(own_server: RedisServer, clock: FakeClock) -> None:
+    for partitions in (1, 3):
+        store = RedisStore(own_server.url, prefix=f"p{partitions}", partitions=partitions)
+        b = make(store, clock, max_wait=1)
+        b.add("k", 1)
+        store.client.script_flush()
+        b.add_many([("k", 2), ("j", 3)])
+        store.client.script_flush()
+        clock.advance(1)
+        claimed = claim(b)
+        assert sorted(items(c) for c in claimed) == [[1, 2], [3]]
+        store.client.script_flush()
+        assert all(ack(b, c) for c in claimed)
+        store.close()
+
+
+def test_a_read_only_replica_is_unavailable_not_an_error(own_server: RedisServer, tmp_path: Path) -> None:
+    (tmp_path / "replica").mkdir()
+    with redis.Redis(port=own_server.port) as admin:  # no 5 s wait before the initial sync
+        admin.config_set("repl-diskless-sync-delay", 0)
+    replicating = ("--replicaof", "127.0.0.1", str(own_server.port))
+    replica = RedisServer(free_port(), tmp_path / "replica", replicating).start()
+    try:
+        on_primary = Batcher(redbatch.connect(own_server.url), "b", max_wait=0)
+        on_primary.add("k", 1)
+        assert on_primary.store.client.wait(1, 10_000) == 1  # the replica has the item
+        on_replica = Batcher(redbatch.connect(replica.url), "b", max_wait=0)
+        with pytest.raises(StoreUnavailable, match="READONLY"):
+            on_replica.add("k", 2)
+        with pytest.raises(StoreUnavailable, match="READONLY"):
+            on_replica.store.claim_due(on_replica.spec, on_replica.clock(), 10)
+        on_primary.store.close()
+        on_replica.store.close()
+    finally:
+        replica.stop()
+
+
+def test_out_of_memory_is_unavailable_and_passes(own_server: RedisServer) -> None:
+    b = Batcher(redbatch.connect(own_server.url), "b")
+    b.add("k", 1)
+    admin = redis.Redis(port=own_server.port)
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", 1)
+    with pytest.raises(StoreUnavailable, match="OOM"):
+        b.add("k", 2)
+    admin.config_set("maxmemory", 0)
+    b.add("k", 3)
+    assert [p.value for p in b.peek("k")] == [1, 3]
+    admin.close()
+    b.store.close()

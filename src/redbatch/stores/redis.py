@@ -65,9 +65,14 @@ def _unavailable(fn: Callable[P, T]) -> Callable[P, T]:
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
         except redis.ResponseError as exc:
-            if str(exc).split(" ", 1)[0] in _REFUSALS or isinstance(exc, redis.ReadOnlyError):
-                raise StoreUnavailable(f"Redis refused the command: {exc}") from exc
-            raise RedbatchError(f"Redis error: {exc}") from exc
+            # redis-py cuts the code off the replies it has a class for (READONLY, OOM, ...)
+            reply = str(exc)
+            code = exc.status_code or reply.split(" ", 1)[0]
+            if not reply.startswith(code):
+                reply = f"{code} {reply}"
+            if code in _REFUSALS:
+                raise StoreUnavailable(f"Redis refused the command: {reply}") from exc
+            raise RedbatchError(f"Redis error: {reply}") from exc
 
     return wrapper
 
