@@ -16,7 +16,7 @@ import pytest
 import redis
 
 import redbatch
-from redbatch import Batcher, CorruptItem, StoreUnavailable
+from redbatch import Batcher, CorruptItem, RedbatchError, StoreUnavailable
 from redbatch.stores.redis import RedisStore
 from tests.conformance.helpers import ack, claim, fail, items, make
 from tests.conftest import FakeClock
@@ -247,3 +247,23 @@ def test_out_of_memory_is_unavailable_and_passes(own_server: RedisServer) -> Non
     assert [p.value for p in b.peek("k")] == [1, 3]
     admin.close()
     b.store.close()
+
+
+@pytest.mark.parametrize("partitions", [1, 3])
+def test_add_many_is_all_or_none_when_one_key_refuses(
+    redis_server: RedisServer, clock: FakeClock, partitions: int
+) -> None:
+    store = RedisStore(redis_server.url, prefix=f"t{uuid.uuid4().hex[:12]}", partitions=partitions)
+    b = make(store, clock)
+    keys = [group[0] for group in keys_by_partition(partitions, 3)]
+    keys = keys if partitions > 1 else keys_by_partition(1, 3)[0]
+    store.client.set(redis_key(store, b, "i:", keys[-1]), "not a list")  # the last one refuses
+    with pytest.raises(RedbatchError, match="WRONGTYPE"):
+        b.add_many([(key, n) for n, key in enumerate(keys)])
+    assert [b.peek(key) for key in keys[:-1]] == [[]] * (len(keys) - 1)
+    s = b.stats()
+    assert (s.open_keys, s.buffered_items) == (0, 0)
+    store.client.delete(redis_key(store, b, "i:", keys[-1]))
+    assert b.add_many([(key, n) for n, key in enumerate(keys)]) == len(keys)
+    assert b.stats().buffered_items == len(keys)
+    store.close()

@@ -258,28 +258,17 @@ class RedisStore:
                 keyed[entry.key] = [entry]
             else:
                 group.append(entry)
-        calls: list[tuple[list[str], list[Any]]] = []
+        # One script over every partition the entries fall in: all or none, one round trip.
+        keys: list[str] = []
+        args: list[Any] = [now_ms, *self._rule_args(spec), int(spec.dedupe), self._channel(spec.name)]
         stamp = b"%d:" % now_ms  # entries are "arrived_ms:digest:json", readable with redis-cli
         for part, keyed in by_part.items():
-            args: list[Any] = [
-                part.base,
-                now_ms,
-                *self._rule_args(spec),
-                int(spec.dedupe),
-                self._channel(spec.name),
-            ]
+            keys += (part.due, part.age, part.stats)
+            args += (part.base, len(keyed))
             for key, group in keyed.items():
                 args += (key, len(group))
                 args += [b"%s%s:%s" % (stamp, e.digest.encode(), e.payload) for e in group]
-            calls.append(([part.due, part.age, part.stats], args))
-        if len(calls) == 1:  # one script, atomic by itself, one round trip
-            self._eval("append", *calls[0])
-            return
-        # Several partitions: MULTI keeps add_many all-or-none on a single server.
-        pipe = self.client.pipeline(transaction=True)
-        for keys, args in calls:
-            self._scripts["append"](keys=keys, args=args, client=pipe)
-        pipe.execute()
+        self._eval("append", keys, args)
 
     # ------------------------------------------------------------------ claiming
 
