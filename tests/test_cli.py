@@ -25,6 +25,7 @@ import redbatch
 from redbatch import cli
 from redbatch.demo import ChatLoad, demo_batcher, percentile
 from redbatch.stores.base import Store
+from redbatch.types import Entry
 from tests.servers import free_port
 
 DEADLINE = 15.0
@@ -251,6 +252,24 @@ def test_replay_from_the_command_line_applies_the_stored_dedupe_rule(
     assert code == 0 and "replayed 1 items" in output, output
     profiles.add("p", {"id": 1})  # equal to the replayed item: collapsed into it
     assert [p.value for p in profiles.peek("p")] == [{"id": 1}]
+
+
+def test_corrupt_items_are_shown_for_what_they_are(cli_env: tuple[str, dict[str, str], Store]) -> None:
+    url, _, store = cli_env
+    orders = redbatch.Batcher(store, "orders", max_items=100, max_wait=60)
+    orders.add("k-bad", {"n": 1})
+    store.append(orders.spec, [Entry("k-bad", b"{not json", "")], orders.clock())
+    code, output = invoke("inspect", "orders", "k-bad", "--url", url)
+    assert code == 0, output
+    assert "<corrupt: b'{not json'>" in output and '{"n":1}' in output
+
+    orders.flush("k-bad")
+    now = orders.clock()
+    [claimed] = store.claim_due(orders.spec, now, 10)
+    assert store.fail(orders.spec, claimed.lease, now, "corrupt data: an item is not JSON", None)
+    code, output = invoke("dead-letters", "list", "orders", "--url", url)
+    assert code == 0, output
+    assert claimed.lease.batch_id in output and "corrupt data" in output and "Traceback" not in output
 
 
 def test_stats_needs_a_batcher_name() -> None:

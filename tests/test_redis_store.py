@@ -1,21 +1,275 @@
-"""What only the Redis store does: its copy of a batcher's rules in every partition.
-
-The protocol's semantics are the conformance suite's job.
-"""
+"""What only the Redis store does: entries written by hand, scripts, refusals, timeouts,
+partitions. The conformance suite covers the behaviour every store shares."""
 
 from __future__ import annotations
 
+import signal
+import socket
+import time
 import uuid
+import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
+import redis
 
 import redbatch
-from redbatch import Batcher
+from redbatch import Batcher, CorruptItem, RedbatchError, StoreUnavailable
 from redbatch.stores.redis import RedisStore
-from tests.conformance.helpers import claim, claim_one, items
+from tests.conformance.helpers import ack, claim, claim_one, fail, items, make
 from tests.conftest import FakeClock
-from tests.servers import RedisServer
+from tests.servers import RedisServer, free_port
+
+
+@pytest.fixture(params=["redis", "redis-partitioned"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """The conftest's ``store`` fixture, on Redis only."""
+    return str(request.param)
+
+
+def redis_key(store: RedisStore, batcher: Batcher, suffix: str, key: str) -> str:
+    """A key of the documented layout: ``{prefix:batcher:partition}:<suffix><key>``."""
+    partition = zlib.crc32(key.encode()) % store.partitions
+    return f"{{{store.prefix}:{batcher.name}:{partition}}}:{suffix}{key}"
+
+
+# ---------------------------------------------------------------- entries written by hand
+
+
+def test_an_unframed_entry_next_in_line_is_dead_lettered_on_its_turn(
+    store: RedisStore, clock: FakeClock
+) -> None:
+    b = make(store, clock, max_items=1, max_wait=1)
+    b.add("k", 1)
+    store.client.rpush(redis_key(store, b, "i:", "k"), b"hello")
+    b.add("k", 3)
+    clock.advance(1)
+    (first,) = claim(b)
+    assert items(first) == [1]
+    assert ack(b, first)
+    (third,) = claim(b, limit=1)  # "hello" went to dead letters on the way, taking no attempt
+    assert items(third) == [3] and third.attempt == 1
+    (dead,) = b.dead_letters()
+    assert dead.items == [CorruptItem(b"hello", dead.items[0].reason)]
+    assert dead.attempts == 0 and dead.error.startswith("corrupt data: entry 1 of 1 is not framed")
+    assert b.stats().buffered_items == 0
+
+
+def test_a_retry_whose_entries_were_edited_by_hand_is_dead_lettered(
+    store: RedisStore, clock: FakeClock
+) -> None:
+    b = make(store, clock, max_wait=1)
+    b.add_many([("k", 1), ("k", 2), ("other", 3)])
+    clock.advance(1)
+    for claimed in claim(b):
+        assert fail(b, claimed, retry_in=1)
+    store.client.lset(redis_key(store, b, "b:", "k"), 1, b"garbage")
+    clock.advance(1)
+    (retried,) = claim(b)
+    assert retried.lease.key == "other" and retried.attempt == 2
+    (dead,) = b.dead_letters()
+    assert (dead.key, dead.attempts) == ("k", 1)
+    assert dead.items == [1, CorruptItem(b"garbage", dead.items[1].reason)]
+    s = b.stats()
+    assert (s.in_flight, s.retrying, s.dead) == (1, 0, 1)
+
+
+# ---------------------------------------------------------------- partitions
+
+
+def keys_by_partition(partitions: int, per_partition: int) -> list[list[str]]:
+    """Key names grouped by the partition they hash to."""
+    found: list[list[str]] = [[] for _ in range(partitions)]
+    n = 0
+    while min(len(keys) for keys in found) < per_partition:
+        key = f"key-{n}"
+        keys = found[zlib.crc32(key.encode()) % partitions]
+        if len(keys) < per_partition:
+            keys.append(key)
+        n += 1
+    return found
+
+
+def test_due_work_is_served_earliest_deadline_first_across_partitions(
+    redis_server: RedisServer, clock: FakeClock
+) -> None:
+    store = RedisStore(redis_server.url, prefix=f"t{uuid.uuid4().hex[:12]}", partitions=4)
+    b = make(store, clock, max_wait=5)
+    groups = keys_by_partition(4, 3)
+    # Deadlines one second apart, the earliest in the last partition and the
+    # partitions taking turns, so that partition order and deadline order disagree.
+    in_deadline_order = [groups[p][n] for n in range(3) for p in (3, 1, 2, 0)]
+    for key in in_deadline_order:
+        b.add(key, key)
+        clock.advance(1)
+    clock.advance(5)
+    served: list[str] = []
+    while batches := claim(b, limit=3):
+        assert len(batches) == 3
+        served += [c.lease.key for c in batches]
+    assert served == in_deadline_order
+    store.close()
+
+
+# ---------------------------------------------------------------- bounded failure
+
+CONNECT_TIMEOUT = SOCKET_TIMEOUT = 1.0
+SLACK = 0.5  # seconds of scheduling and handshake allowed on top of the configured bound
+TIMEOUTS = {"connect_timeout": CONNECT_TIMEOUT, "socket_timeout": SOCKET_TIMEOUT}
+
+
+@pytest.fixture
+def silent_url() -> Iterator[str]:
+    """A URL of a server that accepts TCP connections (the kernel does, from the backlog)
+    and never answers."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+
+
+@contextmanager
+def takes_less_than(bound: float) -> Iterator[None]:
+    started = time.monotonic()
+    yield
+    elapsed = time.monotonic() - started
+    assert elapsed < bound, f"took {elapsed:.2f} s, over the {bound:.2f} s bound"
+
+
+def test_connect_to_a_silent_server_fails_within_its_timeouts(silent_url: str) -> None:
+    with takes_less_than(CONNECT_TIMEOUT + SOCKET_TIMEOUT + SLACK), pytest.raises(StoreUnavailable):
+        redbatch.connect(silent_url, **TIMEOUTS)
+
+
+def test_add_to_a_silent_server_fails_within_its_timeouts(silent_url: str) -> None:
+    store = redbatch.connect(silent_url, check=False, **TIMEOUTS)
+    b = Batcher(store, "b")
+    with takes_less_than(CONNECT_TIMEOUT + SOCKET_TIMEOUT + SLACK), pytest.raises(StoreUnavailable):
+        b.add("k", 1)
+    store.close()
+
+
+def test_tls_to_a_plain_server_fails_within_its_timeouts(redis_server: RedisServer) -> None:
+    url = f"rediss://127.0.0.1:{redis_server.port}/0"
+    with takes_less_than(CONNECT_TIMEOUT + SOCKET_TIMEOUT + SLACK), pytest.raises(StoreUnavailable):
+        redbatch.connect(url, **TIMEOUTS)
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, free to be stopped, paused or reconfigured."""
+    server = RedisServer(free_port(), tmp_path).start()
+    try:
+        yield server
+    finally:
+        if server.process is not None and server.process.poll() is None:
+            server.process.send_signal(signal.SIGCONT)
+        server.stop()
+
+
+def test_a_command_to_a_server_that_stopped_answering_fails_within_the_socket_timeout(
+    own_server: RedisServer,
+) -> None:
+    store = redbatch.connect(own_server.url, **TIMEOUTS)  # the connection is made and kept
+    b = Batcher(store, "b")
+    b.add("k", 1)
+    assert own_server.process is not None
+    own_server.process.send_signal(signal.SIGSTOP)
+    with takes_less_than(SOCKET_TIMEOUT + SLACK), pytest.raises(StoreUnavailable):
+        b.add("k", 2)
+    own_server.process.send_signal(signal.SIGCONT)
+    store.close()
+
+
+def test_the_first_command_after_a_restart_succeeds(own_server: RedisServer) -> None:
+    store = redbatch.connect(own_server.url, **TIMEOUTS)
+    b = Batcher(store, "b")
+    b.add("k", 1)  # a pooled connection now points at the server about to go away
+    own_server.stop()
+    own_server.start()
+    b.add("k", 2)
+    assert b.stats().buffered_items == 1  # the new server kept nothing (no persistence)
+    store.close()
+
+
+# ---------------------------------------------------------------- scripts and refusals
+
+
+def test_scripts_are_loaded_again_after_script_flush(own_server: RedisServer, clock: FakeClock) -> None:
+    for partitions in (1, 3):
+        store = RedisStore(own_server.url, prefix=f"p{partitions}", partitions=partitions)
+        b = make(store, clock, max_wait=1)
+        b.add("k", 1)
+        store.client.script_flush()
+        b.add_many([("k", 2), ("j", 3)])
+        store.client.script_flush()
+        clock.advance(1)
+        claimed = claim(b)
+        assert sorted(items(c) for c in claimed) == [[1, 2], [3]]
+        store.client.script_flush()
+        assert all(ack(b, c) for c in claimed)
+        store.close()
+
+
+def test_a_read_only_replica_is_unavailable_not_an_error(own_server: RedisServer, tmp_path: Path) -> None:
+    (tmp_path / "replica").mkdir()
+    with redis.Redis(port=own_server.port) as admin:  # no 5 s wait before the initial sync
+        admin.config_set("repl-diskless-sync-delay", 0)
+    replicating = ("--replicaof", "127.0.0.1", str(own_server.port))
+    replica = RedisServer(free_port(), tmp_path / "replica", replicating).start()
+    try:
+        on_primary = Batcher(redbatch.connect(own_server.url), "b", max_wait=0)
+        on_primary.add("k", 1)
+        assert on_primary.store.client.wait(1, 10_000) == 1  # the replica has the item
+        on_replica = Batcher(redbatch.connect(replica.url), "b", max_wait=0)
+        with pytest.raises(StoreUnavailable, match="READONLY"):
+            on_replica.add("k", 2)
+        with pytest.raises(StoreUnavailable, match="READONLY"):
+            on_replica.store.claim_due(on_replica.spec, on_replica.clock(), 10)
+        on_primary.store.close()
+        on_replica.store.close()
+    finally:
+        replica.stop()
+
+
+def test_out_of_memory_is_unavailable_and_passes(own_server: RedisServer) -> None:
+    b = Batcher(redbatch.connect(own_server.url), "b")
+    b.add("k", 1)
+    admin = redis.Redis(port=own_server.port)
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", 1)
+    with pytest.raises(StoreUnavailable, match="OOM"):
+        b.add("k", 2)
+    admin.config_set("maxmemory", 0)
+    b.add("k", 3)
+    assert [p.value for p in b.peek("k")] == [1, 3]
+    admin.close()
+    b.store.close()
+
+
+@pytest.mark.parametrize("partitions", [1, 3])
+def test_add_many_is_all_or_none_when_one_key_refuses(
+    redis_server: RedisServer, clock: FakeClock, partitions: int
+) -> None:
+    store = RedisStore(redis_server.url, prefix=f"t{uuid.uuid4().hex[:12]}", partitions=partitions)
+    b = make(store, clock)
+    keys = [group[0] for group in keys_by_partition(partitions, 3)]
+    keys = keys if partitions > 1 else keys_by_partition(1, 3)[0]
+    store.client.set(redis_key(store, b, "i:", keys[-1]), "not a list")  # the last one refuses
+    with pytest.raises(RedbatchError, match="WRONGTYPE"):
+        b.add_many([(key, n) for n, key in enumerate(keys)])
+    assert [b.peek(key) for key in keys[:-1]] == [[]] * (len(keys) - 1)
+    s = b.stats()
+    assert (s.open_keys, s.buffered_items) == (0, 0)
+    store.client.delete(redis_key(store, b, "i:", keys[-1]))
+    assert b.add_many([(key, n) for n, key in enumerate(keys)]) == len(keys)
+    assert b.stats().buffered_items == len(keys)
+    store.close()
+
+
+# ---------------------------------------------------------------- the rules in every partition
 
 
 @pytest.fixture(params=[1, 3], ids=["one-partition", "three-partitions"])

@@ -11,7 +11,7 @@ from redbatch.errors import (
     StoreUnavailable,
 )
 from redbatch.stores import Store, connect
-from redbatch.types import Batch, BatcherStats, DeadLetter, PendingItem
+from redbatch.types import Batch, BatcherStats, CorruptItem, DeadLetter, PendingItem
 from redbatch.worker import Worker
 
 __version__ = "0.1.0"
@@ -21,6 +21,7 @@ __all__ = [
     "Batcher",
     "BatcherStats",
     "ConfigError",
+    "CorruptItem",
     "DeadLetter",
     "InvalidItem",
     "InvalidKey",

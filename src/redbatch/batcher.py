@@ -21,6 +21,7 @@ from redbatch.types import (
     Batch,
     BatcherStats,
     Clock,
+    CorruptItem,
     DeadLetter,
     Entry,
     PendingItem,
@@ -59,6 +60,15 @@ def item_digest(item: Any) -> str:
     """The dedupe identity of an item: equal JSON, key order ignored."""
     canonical = orjson.dumps(item, option=_DUMPS_OPTIONS | orjson.OPT_SORT_KEYS)
     return hashlib.blake2b(canonical, digest_size=16).hexdigest()
+
+
+def decode_item(payload: bytes) -> Any:
+    """An item from its stored JSON, or a ``CorruptItem`` when the bytes are not JSON, so that
+    listing what a store holds never fails on one bad item."""
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        return CorruptItem(payload, f"not JSON: {exc}")
 
 
 def check_key(key: object) -> str:
@@ -230,12 +240,10 @@ class Batcher:
             try:
                 self.store.append(spec, entries, now_ms)
                 return
-            except RulesChanged as exc:
+            except RulesChanged:
                 if attempt == RULES_ATTEMPTS:
                     raise
                 attempt += 1
-                if exc.unstored is not None:  # only where partitions disagreed: keep what was stored
-                    entries = [entries[i] for i in exc.unstored]
                 # None: the record vanished (a flushed Redis); the retry records this process's.
                 self.adopt_rules(self.store.stored_rules(self.name) or self.configured)
                 if self.spec.dedupe != spec.dedupe:
@@ -312,7 +320,7 @@ class Batcher:
     def peek(self, key: str, limit: int = 100) -> list[PendingItem]:
         """The oldest ``limit`` items waiting under ``key`` (not those in a running batch)."""
         rows = self.store.peek(self.spec, check_key(key), _positive_int("limit", limit))
-        return [PendingItem(orjson.loads(payload), arrived / 1000) for arrived, payload in rows]
+        return [PendingItem(decode_item(p), None if a is None else a / 1000) for a, p in rows]
 
     def clear(self, key: str) -> int:
         """Drop a key's waiting items (and a batch waiting to retry); a running batch finishes."""
@@ -328,7 +336,7 @@ class Batcher:
             DeadLetter(
                 id=r.batch_id,
                 key=r.key,
-                items=[orjson.loads(p) for p in r.payloads],
+                items=[decode_item(p) for p in r.payloads],
                 attempts=r.attempts,
                 error=r.error,
                 created_at=r.created_at / 1000,

@@ -32,7 +32,7 @@ from redbatch.batcher import Batcher
 from redbatch.demo import DemoOptions, run_demo
 from redbatch.errors import RedbatchError
 from redbatch.stores import Store, connect
-from redbatch.types import BatcherStats
+from redbatch.types import BatcherStats, CorruptItem
 from redbatch.worker import Worker
 
 P = ParamSpec("P")
@@ -105,6 +105,13 @@ def opened(url: str | None) -> Iterator[Store]:
 
 def _clip(text: str, width: int = MAX_CELL) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _item_text(value: object) -> str:
+    """An item as one line of JSON; an item that does not decode as its raw bytes."""
+    if isinstance(value, CorruptItem):
+        return f"<corrupt: {value.raw!r}>"
+    return orjson.dumps(value).decode()
 
 
 def _when(seconds: float | None) -> str:
@@ -287,7 +294,7 @@ def inspect(
     table.add_column("arrived")
     table.add_column("item", overflow="fold")
     for n, item in enumerate(items, 1):
-        table.add_row(str(n), _when(item.arrived_at), escape(_clip(orjson.dumps(item.value).decode())))
+        table.add_row(str(n), _when(item.arrived_at), escape(_clip(_item_text(item.value))))
     console.print(table)
 
 

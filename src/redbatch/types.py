@@ -133,7 +133,7 @@ class QueueCounters:
 
 @dataclass(frozen=True, slots=True)
 class DeadRecord:
-    """A dead letter as a store keeps it."""
+    """A dead letter as a store keeps it (an arrival the store cannot read is 0)."""
 
     batch_id: str
     key: str
@@ -165,16 +165,30 @@ class Batch:
 
 
 @dataclass(frozen=True, slots=True)
+class CorruptItem:
+    """Stands in for an item whose stored bytes do not decode (in ``DeadLetter.items`` and
+    ``PendingItem.value``), so that one bad item hides nothing else.
+
+    ``raw`` is what the store holds; ``reason`` says why it could not be read.
+    """
+
+    raw: bytes
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class PendingItem:
-    """An item waiting under a key, as ``Batcher.peek`` shows it."""
+    """An item waiting under a key, as ``Batcher.peek`` shows it (a ``CorruptItem`` when its
+    bytes do not decode; ``arrived_at`` None when the store cannot read it either)."""
 
     value: Any
-    arrived_at: float
+    arrived_at: float | None
 
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """A batch that used up its attempts, with the error of its last one."""
+    """A batch that used up its attempts (or was found corrupt), with the error of its last
+    one. An item whose bytes do not decode is a ``CorruptItem`` in ``items``."""
 
     id: str
     key: str

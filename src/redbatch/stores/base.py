@@ -34,16 +34,13 @@ LEASE_EXPIRED_ERROR = "lease expired: the worker running this batch was lost"
 
 
 class RulesChanged(RedbatchError):
-    """An append was made under other rules than the store holds for its batcher.
-
-    Nothing was stored of the entries at the indexes ``unstored`` (``None``: of any entry).
-    ``Batcher`` catches it, adopts the store's rules and retries; it reaches callers of
-    ``Store.append`` only, or when the rules keep changing under a producer.
+    """An append was made under other rules than the store holds for its batcher; nothing
+    was stored. ``Batcher`` catches it, adopts the store's rules and retries; it reaches
+    callers of ``Store.append`` only, or when the rules keep changing under a producer.
     """
 
-    def __init__(self, name: str, unstored: Sequence[int] | None = None) -> None:
+    def __init__(self, name: str) -> None:
         self.name = name
-        self.unstored = None if unstored is None else tuple(unstored)
         super().__init__(f"batcher {name!r}: the store holds other rules than this append was made under")
 
 
@@ -127,8 +124,9 @@ class Store(Protocol):
     def flush(self, spec: QueueSpec, key: str | None, now_ms: int) -> int:
         """Make a key (or every key) due now; return how many keys were made due."""
 
-    def peek(self, spec: QueueSpec, key: str, limit: int) -> list[tuple[int, bytes]]:
-        """A key's oldest pending items as (arrived_at_ms, payload)."""
+    def peek(self, spec: QueueSpec, key: str, limit: int) -> Sequence[tuple[int | None, bytes]]:
+        """A key's oldest pending items as (arrived_at_ms, payload); the arrival is None where
+        the store cannot read it (an entry written by hand, to be dead-lettered as corrupt)."""
 
     def counters(self, spec: QueueSpec) -> QueueCounters: ...
 

@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import heapq
 import logging
+import re
 import threading
 import time
 import zlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any, ParamSpec, TypeVar
 
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from redbatch.errors import RedbatchError, StoreUnavailable
@@ -46,6 +48,7 @@ _SCRIPTS = (
 )  # fmt: skip
 _CHUNK = 500
 _OTHER_RULES, _NO_RULES = -1, -2  # append.lua's refusals
+_SPARE_IDS = 2  # batch ids claim.lua may use on corrupt batches it buries, beyond its limit
 # Error prefixes of a Redis that is up but cannot take writes now; OOM included: with
 # noeviction, Redis refuses writes until memory is freed.
 _REFUSALS = {"READONLY", "OOM", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY", "NOREPLICAS"}
@@ -53,25 +56,53 @@ _REFUSALS = {"READONLY", "OOM", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOW
 
 def _unavailable(fn: Callable[P, T]) -> Callable[P, T]:
     """Turn redis-py's failures into redbatch errors: StoreUnavailable when Redis cannot be
-    reached or refuses writes (READONLY during a failover, OOM, LOADING, ...)."""
+    reached or refuses writes (READONLY during a failover, OOM, LOADING, ...).
+
+    This is the one place a store operation is retried: once, when its connection turned
+    out to be dropped (reset, closed, refused: errors that show at once), so that the
+    first command after a Redis restart does not fail. A timeout is never retried: it
+    has spent its time already, and the command may have run. redis-py's own retries,
+    nested in each other (command, connect, socket connect, health check), are off:
+    they multiplied the bound the timeouts promise.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
-            return fn(*args, **kwargs)
+            try:
+                return fn(*args, **kwargs)
+            except redis.ConnectionError as exc:
+                if type(exc) is not redis.ConnectionError:  # authentication, LOADING, ...
+                    raise
+                log.info("Redis connection dropped (%s); trying once more on a new one", exc)
+                return fn(*args, **kwargs)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
         except redis.ResponseError as exc:
-            if str(exc).split(" ", 1)[0] in _REFUSALS or isinstance(exc, redis.ReadOnlyError):
-                raise StoreUnavailable(f"Redis refused the command: {exc}") from exc
-            raise RedbatchError(f"Redis error: {exc}") from exc
+            # redis-py cuts the code off the replies it has a class for (READONLY, OOM, ...)
+            reply = str(exc)
+            code = exc.status_code or reply.split(" ", 1)[0]
+            if not reply.startswith(code):
+                reply = f"{code} {reply}"
+            if code in _REFUSALS:
+                raise StoreUnavailable(f"Redis refused the command: {reply}") from exc
+            raise RedbatchError(f"Redis error: {reply}") from exc
 
     return wrapper
 
 
-def _split_entry(entry: bytes) -> tuple[int, str, bytes]:
-    arrived, digest, payload = entry.split(b":", 2)
-    return int(arrived), digest.decode(), payload
+# An entry is "arrived_ms:digest:json" (lib.lua's digest_of reads the same framing).
+_FRAMING = re.compile(rb"([0-9]+):[^:]*:")
+
+
+def _read_entry(entry: bytes) -> tuple[int | None, bytes]:
+    """An entry's arrival and payload. One without the framing (pushed by hand) has no arrival
+    to read; its payload is the whole entry, which the batcher shows as a ``CorruptItem``
+    unless it is JSON. Listing must work on anything; claims never hand such an entry out."""
+    framed = _FRAMING.match(entry)
+    if framed is None:
+        return None, entry
+    return int(framed[1]), entry[framed.end() :]
 
 
 def _record(reply: Any) -> dict[str, bytes]:
@@ -189,12 +220,15 @@ class RedisStore:
         self.partitions = partitions
         # redis-py's reply types are unions of every reply shape: the scripts' replies are
         # known, so the client is typed loosely rather than cast at every call.
+        # Bounded failure: connecting takes at most connect_timeout, and each reply (the
+        # handshake's, a command's) at most socket_timeout, with no retry inside redis-py
+        # (see _unavailable). No health check either: the pool already replaces a
+        # connection the server closed, and a PING before a command only adds a wait.
         self.client: Any = client or redis.Redis.from_url(
             url,
             socket_connect_timeout=connect_timeout,
             socket_timeout=socket_timeout,
-            health_check_interval=30,
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+            retry=Retry(NoBackoff(), 0),
         )
         self._scripts = _load_scripts(self.client)
         self._parts: dict[str, list[_Partition]] = {}
@@ -238,31 +272,6 @@ class RedisStore:
 
     @_unavailable
     def append(self, spec: QueueSpec, entries: Sequence[Entry], now_ms: int) -> None:
-        calls = self._append_calls(spec, entries, now_ms)
-        if len(calls) == 1:  # one script, atomic by itself, one round trip
-            results = [int(self._eval("append", *calls[0][1]))]
-        else:
-            results = self._run_appends([call for _, call in calls])
-        if min(results) >= 0:
-            return
-        refused = [i for i, result in enumerate(results) if result < 0]
-        if _NO_RULES in results:  # the batcher's first append: record its rules, then retry
-            self._write_rules("record", spec, now_ms)
-            again = self._run_appends([calls[i][1] for i in refused])
-            refused = [i for i, result in zip(refused, again, strict=True) if result < 0]
-            if not refused:
-                return
-        if len(refused) == len(calls):
-            raise RulesChanged(spec.name)
-        # Only if partitions disagree (another partition count elsewhere): name what was not stored.
-        parts = {calls[i][0] for i in refused}
-        unstored = [n for n, e in enumerate(entries) if self._partition_of(spec.name, e.key) in parts]
-        raise RulesChanged(spec.name, unstored)
-
-    def _append_calls(
-        self, spec: QueueSpec, entries: Sequence[Entry], now_ms: int
-    ) -> list[tuple[_Partition, tuple[list[str], list[Any]]]]:
-        """The append script's keys and arguments for each partition the entries fall in."""
         by_part: dict[_Partition, dict[str, list[Entry]]] = defaultdict(dict)
         for entry in entries:
             keyed = by_part[self._partition_of(spec.name, entry.key)]
@@ -271,31 +280,24 @@ class RedisStore:
                 keyed[entry.key] = [entry]
             else:
                 group.append(entry)
-        calls: list[tuple[_Partition, tuple[list[str], list[Any]]]] = []
+        # One script over every partition the entries fall in: all or none, one round trip.
+        keys: list[str] = []
+        args: list[Any] = [
+            now_ms, *self._rule_args(spec), int(spec.dedupe), self._channel(spec.name), spec.version
+        ]  # fmt: skip
         stamp = b"%d:" % now_ms  # entries are "arrived_ms:digest:json", readable with redis-cli
         for part, keyed in by_part.items():
-            args: list[Any] = [
-                part.base,
-                now_ms,
-                *self._rule_args(spec),
-                int(spec.dedupe),
-                self._channel(spec.name),
-                spec.version,
-            ]
+            keys += (part.due, part.age, part.stats, part.rules)
+            args += (part.base, len(keyed))
             for key, group in keyed.items():
                 args += (key, len(group))
                 args += [b"%s%s:%s" % (stamp, e.digest.encode(), e.payload) for e in group]
-            calls.append((part, ([part.due, part.age, part.stats, part.rules], args)))
-        return calls
-
-    def _run_appends(self, calls: list[tuple[list[str], list[Any]]]) -> list[int]:
-        if len(calls) == 1:  # one script, atomic by itself, one round trip
-            return [int(self._eval("append", *calls[0]))]
-        # Several partitions: MULTI keeps add_many all-or-none on a single server.
-        pipe = self.client.pipeline(transaction=True)
-        for keys, args in calls:
-            self._scripts["append"](keys=keys, args=args, client=pipe)
-        return [int(result) for result in pipe.execute()]
+        result = int(self._eval("append", keys, args))
+        if result == _NO_RULES:  # the batcher's first append: record its rules, then retry
+            self._write_rules("record", spec, now_ms)
+            result = int(self._eval("append", keys, args))
+        if result < 0:
+            raise RulesChanged(spec.name)
 
     # ------------------------------------------------------------------ rules
 
@@ -345,37 +347,84 @@ class RedisStore:
 
     @_unavailable
     def claim_due(self, spec: QueueSpec, now_ms: int, limit: int) -> list[ClaimedBatch]:
+        """Lease up to ``limit`` due batches, earliest deadline first across the batcher's
+        partitions: their due heads are read first, and each partition holding some of
+        the ``limit`` earliest claims that many, so no partition waits behind another."""
+        parts = self._partitions(spec.name)
+        if limit <= 0:
+            return []
+        if len(parts) == 1:
+            rows = self._eval("claim", *self._claim_call(spec, parts[0], now_ms, limit))
+            return self._claimed(spec, now_ms, rows)
+        pipe = self.client.pipeline(transaction=False)
+        for part in parts:
+            pipe.zrangebyscore(part.due, "-inf", now_ms, start=0, num=limit, withscores=True)
+        heads = heapq.nsmallest(
+            limit, ((score, key, i) for i, rows in enumerate(pipe.execute()) for key, score in rows)
+        )
+        claimed = self._claim_shares(
+            spec, now_ms, {parts[i]: n for i, n in Counter(i for *_, i in heads).items()}
+        )
+        rank = {key.decode(): n for n, (_, key, _) in enumerate(heads)}
+        claimed.sort(key=lambda c: rank.get(c.lease.key, len(rank)))
+        return claimed
+
+    def _claim_shares(
+        self, spec: QueueSpec, now_ms: int, shares: dict[_Partition, int]
+    ) -> list[ClaimedBatch]:
+        """Run claim.lua on each partition for its share, in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for part, share in shares.items():
+            keys, args = self._claim_call(spec, part, now_ms, share)
+            pipe.execute_command("EVALSHA", self._scripts["claim"].sha, len(keys), *keys, *args)
         claimed: list[ClaimedBatch] = []
-        for part in self._partitions(spec.name):
-            want = limit - len(claimed)
-            if want <= 0:
-                break
-            rows = self._eval(
-                "claim",
-                keys=[part.due, part.age, part.stats, part.dead, part.seq],
-                args=[
-                    part.base,
-                    now_ms,
-                    want,
-                    spec.lease_ms,
-                    *self._rule_args(spec),
-                    spec.max_attempts,
-                    int(spec.dedupe),
-                    LEASE_EXPIRED_ERROR,
-                    *(new_batch_id() for _ in range(want)),
-                ],
-            )
-            for key, batch_id, attempt, token, created, raw in rows:
-                split = [_split_entry(e) for e in raw]
-                claimed.append(
-                    ClaimedBatch(
-                        Lease(key.decode(), batch_id.decode(), int(token)),
-                        int(attempt),
-                        int(created),
-                        tuple(p for _, _, p in split),
-                        tuple(a for a, _, _ in split),
-                    )
-                )
+        failure: Exception | None = None
+        for (part, share), reply in zip(shares.items(), pipe.execute(raise_on_error=False), strict=True):
+            rows = reply
+            if isinstance(reply, redis.exceptions.NoScriptError):  # SCRIPT FLUSH, a restart
+                rows = self._eval("claim", *self._claim_call(spec, part, now_ms, share))
+            elif isinstance(reply, Exception):
+                failure = reply
+                continue
+            claimed += self._claimed(spec, now_ms, rows)
+        if failure is not None:
+            if not claimed:
+                raise failure
+            # What was leased is handed out, not stranded; the next claim meets the failure again.
+            log.error("claiming from a partition of %s failed: %s", spec.name, failure)
+        return claimed
+
+    def _claim_call(
+        self, spec: QueueSpec, part: _Partition, now_ms: int, want: int
+    ) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of claim.lua for ``want`` batches of one partition."""
+        keys = [part.due, part.age, part.stats, part.dead, part.seq]
+        args = [
+            part.base,
+            now_ms,
+            want,
+            spec.lease_ms,
+            *self._rule_args(spec),
+            spec.max_attempts,
+            int(spec.dedupe),
+            LEASE_EXPIRED_ERROR,
+            *(new_batch_id() for _ in range(want + _SPARE_IDS)),
+        ]
+        return keys, args
+
+    def _claimed(self, spec: QueueSpec, now_ms: int, rows: Any) -> list[ClaimedBatch]:
+        """claim.lua's reply as batches."""
+        claimed = []
+        for key, batch_id, attempt, token, created, raw in rows:
+            lease = Lease(key.decode(), batch_id.decode(), int(token))
+            entries = [_read_entry(e) for e in raw]
+            arrivals = tuple(a for a, _ in entries if a is not None)
+            if len(arrivals) < len(entries):  # claim.lua buries these: this is a safety net
+                why = "corrupt data: an entry is not framed as arrived_ms:digest:json"
+                self.fail(spec, lease, now_ms, why, None)
+                continue
+            payloads = tuple(p for _, p in entries)
+            claimed.append(ClaimedBatch(lease, int(attempt), int(created), payloads, arrivals))
         return claimed
 
     @_unavailable
@@ -472,10 +521,9 @@ class RedisStore:
         return made
 
     @_unavailable
-    def peek(self, spec: QueueSpec, key: str, limit: int) -> list[tuple[int, bytes]]:
+    def peek(self, spec: QueueSpec, key: str, limit: int) -> list[tuple[int | None, bytes]]:
         part = self._partition_of(spec.name, key)
-        rows = self.client.lrange(f"{part.base}i:{key}", 0, limit - 1)
-        return [(arrived, payload) for arrived, _, payload in map(_split_entry, rows)]
+        return [_read_entry(e) for e in self.client.lrange(f"{part.base}i:{key}", 0, limit - 1)]
 
     @_unavailable
     def counters(self, spec: QueueSpec) -> QueueCounters:
@@ -534,13 +582,13 @@ class RedisStore:
             meta, raw = replies[2 * i], replies[2 * i + 1]
             if not meta:
                 continue  # purged meanwhile
-            split = [_split_entry(e) for e in raw]
+            entries = [_read_entry(e) for e in raw]
             records.append(
                 DeadRecord(
                     batch_id=batch_id,
                     key=meta[b"key"].decode(),
-                    payloads=tuple(p for _, _, p in split),
-                    arrived_at=tuple(a for a, _, _ in split),
+                    payloads=tuple(p for _, p in entries),
+                    arrived_at=tuple(a or 0 for a, _ in entries),
                     attempts=int(meta[b"attempts"]),
                     error=meta[b"error"].decode(errors="replace"),
                     created_at=int(meta[b"created"]),

@@ -1,61 +1,105 @@
--- append: add entries under their keys (all in one partition) and reschedule each key.
--- KEYS[1] due zset, KEYS[2] age zset (first pending arrival per key), KEYS[3] stats hash,
--- KEYS[4] rules hash (the batcher's recorded rules, see rules.lua)
--- ARGV[1] base, ARGV[2] now_ms, ARGV[3] max_items, ARGV[4] max_wait_ms, ARGV[5] idle_ms,
--- ARGV[6] dedupe '1'|'0', ARGV[7] wake channel, ARGV[8] version of the rules in ARGV,
--- then per key: key, n, and n entries "now_ms:digest:json" (built by the client, so that
--- without dedupe this script only pushes a slice of ARGV)
+-- append: add entries under their keys and reschedule each key, in every partition the
+-- entries fall in, all or none: each partition's recorded rules must be the ones the client
+-- used, and each key the call writes is checked first, so that one of the wrong type (written
+-- by hand) fails the call before anything is written. Transition "append" of redbatch.engine.
+-- KEYS per partition, in the order of ARGV's partitions: due zset, age zset (first pending
+-- arrival per key), stats hash, rules hash (the batcher's recorded rules, see rules.lua)
+-- ARGV[1] now_ms, ARGV[2] max_items, ARGV[3] max_wait_ms, ARGV[4] idle_ms,
+-- ARGV[5] dedupe '1'|'0', ARGV[6] wake channel, ARGV[7] version of the rules in ARGV,
+-- then per partition: its base and its number of keys, and per key: key, n, and n entries
+-- "now_ms:digest:json" (built by the client, so that without dedupe this script only
+-- pushes a slice of ARGV)
 -- Returns the number of entries added (deduplicated ones are not), or, storing nothing,
--- -1 when the partition holds other rules and -2 when it holds none yet.
-local recorded = redis.call('HGET', KEYS[4], 'version')
-if recorded ~= ARGV[8] then return recorded and -1 or -2 end
-local due, age, stats = KEYS[1], KEYS[2], KEYS[3]
-local base, now = ARGV[1], tonumber(ARGV[2])
-local max_items, max_wait, idle = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local dedupe, channel = ARGV[6] == '1', ARGV[7]
-local total, wake, i = 0, false, 9
+-- -1 when a partition holds other rules and -2 when one holds none yet.
+-- One call over several partitions needs a single server: Redis Cluster would refuse keys
+-- of several slots in one script, as it refuses them in one MULTI.
+local now = tonumber(ARGV[1])
+local max_items, max_wait, idle = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local dedupe, channel, version = ARGV[5] == '1', ARGV[6], ARGV[7]
 
+-- The call's partitions and, in each, its keys and where their entries lie in ARGV.
+local partitions, i, k = {}, 8, 1
 while i <= #ARGV do
-  local key, n = ARGV[i], tonumber(ARGV[i + 1])
+  local part = {base = ARGV[i], due = KEYS[k], age = KEYS[k + 1], stats = KEYS[k + 2], keys = {}}
+  local recorded = redis.call('HGET', KEYS[k + 3], 'version')
+  if recorded ~= version then return recorded and -1 or -2 end
+  local count = tonumber(ARGV[i + 1])
   i = i + 2
+  for _ = 1, count do
+    local n = tonumber(ARGV[i + 1])
+    part.keys[#part.keys + 1] = {name = ARGV[i], from = i + 2, to = i + 1 + n}
+    i = i + 2 + n
+  end
+  partitions[#partitions + 1] = part
+  k = k + 4
+end
+
+local function check(name, wanted)
+  local found = redis.call('TYPE', name)['ok']
+  if found ~= 'none' and found ~= wanted then
+    error({err = 'WRONGTYPE ' .. name .. ' holds a ' .. found .. ', not a ' .. wanted .. '; nothing was added'})
+  end
+end
+
+for _, part in ipairs(partitions) do
+  check(part.due, 'zset')
+  check(part.age, 'zset')
+  check(part.stats, 'hash')
+  for _, key in ipairs(part.keys) do
+    check(part.base .. 'i:' .. key.name, 'list')
+    check(part.base .. 'k:' .. key.name, 'hash')
+    if dedupe then check(part.base .. 'd:' .. key.name, 'set') end
+  end
+end
+
+local wake = false
+
+-- Push one key's entries, ARGV[from..to], and reschedule the key; returns how many were added.
+local function add(part, key, from, to)
+  local base, due = part.base, part.due
   local items, kh = base .. 'i:' .. key, base .. 'k:' .. key
-  local count, length = n, 0
+  local count, length = to - from + 1, 0
   if dedupe then
     local fresh = {}
-    for j = i, i + n - 1 do
+    for j = from, to do
       if redis.call('SADD', base .. 'd:' .. key, digest_of(ARGV[j])) == 1 then fresh[#fresh + 1] = ARGV[j] end
     end
     count = #fresh
     if count > 0 then length = push_all(items, fresh, false) end
   else
-    length = push_all(items, ARGV, false, i, i + n - 1)
+    length = push_all(items, ARGV, false, from, to)
   end
-  i = i + n
-  if count > 0 then
-    total = total + count
-    local before = length - count
-    local state = redis.call('HMGET', kh, 'first', 'st')
-    local first = tonumber(state[1])
-    if before == 0 then
-      first = now
-      redis.call('HSET', kh, 'first', now, 'last', now)
-      redis.call('ZADD', age, now, key)
-    elseif idle > 0 then
-      redis.call('HSET', kh, 'last', now)
-    end
-    -- Without a debounce, a key that already had items keeps its deadline unless it is full.
-    if not state[2] and (before == 0 or idle > 0 or length >= max_items) then
-      local deadline = due_at(first, now, length, now, max_items, max_wait, idle)
-      local old = redis.call('ZSCORE', due, key)
-      -- A key already due (flushed, or overdue) stays due: more items never delay it.
-      if old == false or (tonumber(old) ~= deadline and tonumber(old) > now) then
-        local head = redis.call('ZRANGE', due, 0, 0, 'WITHSCORES')
-        redis.call('ZADD', due, deadline, key)
-        if deadline <= now or head[2] == nil or deadline < tonumber(head[2]) then wake = true end
-      end
+  if count == 0 then return 0 end
+  local before = length - count
+  local state = redis.call('HMGET', kh, 'first', 'st')
+  local first = tonumber(state[1]) or now -- no 'first': the items before were pushed by hand
+  if before == 0 then
+    first = now
+    redis.call('HSET', kh, 'first', now, 'last', now)
+    redis.call('ZADD', part.age, now, key)
+  elseif idle > 0 then
+    redis.call('HSET', kh, 'last', now)
+  end
+  -- Without a debounce, a key that already had items keeps its deadline unless it is full.
+  if not state[2] and (before == 0 or idle > 0 or length >= max_items) then
+    local deadline = due_at(first, now, length, now, max_items, max_wait, idle)
+    local old = redis.call('ZSCORE', due, key)
+    -- A key already due (flushed, or overdue) stays due: more items never delay it.
+    if old == false or (tonumber(old) ~= deadline and tonumber(old) > now) then
+      local head = redis.call('ZRANGE', due, 0, 0, 'WITHSCORES')
+      redis.call('ZADD', due, deadline, key)
+      if deadline <= now or head[2] == nil or deadline < tonumber(head[2]) then wake = true end
     end
   end
+  return count
 end
-if total > 0 then redis.call('HINCRBY', stats, 'buffered', total) end
+
+local total = 0
+for _, part in ipairs(partitions) do
+  local added = 0
+  for _, key in ipairs(part.keys) do added = added + add(part, key.name, key.from, key.to) end
+  if added > 0 then redis.call('HINCRBY', part.stats, 'buffered', added) end
+  total = total + added
+end
 if wake then redis.call('PUBLISH', channel, '1') end
 return total

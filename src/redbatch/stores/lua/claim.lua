@@ -2,8 +2,11 @@
 -- KEYS[1] due zset, KEYS[2] age zset, KEYS[3] stats hash, KEYS[4] dead zset, KEYS[5] token seq
 -- ARGV[1] base, ARGV[2] now_ms, ARGV[3] limit, ARGV[4] lease_ms, ARGV[5] max_items,
 -- ARGV[6] max_wait_ms, ARGV[7] idle_ms, ARGV[8] max_attempts, ARGV[9] dedupe '1'|'0',
--- ARGV[10] error recorded for a lost worker's last attempt, ARGV[11..] new batch ids
+-- ARGV[10] error recorded for a lost worker's last attempt, ARGV[11..] new batch ids (a few
+-- more than limit: a batch buried as corrupt uses one up)
 -- Returns {key, batch id, attempt, fencing token, created_ms, entries} per leased batch.
+-- A batch holding an entry not framed "arrived_ms:digest:json" (pushed by hand) is not leased:
+-- it goes to dead letters as "corrupt data: ..." with the attempts it had, and the claim goes on.
 local due, age, stats, dead, seq = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local base, now, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local lease_ms, max_items = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -17,28 +20,45 @@ local function take_pending(key, kh)
   if #taken == 0 then return 0 end
   redis.call('LTRIM', items, #taken, -1)
   push_all(base .. 'b:' .. key, taken, false)
-  if dedupe then
-    for _, entry in ipairs(taken) do redis.call('SREM', base .. 'd:' .. key, digest_of(entry)) end
+  local counted = 0 -- entries append.lua wrote (and counted as buffered), not pushed by hand
+  for _, entry in ipairs(taken) do
+    local digest = digest_of(entry)
+    if digest then
+      counted = counted + 1
+      if dedupe then redis.call('SREM', base .. 'd:' .. key, digest) end
+    end
   end
   local rest = redis.call('LINDEX', items, 0)
   if rest then
-    local first = arrival(rest)
+    local first = arrival(rest) or now -- unframed: dead-lettered when its batch is claimed
     redis.call('HSET', kh, 'first', first)
     redis.call('ZADD', age, first, key)
   else
     redis.call('HDEL', kh, 'first', 'last')
     redis.call('ZREM', age, key)
   end
-  redis.call('HINCRBY', stats, 'buffered', -#taken)
+  if counted > 0 then redis.call('HINCRBY', stats, 'buffered', -counted) end -- Lua's -0 is '-0'
   redis.call('HSET', kh, 'bid', ARGV[next_id], 'attempt', 0, 'created', now, 'n', #taken)
   next_id = next_id + 1
   return #taken
 end
 
-while #result < limit do
+-- Why a batch's entries cannot be handed out, or nil when they can.
+local function corruption(entries)
+  for i, entry in ipairs(entries) do
+    if not digest_of(entry) then
+      return 'corrupt data: entry ' .. i .. ' of ' .. #entries .. ' is not framed "arrived_ms:digest:json"'
+    end
+  end
+  return nil
+end
+
+-- Stop when the batch ids run out (corrupt batches buried here used them up).
+while #result < limit and next_id <= #ARGV do
   local keys = redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, limit - #result)
   if #keys == 0 then break end
   for _, key in ipairs(keys) do
+    if next_id > #ARGV then break end
     local kh = base .. 'k:' .. key
     local b = redis.call('HMGET', kh, 'st', 'attempt')
     local st = b[1]
@@ -60,14 +80,19 @@ while #result < limit do
         redis.call('HINCRBY', stats, 'in_flight', 1)
       end
     end
-    if leased then
+    local entries = leased and redis.call('LRANGE', base .. 'b:' .. key, 0, -1)
+    local corrupt = entries and corruption(entries)
+    if corrupt then
+      bury(base, dead, key, corrupt, now)
+      redis.call('HINCRBY', stats, 'in_flight', -1)
+      reschedule(base, due, key, now, max_items, max_wait, idle)
+    elseif leased then
       local token = redis.call('INCR', seq)
       local attempt = redis.call('HINCRBY', kh, 'attempt', 1)
       redis.call('HSET', kh, 'st', 'run', 'tok', token)
       redis.call('ZADD', due, now + lease_ms, key)
       local meta = redis.call('HMGET', kh, 'bid', 'created')
-      result[#result + 1] = {key, meta[1], attempt, token, tonumber(meta[2]),
-        redis.call('LRANGE', base .. 'b:' .. key, 0, -1)}
+      result[#result + 1] = {key, meta[1], attempt, token, tonumber(meta[2]), entries}
     end
   end
 end
