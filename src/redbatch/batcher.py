@@ -30,6 +30,9 @@ Handler: TypeAlias = Callable[[Batch], None] | Callable[[Batch], Awaitable[None]
 
 MAX_KEY_LENGTH = 512
 DEFAULT_MAX_ITEM_BYTES = 1 << 20
+MAX_DURATION = 100 * 365 * 24 * 3600
+"""The longest duration setting, in seconds (100 years): its milliseconds, added to a time, fit
+every store's integers (SQLite's 64 bits, the doubles of Redis' scores and Lua)."""
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Only JSON values: dataclasses, datetimes and subclasses of str/int/dict/list are refused
 # rather than silently converted into something the handler would not recognise.
@@ -94,6 +97,8 @@ def _seconds_to_ms(name: str, value: float | None, *, allow_zero: bool = True) -
         raise ConfigError(f"{name} must be a number of seconds, not {value!r}")
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'} seconds, not {value}")
+    if value > MAX_DURATION:
+        raise ConfigError(f"{name} must be at most {MAX_DURATION} seconds (100 years), not {value}")
     return round(value * 1000)
 
 

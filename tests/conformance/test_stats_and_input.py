@@ -12,6 +12,7 @@ import pytest
 
 import redbatch
 from redbatch import Batcher, ConfigError, InvalidItem, InvalidKey
+from redbatch.batcher import MAX_DURATION
 from redbatch.stores.base import Store
 from tests.conformance.helpers import ack, claim, claim_one, fail, make
 from tests.conftest import FakeClock
@@ -151,11 +152,29 @@ def test_json_values_of_every_kind_round_trip(store: Store, clock: FakeClock) ->
         {"backoff": -1},
         {"timeout": 0},
         {"max_item_bytes": 0},
+        *(
+            {name: 1e16}
+            for name in ("max_wait", "idle", "backoff", "max_backoff", "lease", "timeout", "dead_letter_ttl")
+        ),
+        {"max_wait": MAX_DURATION + 1},
     ],
 )
 def test_invalid_settings_are_refused(store: Store, options: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
         Batcher(store, "b", **options)
+
+
+def test_the_longest_durations_work_end_to_end(store: Store, clock: FakeClock) -> None:
+    b = make(store, clock, max_wait=MAX_DURATION, idle=MAX_DURATION, lease=MAX_DURATION)
+    b.add("k", 1)
+    assert store.next_due_ms(b.spec) == clock.now + MAX_DURATION * 1000
+    b.flush("k")
+    claimed = claim_one(b)
+    assert fail(b, claimed, retry_in=None)
+    assert b.purge_dead(older_than=MAX_DURATION) == 0
+    with pytest.raises(ConfigError):
+        b.purge_dead(older_than=1e16)
+    assert b.stats().dead == 1
 
 
 @pytest.mark.parametrize("name", ["", "has space", "a{b}", "x" * 65, None])
