@@ -53,7 +53,10 @@ def encode_item(item: Any, max_bytes: int = DEFAULT_MAX_ITEM_BYTES) -> bytes:
         raise InvalidItem("item is not a JSON value: it holds a NaN or an infinity, which JSON cannot hold")
     if len(encoded) > max_bytes:
         raise InvalidItem(f"item is {len(encoded)} bytes encoded, over the {max_bytes} byte limit")
-    return encoded
+    # orjson's bytes keep its whole working buffer: 4 KB for a small item, 3 to 8 times the
+    # length of a large one. Items are held by the thousand (add_many, the memory store), so
+    # keep a compact copy; %-formatting makes one for about 20 ns (bytes(memoryview(...)): 140).
+    return b"%b" % encoded
 
 
 def _holds_non_finite(value: Any) -> bool:

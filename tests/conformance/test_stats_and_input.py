@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import tracemalloc
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 
 import redbatch
 from redbatch import Batcher, ConfigError, InvalidItem, InvalidKey
-from redbatch.batcher import MAX_DURATION
+from redbatch.batcher import MAX_DURATION, encode_item
 from redbatch.stores.base import Store
 from tests.conformance.helpers import ack, claim, claim_one, fail, make
 from tests.conftest import FakeClock
@@ -186,3 +187,36 @@ def test_invalid_batcher_names_are_refused(store: Store, name: Any) -> None:
 def test_every_error_is_a_redbatch_error() -> None:
     for error in (InvalidItem, InvalidKey, ConfigError, redbatch.NotFound, redbatch.StoreUnavailable):
         assert issubclass(error, redbatch.RedbatchError)
+
+
+SMALL_ITEM = {"user": "agent-000000", "reply": "thanks for the quick help", "n": 0, "ok": True}
+
+
+def traced(action: Any) -> tuple[int, int]:
+    """Bytes that ``action()`` allocated and still holds, and at its peak, as tracemalloc sees them."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        kept = action()
+        held, peak = tracemalloc.get_traced_memory()
+        del kept
+        return held - before, peak - before
+    finally:
+        tracemalloc.stop()
+
+
+def test_encoded_items_hold_only_their_bytes() -> None:
+    """orjson's output keeps its whole working buffer (about 4 KB) unless copied compact."""
+    assert len(encode_item(SMALL_ITEM)) < 100
+    held, _ = traced(lambda: [encode_item({**SMALL_ITEM, "n": n}) for n in range(10_000)])
+    assert held < 10_000 * 200, f"{held / 10_000:.0f} bytes per encoded item"
+
+
+def test_add_many_holds_items_compactly(store: Store, clock: FakeClock) -> None:
+    b = make(store, clock, max_items=100_000, max_wait=60)
+    b.add("warm-up", 0)  # connections, scripts and tables are made before measuring
+    held, peak = traced(lambda: b.add_many((f"k{n % 10}", {**SMALL_ITEM, "n": n}) for n in range(10_000)))
+    assert b.stats().buffered_items == 10_001
+    assert held < 10_000 * 400, f"{held / 10_000:.0f} bytes held per item"
+    assert peak < 10_000 * 1_500, f"{peak / 10_000:.0f} bytes per item at the peak"
