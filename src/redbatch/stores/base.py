@@ -95,7 +95,11 @@ class Store(Protocol):
         """Dead letters, oldest first."""
 
     def replay(self, spec: QueueSpec, batch_ids: Sequence[str] | None, now_ms: int) -> int:
-        """Put dead letters' items back in front of their keys' pending items, due now."""
+        """Put dead letters' items back in front of their keys' pending items, due now.
+
+        A key's letters go back in the order they died (whatever order ``batch_ids`` has),
+        each with its items in arrival order. Returns how many items were replayed.
+        """
 
     def purge_dead(self, spec: QueueSpec, batch_ids: Sequence[str] | None, before_ms: int | None) -> int:
         """Delete dead letters by id, or those that died before ``before_ms``, or all."""

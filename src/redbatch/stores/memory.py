@@ -355,25 +355,34 @@ class MemoryStore:
     def replay(self, spec: QueueSpec, batch_ids: Sequence[str] | None, now_ms: int) -> int:
         with self._lock:
             queue = self._queue(spec)
-            wanted = queue.dead if batch_ids is None else dict.fromkeys(batch_ids)
-            ids = [i for i in wanted if i in queue.dead]
-            replayed = 0
-            for batch_id in ids:
+            wanted = None if batch_ids is None else set(batch_ids)
+            # ``dead`` keeps the order letters died in: a key's letters go back in that order.
+            by_key: dict[str, list[_Item]] = {}
+            for batch_id in [i for i in queue.dead if wanted is None or i in wanted]:
                 record = queue.dead.pop(batch_id)
                 digests = queue.dead_digests.pop(batch_id)
-                state = queue.keys.get(record.key)
-                if state is None:
-                    state = queue.keys[record.key] = _Key(last_ms=now_ms)
-                items = list(zip(record.arrived_at, record.payloads, digests, strict=True))
-                state.digests.update(d for d in digests if d)
-                state.pending.extendleft(reversed(items))
-                queue.buffered += len(items)
-                replayed += len(items)
-                if state.current is None:
-                    queue.schedule(record.key, now_ms)
+                letter = zip(record.arrived_at, record.payloads, digests, strict=True)
+                by_key.setdefault(record.key, []).extend(letter)
+            for key, items in by_key.items():
+                self._put_back(queue, key, items, now_ms)
+            replayed = sum(len(items) for items in by_key.values())
             if replayed:
                 self._notify()
             return replayed
+
+    @staticmethod
+    def _put_back(queue: _Queue, key: str, items: list[_Item], now_ms: int) -> None:
+        """Put replayed items in front of a key's pending items and make the key due now."""
+        if not items:
+            return
+        state = queue.keys.get(key)
+        if state is None:
+            state = queue.keys[key] = _Key(last_ms=now_ms)
+        state.digests.update(d for _, _, d in items if d)
+        state.pending.extendleft(reversed(items))
+        queue.buffered += len(items)
+        if state.current is None:
+            queue.schedule(key, now_ms)
 
     def purge_dead(self, spec: QueueSpec, batch_ids: Sequence[str] | None, before_ms: int | None) -> int:
         with self._lock:

@@ -467,13 +467,22 @@ class RedisStore:
             keys = [part.due, part.age, part.stats, part.dead]
             head = [part.base, now_ms, self._channel(spec.name), int(spec.dedupe)]
             if batch_ids is not None:
-                for i in range(0, len(batch_ids), _CHUNK):
-                    replayed += int(
-                        self._eval("replay", keys=keys, args=head + list(batch_ids[i : i + _CHUNK]))
-                    )
+                # One call for all of them: a key's letters go back in the order they died.
+                replayed += int(self._eval("replay", keys, [*head, "ids", *batch_ids])[0])
                 continue
-            while ids := self._dead_ids(part, None):
-                replayed += int(self._eval("replay", keys=keys, args=head + ids))
+            top = self.client.zrevrange(part.dead, 0, 0, withscores=True)
+            if not top:
+                continue
+            cutoff = int(top[0][1])
+            # The newest letters first, each step putting older ones in front: bounded by the
+            # letters there now, however many die meanwhile.
+            left = int(self.client.zcount(part.dead, "-inf", cutoff))
+            while left > 0:
+                done, taken = self._eval("replay", keys, [*head, "all", _CHUNK, cutoff])
+                replayed += int(done)
+                left -= int(taken)
+                if not taken:
+                    break
         return replayed
 
     @_unavailable

@@ -5,7 +5,8 @@
 --   B..'k:'..key  hash  first, last (pending arrivals); bid, st ('run'|'wait'), attempt,
 --                       tok (fencing token), created, n, err for the current batch
 --   B..'b:'..key  list  entries of the current batch
---   B..'x:'..bid  hash  a dead letter: key, attempts, error, created, died
+--   B..'x:'..bid  hash  a dead letter: key, attempts, error, created, died, tok (the fencing
+--                       token of its last attempt: a key's letters died in its order)
 --   B..'xi:'..bid list  a dead letter's entries
 local function arrival(entry)
   return tonumber(string.match(entry, '^(%d+):'))
@@ -57,10 +58,10 @@ end
 -- Move the current batch of a key to dead letters with an error.
 local function bury(base, dead, key, error, now)
   local kh = base .. 'k:' .. key
-  local b = redis.call('HMGET', kh, 'bid', 'attempt', 'created')
+  local b = redis.call('HMGET', kh, 'bid', 'attempt', 'created', 'tok')
   local bid = b[1]
   redis.call('HSET', base .. 'x:' .. bid, 'key', key, 'attempts', b[2], 'error', error,
-    'created', b[3], 'died', now)
+    'created', b[3], 'died', now, 'tok', b[4] or 0)
   if redis.call('EXISTS', base .. 'b:' .. key) == 1 then
     redis.call('RENAME', base .. 'b:' .. key, base .. 'xi:' .. bid)
   end

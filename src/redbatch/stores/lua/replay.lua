@@ -1,34 +1,87 @@
 -- replay: put dead letters' entries back in front of their keys' pending entries, due now.
+-- A key's letters go back in the order they died, each letter's entries in arrival order.
 -- KEYS[1] due zset, KEYS[2] age zset, KEYS[3] stats hash, KEYS[4] dead zset
--- ARGV[1] base, ARGV[2] now_ms, ARGV[3] wake channel, ARGV[4] dedupe '1'|'0', ARGV[5..] ids
--- Returns the number of items replayed.
+-- ARGV[1] base, ARGV[2] now_ms, ARGV[3] wake channel, ARGV[4] dedupe '1'|'0', ARGV[5] mode:
+--   'ids': ARGV[6..] batch ids
+--   'all': ARGV[6] limit, ARGV[7] cutoff_ms: the newest letters that died at or before the
+--          cutoff, `limit` of them but never splitting a millisecond (so a later call, which
+--          puts older letters in front of these, keeps each key's order)
+-- Returns {entries replayed, index entries taken}.
 local due, age, stats, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local base, now, dedupe = ARGV[1], tonumber(ARGV[2]), ARGV[4] == '1'
-local replayed = 0
-for i = 5, #ARGV do
-  local bid = ARGV[i]
-  local key = redis.call('HGET', base .. 'x:' .. bid, 'key')
-  if key then
-    local entries = redis.call('LRANGE', base .. 'xi:' .. bid, 0, -1)
-    local kh, items = base .. 'k:' .. key, base .. 'i:' .. key
-    if #entries > 0 then
-      local reversed = {}
-      for j = #entries, 1, -1 do reversed[#reversed + 1] = entries[j] end
-      push_all(items, reversed, true)
-      if dedupe then
-        for _, entry in ipairs(entries) do redis.call('SADD', base .. 'd:' .. key, digest_of(entry)) end
-      end
-      local first = arrival(entries[1])
-      redis.call('HSET', kh, 'first', first)
-      if redis.call('HEXISTS', kh, 'last') == 0 then redis.call('HSET', kh, 'last', now) end
-      redis.call('ZADD', age, first, key)
-      redis.call('HINCRBY', stats, 'buffered', #entries)
-      if redis.call('HEXISTS', kh, 'st') == 0 then redis.call('ZADD', due, now, key) end
-      replayed = replayed + #entries
+local base, now, dedupe, mode = ARGV[1], tonumber(ARGV[2]), ARGV[4] == '1', ARGV[5]
+
+-- The newest letters at or before the cutoff, whole milliseconds only.
+local function newest(limit, cutoff)
+  local rows = redis.call('ZREVRANGEBYSCORE', dead, cutoff, '-inf', 'WITHSCORES', 'LIMIT', 0, limit + 1)
+  local ids = {}
+  if #rows <= 2 * limit then
+    for i = 1, #rows, 2 do ids[#ids + 1] = rows[i] end
+    return ids
+  end
+  local split = rows[#rows]  -- the millisecond the limit falls in: left for a later call
+  for i = 1, #rows - 2, 2 do
+    if rows[i + 1] ~= split then ids[#ids + 1] = rows[i] end
+  end
+  if #ids == 0 then ids = redis.call('ZRANGEBYSCORE', dead, split, split) end
+  return ids
+end
+
+local ids = {}
+if mode == 'all' then
+  ids = newest(tonumber(ARGV[6]), ARGV[7])
+else
+  for i = 6, #ARGV do ids[#ids + 1] = ARGV[i] end
+end
+
+-- Each key's letters, in the order they died: by the fencing token of their last attempt
+-- (ordered within a partition, unlike the clocks of several hosts), then by time of death.
+local by_key, keys = {}, {}
+for _, bid in ipairs(ids) do
+  local meta = redis.call('HMGET', base .. 'x:' .. bid, 'key', 'tok', 'died')
+  if meta[1] then
+    if not by_key[meta[1]] then
+      by_key[meta[1]] = {}
+      keys[#keys + 1] = meta[1]
     end
-    redis.call('DEL', base .. 'x:' .. bid, base .. 'xi:' .. bid)
-    redis.call('ZREM', dead, bid)
+    local letters = by_key[meta[1]]
+    letters[#letters + 1] = {bid = bid, tok = tonumber(meta[2]) or 0, died = tonumber(meta[3]) or 0}
+  end
+end
+
+local function died_before(a, b)
+  if a.tok ~= b.tok then return a.tok < b.tok end
+  if a.died ~= b.died then return a.died < b.died end
+  return a.bid < b.bid
+end
+
+local replayed = 0
+for _, key in ipairs(keys) do
+  local letters = by_key[key]
+  table.sort(letters, died_before)
+  local entries = {}
+  for _, letter in ipairs(letters) do
+    for _, entry in ipairs(redis.call('LRANGE', base .. 'xi:' .. letter.bid, 0, -1)) do
+      entries[#entries + 1] = entry
+    end
+    redis.call('DEL', base .. 'x:' .. letter.bid, base .. 'xi:' .. letter.bid)
+    redis.call('ZREM', dead, letter.bid)
+  end
+  if #entries > 0 then
+    local kh, items = base .. 'k:' .. key, base .. 'i:' .. key
+    local reversed = {}
+    for j = #entries, 1, -1 do reversed[#reversed + 1] = entries[j] end
+    push_all(items, reversed, true)
+    if dedupe then
+      for _, entry in ipairs(entries) do redis.call('SADD', base .. 'd:' .. key, digest_of(entry)) end
+    end
+    local first = arrival(entries[1])
+    redis.call('HSET', kh, 'first', first)
+    if redis.call('HEXISTS', kh, 'last') == 0 then redis.call('HSET', kh, 'last', now) end
+    redis.call('ZADD', age, first, key)
+    redis.call('HINCRBY', stats, 'buffered', #entries)
+    if redis.call('HEXISTS', kh, 'st') == 0 then redis.call('ZADD', due, now, key) end
+    replayed = replayed + #entries
   end
 end
 if replayed > 0 then redis.call('PUBLISH', ARGV[3], '1') end
-return replayed
+return {replayed, #ids}

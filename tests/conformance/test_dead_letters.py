@@ -1,0 +1,71 @@
+"""Dead letters: replayed in their original order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from redbatch import Batcher
+from redbatch.stores.base import Store
+from tests.conformance.helpers import claim_one, fail, items, make
+from tests.conftest import FakeClock
+
+
+def bury(b: Batcher, *values: Any, key: str = "k") -> str:
+    """Add ``values`` under ``key``, claim them as one batch and dead-letter it; return its id."""
+    b.add_many([(key, v) for v in values])
+    b.flush(key)
+    claimed = claim_one(b)
+    assert claimed.lease.key == key and items(claimed) == list(values)
+    assert fail(b, claimed, retry_in=None)
+    return claimed.lease.batch_id
+
+
+def waiting(b: Batcher, key: str = "k") -> list[Any]:
+    return [p.value for p in b.peek(key, 1000)]
+
+
+# ---------------------------------------------------------------- order
+
+
+@pytest.mark.parametrize("ids", ["all", "oldest-first", "newest-first"])
+def test_replay_puts_a_keys_dead_letters_back_in_their_original_order(
+    store: Store, clock: FakeClock, ids: str
+) -> None:
+    b = make(store, clock, max_wait=60, max_items=100)
+    first = bury(b, 1, 2)  # the clock does not move: both die in the same millisecond
+    other = bury(b, "o", key="other")
+    second = bury(b, 3)
+    b.add("k", 4)
+    chosen = {"all": None, "oldest-first": [first, second, other], "newest-first": [second, other, first]}
+    assert b.replay(chosen[ids]) == 4
+    assert waiting(b) == [1, 2, 3, 4]
+    assert waiting(b, "other") == ["o"]
+    assert items(claim_one(b)) in ([1, 2, 3, 4], ["o"])
+
+
+def test_replay_of_many_dead_letters_keeps_each_keys_order(
+    store: Store, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More letters than one step of the Redis store takes, some dying in the same millisecond."""
+    monkeypatch.setattr("redbatch.stores.redis._CHUNK", 2)
+    b = make(store, clock, max_wait=60, max_items=100)
+    for n in range(7):
+        bury(b, n)
+        bury(b, f"j{n}", key="j")
+        if n % 3 == 2:
+            clock.advance(0.001)
+    assert b.replay() == 14
+    assert waiting(b) == list(range(7))
+    assert waiting(b, "j") == [f"j{n}" for n in range(7)]
+    assert b.stats().dead == 0
+
+
+def test_a_letter_replayed_later_goes_in_front_of_earlier_ones(store: Store, clock: FakeClock) -> None:
+    b = make(store, clock, max_wait=60, max_items=100)
+    first = bury(b, 1)
+    second = bury(b, 2)
+    assert b.replay([second]) == 1
+    assert b.replay([first]) == 1
+    assert waiting(b) == [1, 2]
