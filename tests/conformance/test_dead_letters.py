@@ -1,4 +1,4 @@
-"""Dead letters: replayed in their original order."""
+"""Dead letters: replayed in their original order, deduplicated like any waiting item."""
 
 from __future__ import annotations
 
@@ -69,3 +69,40 @@ def test_a_letter_replayed_later_goes_in_front_of_earlier_ones(store: Store, clo
     assert b.replay([second]) == 1
     assert b.replay([first]) == 1
     assert waiting(b) == [1, 2]
+
+
+# ---------------------------------------------------------------- dedupe
+
+
+def test_a_replayed_item_collapses_into_an_equal_waiting_one(store: Store, clock: FakeClock) -> None:
+    """Dedupe means no two equal items wait under a key at once, replayed ones included."""
+    b = make(store, clock, dedupe=True, max_wait=60, max_items=100)
+    bury(b, "x", "y")
+    b.add_many([("k", "z"), ("k", "x")])  # x again: the dead x is not waiting, so this one is kept
+    assert b.replay() == 2
+    assert waiting(b) == ["x", "y", "z"]  # the earlier position is kept
+    assert b.stats().buffered_items == 3
+    b.add_many([("k", "x"), ("k", "y"), ("k", "z")])
+    assert waiting(b) == ["x", "y", "z"]
+    assert items(claim_one(b)) == ["x", "y", "z"]
+
+
+def test_equal_items_of_several_dead_letters_collapse_into_the_oldest(store: Store, clock: FakeClock) -> None:
+    b = make(store, clock, dedupe=True, max_wait=60, max_items=100)
+    bury(b, "x")
+    bury(b, "w", "x")
+    assert b.replay() == 3
+    assert waiting(b) == ["x", "w"]
+    assert b.stats().buffered_items == 2
+
+
+def test_after_a_replay_the_dedupe_set_is_exactly_the_waiting_items(store: Store, clock: FakeClock) -> None:
+    b = make(store, clock, dedupe=True, max_wait=60, max_items=2)
+    bury(b, "x")
+    b.add("k", "x")
+    b.add("k", "y")
+    assert b.replay() == 1
+    assert waiting(b) == ["x", "y"]
+    assert items(claim_one(b)) == ["x", "y"]  # neither waits any more: both may be added again
+    b.add_many([("k", "x"), ("k", "x"), ("k", "y")])
+    assert waiting(b) == ["x", "y"]

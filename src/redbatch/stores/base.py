@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
 from redbatch.types import ClaimedBatch, DeadRecord, Entry, Lease, QueueCounters, QueueSpec
 
 LEASE_EXPIRED_ERROR = "lease expired: the worker running this batch was lost"
+T = TypeVar("T")
 
 
 @runtime_checkable
@@ -121,6 +122,23 @@ def due_at(spec: QueueSpec, first_ms: int, last_ms: int, pending: int, now_ms: i
     if spec.idle_ms:
         deadline = min(deadline, last_ms + spec.idle_ms)
     return deadline
+
+
+def first_of_each(items: Sequence[T], digest_of: Callable[[T], str]) -> list[T]:
+    """``items`` without those whose digest an earlier one has: what dedupe keeps of a replay.
+
+    Items without a digest (added while the batcher did not dedupe) are all kept.
+    """
+    seen: set[str] = set()
+    kept = []
+    for item in items:
+        digest = digest_of(item)
+        if digest:
+            if digest in seen:
+                continue
+            seen.add(digest)
+        kept.append(item)
+    return kept
 
 
 def new_batch_id() -> str:

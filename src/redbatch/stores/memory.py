@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from redbatch.stores.base import LEASE_EXPIRED_ERROR, Waiter, due_at, new_batch_id
+from redbatch.stores.base import LEASE_EXPIRED_ERROR, Waiter, due_at, first_of_each, new_batch_id
 from redbatch.types import ClaimedBatch, DeadRecord, Entry, Lease, QueueCounters, QueueSpec
 
 log = logging.getLogger("redbatch.store.memory")
@@ -364,21 +364,32 @@ class MemoryStore:
                 letter = zip(record.arrived_at, record.payloads, digests, strict=True)
                 by_key.setdefault(record.key, []).extend(letter)
             for key, items in by_key.items():
-                self._put_back(queue, key, items, now_ms)
+                self._put_back(spec, queue, key, items, now_ms)
             replayed = sum(len(items) for items in by_key.values())
             if replayed:
                 self._notify()
             return replayed
 
     @staticmethod
-    def _put_back(queue: _Queue, key: str, items: list[_Item], now_ms: int) -> None:
-        """Put replayed items in front of a key's pending items and make the key due now."""
+    def _put_back(spec: QueueSpec, queue: _Queue, key: str, items: list[_Item], now_ms: int) -> None:
+        """Put replayed items in front of a key's pending items and make the key due now.
+
+        With dedupe no two equal items wait under a key at once: an item equal to one in
+        front of it (replayed too) or behind it (waiting already) collapses into the front one.
+        """
         if not items:
             return
         state = queue.keys.get(key)
         if state is None:
             state = queue.keys[key] = _Key(last_ms=now_ms)
-        state.digests.update(d for _, _, d in items if d)
+        if spec.dedupe:
+            items = first_of_each(items, lambda item: item[2])
+            replayed = {d for _, _, d in items if d}
+            if not replayed.isdisjoint(state.digests):
+                kept = deque(item for item in state.pending if item[2] not in replayed)
+                queue.buffered -= len(state.pending) - len(kept)
+                state.pending = kept
+            state.digests |= replayed
         state.pending.extendleft(reversed(items))
         queue.buffered += len(items)
         if state.current is None:

@@ -30,7 +30,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from redbatch.errors import ConfigError, StoreUnavailable
-from redbatch.stores.base import LEASE_EXPIRED_ERROR, Waiter, due_at, new_batch_id
+from redbatch.stores.base import LEASE_EXPIRED_ERROR, Waiter, due_at, first_of_each, new_batch_id
 from redbatch.types import ClaimedBatch, DeadRecord, Entry, Lease, QueueCounters, QueueSpec
 
 log = logging.getLogger("redbatch.store.sqlite")
@@ -800,7 +800,7 @@ class SQLiteStore:
             by_key: dict[str, list[str]] = {}
             for row in self._dead_rows(tx.cur, spec.name, batch_ids):
                 by_key.setdefault(row["key"], []).append(row["batch_id"])
-            replayed = sum(self._replay_key(tx, spec.name, key, ids, now_ms) for key, ids in by_key.items())
+            replayed = sum(self._replay_key(tx, spec, key, ids, now_ms) for key, ids in by_key.items())
             tx.wake = replayed > 0
             return replayed
 
@@ -822,24 +822,34 @@ class SQLiteStore:
         return sorted(rows, key=lambda row: int(row["rowid"]))
 
     @staticmethod
-    def _replay_key(tx: _Tx, name: str, key: str, batch_ids: list[str], now_ms: int) -> int:
-        """Put dead letters' items, in this order, in front of a key's pending items; make it due."""
+    def _replay_key(tx: _Tx, spec: QueueSpec, key: str, batch_ids: list[str], now_ms: int) -> int:
+        """Put dead letters' items, in this order, in front of a key's pending items; make it due.
+
+        With dedupe no two equal items wait under a key at once: an item equal to one in
+        front of it (replayed too) or behind it (waiting already) collapses into the front one.
+        Returns how many items the letters held.
+        """
         items = [tuple(item) for batch_id in batch_ids for item in SQLiteStore._items(tx.cur, batch_id)]
         tx.cur.executemany("DELETE FROM batch_items WHERE batch_id = ?", [(i,) for i in batch_ids])
         tx.cur.executemany("DELETE FROM dead_letters WHERE batch_id = ?", [(i,) for i in batch_ids])
         tx.add(dead=-len(batch_ids))
+        replayed = len(items)
         if not items:
             return 0
-        row = tx.cur.execute("SELECT id FROM keys WHERE queue = ? AND key = ?", (name, key)).fetchone()
+        row = tx.cur.execute("SELECT id FROM keys WHERE queue = ? AND key = ?", (spec.name, key)).fetchone()
         if row is None:
             tx.cur.execute(
                 "INSERT INTO keys (queue, key, due_at, last_at) VALUES (?, ?, ?, ?)",
-                (name, key, now_ms, now_ms),
+                (spec.name, key, now_ms, now_ms),
             )
             key_id = tx.cur.lastrowid
             tx.add(open_keys=1)
         else:
             key_id = row["id"]
+        if spec.dedupe:  # items are (arrived_at, digest, payload)
+            items = first_of_each(items, lambda item: str(item[1]))
+            if row is not None:
+                SQLiteStore._drop_pending_like(tx, row["id"], sorted({str(i[1]) for i in items if i[1]}))
         lowest = tx.cur.execute("SELECT MIN(id) FROM pending").fetchone()[0] or 0
         tx.cur.executemany(
             "INSERT INTO pending (id, key_id, arrived_at, digest, payload) VALUES (?, ?, ?, ?, ?)",
@@ -851,7 +861,21 @@ class SQLiteStore:
             (len(items), items[0][0], now_ms, key_id),
         )
         tx.add(buffered=len(items))
-        return len(items)
+        return replayed
+
+    @staticmethod
+    def _drop_pending_like(tx: _Tx, key_id: int, digests: list[str]) -> None:
+        """Delete a key's pending items with these digests (equal items replayed in front)."""
+        dropped = 0
+        for i in range(0, len(digests), _CHUNK):
+            chunk = digests[i : i + _CHUNK]
+            dropped += tx.cur.execute(
+                f"DELETE FROM pending WHERE key_id = ? AND digest IN ({', '.join('?' * len(chunk))})",
+                (key_id, *chunk),
+            ).rowcount
+        if dropped:
+            tx.cur.execute("UPDATE keys SET pending = pending - ? WHERE id = ?", (dropped, key_id))
+            tx.add(buffered=-dropped)
 
     def purge_dead(self, spec: QueueSpec, batch_ids: Sequence[str] | None, before_ms: int | None) -> int:
         with self._write(spec.name) as tx:

@@ -1,12 +1,13 @@
 -- replay: put dead letters' entries back in front of their keys' pending entries, due now.
--- A key's letters go back in the order they died, each letter's entries in arrival order.
+-- A key's letters go back in the order they died, each letter's entries in arrival order;
+-- with dedupe, an entry equal to one in front of it collapses into that one (see collapse).
 -- KEYS[1] due zset, KEYS[2] age zset, KEYS[3] stats hash, KEYS[4] dead zset
 -- ARGV[1] base, ARGV[2] now_ms, ARGV[3] wake channel, ARGV[4] dedupe '1'|'0', ARGV[5] mode:
 --   'ids': ARGV[6..] batch ids
 --   'all': ARGV[6] limit, ARGV[7] cutoff_ms: the newest letters that died at or before the
 --          cutoff, `limit` of them but never splitting a millisecond (so a later call, which
 --          puts older letters in front of these, keeps each key's order)
--- Returns {entries replayed, index entries taken}.
+-- Returns {entries the letters held (collapsed ones included), index entries taken}.
 local due, age, stats, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local base, now, dedupe, mode = ARGV[1], tonumber(ARGV[2]), ARGV[4] == '1', ARGV[5]
 
@@ -54,6 +55,34 @@ local function died_before(a, b)
   return a.bid < b.bid
 end
 
+-- With dedupe no two equal entries wait under a key at once: of the replayed entries keep
+-- the first of each digest, and drop waiting entries equal to one of them (it is in front).
+local function collapse(key, items, entries)
+  local kept, seen, clash, clashes = {}, {}, {}, false
+  for _, entry in ipairs(entries) do
+    local digest = digest_of(entry)
+    if digest == '' then  -- added while the batcher did not dedupe
+      kept[#kept + 1] = entry
+    elseif not seen[digest] then
+      seen[digest] = true
+      kept[#kept + 1] = entry
+      if redis.call('SADD', base .. 'd:' .. key, digest) == 0 then
+        clash[digest], clashes = true, true
+      end
+    end
+  end
+  if clashes then
+    local waiting, rest = redis.call('LRANGE', items, 0, -1), {}
+    for _, entry in ipairs(waiting) do
+      if not clash[digest_of(entry)] then rest[#rest + 1] = entry end
+    end
+    redis.call('DEL', items)
+    push_all(items, rest, false)
+    redis.call('HINCRBY', stats, 'buffered', #rest - #waiting)
+  end
+  return kept
+end
+
 local replayed = 0
 for _, key in ipairs(keys) do
   local letters = by_key[key]
@@ -68,19 +97,17 @@ for _, key in ipairs(keys) do
   end
   if #entries > 0 then
     local kh, items = base .. 'k:' .. key, base .. 'i:' .. key
+    replayed = replayed + #entries
+    if dedupe then entries = collapse(key, items, entries) end
     local reversed = {}
     for j = #entries, 1, -1 do reversed[#reversed + 1] = entries[j] end
     push_all(items, reversed, true)
-    if dedupe then
-      for _, entry in ipairs(entries) do redis.call('SADD', base .. 'd:' .. key, digest_of(entry)) end
-    end
     local first = arrival(entries[1])
     redis.call('HSET', kh, 'first', first)
     if redis.call('HEXISTS', kh, 'last') == 0 then redis.call('HSET', kh, 'last', now) end
     redis.call('ZADD', age, first, key)
     redis.call('HINCRBY', stats, 'buffered', #entries)
     if redis.call('HEXISTS', kh, 'st') == 0 then redis.call('ZADD', due, now, key) end
-    replayed = replayed + #entries
   end
 end
 if replayed > 0 then redis.call('PUBLISH', ARGV[3], '1') end
