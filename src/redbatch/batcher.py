@@ -284,10 +284,20 @@ class Batcher:
         ]
 
     def replay(self, ids: Sequence[str] | None = None) -> int:
-        """Put dead letters (these ids, or all) back at the front of their keys; return items."""
+        """Put dead letters (these ids, or all) back at the front of their keys, due now.
+
+        A key's letters go back in the order they died, their items in arrival order; with
+        ``dedupe``, a replayed item collapses with an equal one waiting behind it. Returns
+        how many items the letters held. Raises ``NotFound`` (naming them) when any of
+        ``ids`` is unknown, and then replays none.
+        """
         return self.store.replay(self.spec, None if ids is None else list(ids), self.clock())
 
     def purge_dead(self, ids: Sequence[str] | None = None, older_than: float | None = None) -> int:
-        """Delete dead letters by id, or those older than ``older_than`` seconds, or all."""
+        """Delete dead letters by id, or those older than ``older_than`` seconds, or all.
+
+        Returns how many were deleted. Raises ``NotFound`` (naming them) when any of ``ids``
+        is unknown, and then deletes none.
+        """
         before = None if older_than is None else self.clock() - _seconds_to_ms("older_than", older_than)
         return self.store.purge_dead(self.spec, None if ids is None else list(ids), before)

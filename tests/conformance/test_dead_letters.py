@@ -1,4 +1,5 @@
-"""Dead letters: replayed in their original order, deduplicated like any waiting item."""
+"""Dead letters: replayed in their original order, deduplicated like any waiting item,
+unknown ids refused with nothing changed."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from redbatch import Batcher
+from redbatch import Batcher, NotFound
 from redbatch.stores.base import Store
+from redbatch.stores.redis import RedisStore
 from tests.conformance.helpers import claim_one, fail, items, make
 from tests.conftest import FakeClock
 
@@ -106,3 +108,55 @@ def test_after_a_replay_the_dedupe_set_is_exactly_the_waiting_items(store: Store
     assert items(claim_one(b)) == ["x", "y"]  # neither waits any more: both may be added again
     b.add_many([("k", "x"), ("k", "x"), ("k", "y")])
     assert waiting(b) == ["x", "y"]
+
+
+# ---------------------------------------------------------------- unknown ids
+
+
+@pytest.mark.parametrize("operation", ["replay", "purge_dead"])
+def test_unknown_ids_are_not_found_and_nothing_is_changed(
+    store: Store, clock: FakeClock, operation: str
+) -> None:
+    b = make(store, clock, max_wait=60, max_items=100)
+    keys = [f"key-{n}" for n in range(6)]  # over every partition of a partitioned store
+    ids = [bury(b, n, key=key) for n, key in enumerate(keys)]
+    act = getattr(b, operation)
+    with pytest.raises(NotFound, match="'typo'") as raised:
+        act([*ids, "typo", "other-typo"])
+    assert "other-typo" in str(raised.value) and ids[0] not in str(raised.value)
+    with pytest.raises(NotFound, match="'typo'"):
+        act(["typo"])
+    assert sorted(d.id for d in b.dead_letters()) == sorted(ids)
+    assert all(waiting(b, key) == [] for key in keys)
+    assert act([ids[0], ids[0]]) == 1
+    assert act([]) == 0
+    assert act(ids[1:]) == len(ids) - 1
+    assert b.dead_letters() == []
+    with pytest.raises(NotFound, match=ids[0]):
+        act([ids[0]])  # gone once replayed or purged
+
+
+@pytest.mark.parametrize("operation", ["replay", "purge_dead"])
+def test_a_letter_gone_while_ids_are_looked_up_leaves_every_other_one(
+    store: Store, clock: FakeClock, operation: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partitioned Redis store finds each id's partition before its transaction."""
+    if not isinstance(store, RedisStore) or store.partitions == 1:
+        pytest.skip("only a partitioned Redis store looks ids up before changing them")
+    b = make(store, clock, max_wait=60, max_items=100)
+    keys = [f"key-{n}" for n in range(6)]
+    ids = [bury(b, n, key=key) for n, key in enumerate(keys)]
+    locate = store._locate
+
+    def racing(*args: Any) -> Any:
+        where = locate(*args)
+        monkeypatch.setattr(store, "_locate", locate)
+        part = store._partition_of(b.name, keys[0])
+        assert store._eval("purge", [part.dead], [part.base, "ids", ids[0]])[0] == 1  # someone else's
+        return where
+
+    monkeypatch.setattr(store, "_locate", racing)
+    with pytest.raises(NotFound, match=ids[0]):
+        getattr(b, operation)(ids)
+    assert sorted(d.id for d in b.dead_letters()) == sorted(ids[1:])
+    assert all(waiting(b, key) == [] for key in keys)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
+from redbatch.errors import NotFound
 from redbatch.types import ClaimedBatch, DeadRecord, Entry, Lease, QueueCounters, QueueSpec
 
 LEASE_EXPIRED_ERROR = "lease expired: the worker running this batch was lost"
@@ -99,11 +100,15 @@ class Store(Protocol):
         """Put dead letters' items back in front of their keys' pending items, due now.
 
         A key's letters go back in the order they died (whatever order ``batch_ids`` has),
-        each with its items in arrival order. Returns how many items were replayed.
+        each with its items in arrival order. Returns how many items were replayed. When
+        one of ``batch_ids`` is unknown, raises ``unknown_dead_letters`` and changes nothing.
         """
 
     def purge_dead(self, spec: QueueSpec, batch_ids: Sequence[str] | None, before_ms: int | None) -> int:
-        """Delete dead letters by id, or those that died before ``before_ms``, or all."""
+        """Delete dead letters by id, or those that died before ``before_ms``, or all.
+
+        When one of ``batch_ids`` is unknown, raises ``unknown_dead_letters`` and deletes none.
+        """
 
     def waiter(self, names: Sequence[str]) -> Waiter:
         """A waiter woken when a key of one of these batchers may have become due."""
@@ -139,6 +144,15 @@ def first_of_each(items: Sequence[T], digest_of: Callable[[T], str]) -> list[T]:
             seen.add(digest)
         kept.append(item)
     return kept
+
+
+def unknown_dead_letters(name: str, batch_ids: Sequence[str]) -> NotFound:
+    """The error for dead-letter ids a batcher does not have (nothing was changed)."""
+    shown = ", ".join(repr(i) for i in batch_ids[:10])
+    if len(batch_ids) > 10:
+        shown += f" and {len(batch_ids) - 10} more"
+    noun = "dead letter" if len(batch_ids) == 1 else "dead letters"
+    return NotFound(f"batcher {name!r} has no {noun} {shown}; nothing was changed")
 
 
 def new_batch_id() -> str:

@@ -9,7 +9,14 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from redbatch.stores.base import LEASE_EXPIRED_ERROR, Waiter, due_at, first_of_each, new_batch_id
+from redbatch.stores.base import (
+    LEASE_EXPIRED_ERROR,
+    Waiter,
+    due_at,
+    first_of_each,
+    new_batch_id,
+    unknown_dead_letters,
+)
 from redbatch.types import ClaimedBatch, DeadRecord, Entry, Lease, QueueCounters, QueueSpec
 
 log = logging.getLogger("redbatch.store.memory")
@@ -355,7 +362,7 @@ class MemoryStore:
     def replay(self, spec: QueueSpec, batch_ids: Sequence[str] | None, now_ms: int) -> int:
         with self._lock:
             queue = self._queue(spec)
-            wanted = None if batch_ids is None else set(batch_ids)
+            wanted = None if batch_ids is None else self._known(spec, queue, batch_ids)
             # ``dead`` keeps the order letters died in: a key's letters go back in that order.
             by_key: dict[str, list[_Item]] = {}
             for batch_id in [i for i in queue.dead if wanted is None or i in wanted]:
@@ -395,11 +402,20 @@ class MemoryStore:
         if state.current is None:
             queue.schedule(key, now_ms)
 
+    @staticmethod
+    def _known(spec: QueueSpec, queue: _Queue, batch_ids: Sequence[str]) -> dict[str, None]:
+        """These dead-letter ids, each once; NotFound when one is unknown."""
+        ids = dict.fromkeys(batch_ids)
+        unknown = [i for i in ids if i not in queue.dead]
+        if unknown:
+            raise unknown_dead_letters(spec.name, unknown)
+        return ids
+
     def purge_dead(self, spec: QueueSpec, batch_ids: Sequence[str] | None, before_ms: int | None) -> int:
         with self._lock:
             queue = self._queue(spec)
             if batch_ids is not None:
-                doomed = [i for i in dict.fromkeys(batch_ids) if i in queue.dead]
+                doomed = list(self._known(spec, queue, batch_ids))
             else:
                 doomed = [i for i, r in queue.dead.items() if before_ms is None or r.died_at < before_ms]
             for batch_id in doomed:

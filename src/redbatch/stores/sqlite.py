@@ -30,7 +30,14 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from redbatch.errors import ConfigError, StoreUnavailable
-from redbatch.stores.base import LEASE_EXPIRED_ERROR, Waiter, due_at, first_of_each, new_batch_id
+from redbatch.stores.base import (
+    LEASE_EXPIRED_ERROR,
+    Waiter,
+    due_at,
+    first_of_each,
+    new_batch_id,
+    unknown_dead_letters,
+)
 from redbatch.types import ClaimedBatch, DeadRecord, Entry, Lease, QueueCounters, QueueSpec
 
 log = logging.getLogger("redbatch.store.sqlite")
@@ -798,18 +805,21 @@ class SQLiteStore:
     def replay(self, spec: QueueSpec, batch_ids: Sequence[str] | None, now_ms: int) -> int:
         with self._write(spec.name) as tx:
             by_key: dict[str, list[str]] = {}
-            for row in self._dead_rows(tx.cur, spec.name, batch_ids):
+            for row in self._dead_rows(tx.cur, spec, batch_ids):
                 by_key.setdefault(row["key"], []).append(row["batch_id"])
             replayed = sum(self._replay_key(tx, spec, key, ids, now_ms) for key, ids in by_key.items())
             tx.wake = replayed > 0
             return replayed
 
     @staticmethod
-    def _dead_rows(cur: sqlite3.Cursor, name: str, batch_ids: Sequence[str] | None) -> list[Any]:
-        """Dead letters (these ids, or all) in the order they died: ``rowid`` order."""
+    def _dead_rows(cur: sqlite3.Cursor, spec: QueueSpec, batch_ids: Sequence[str] | None) -> list[Any]:
+        """Dead letters (these ids, or all) in the order they died: ``rowid`` order.
+
+        NotFound when one of ``batch_ids`` is unknown (the caller's transaction changed nothing).
+        """
         if batch_ids is None:
             query = "SELECT rowid, batch_id, key FROM dead_letters WHERE queue = ? ORDER BY rowid"
-            return cur.execute(query, (name,)).fetchall()
+            return cur.execute(query, (spec.name,)).fetchall()
         ids = list(dict.fromkeys(batch_ids))
         rows = []
         for i in range(0, len(ids), _CHUNK):
@@ -817,8 +827,11 @@ class SQLiteStore:
             rows += cur.execute(
                 "SELECT rowid, batch_id, key FROM dead_letters"
                 f" WHERE queue = ? AND batch_id IN ({', '.join('?' * len(chunk))})",
-                (name, *chunk),
+                (spec.name, *chunk),
             ).fetchall()
+        if len(rows) < len(ids):
+            found = {row["batch_id"] for row in rows}
+            raise unknown_dead_letters(spec.name, [i for i in ids if i not in found])
         return sorted(rows, key=lambda row: int(row["rowid"]))
 
     @staticmethod
@@ -880,7 +893,7 @@ class SQLiteStore:
     def purge_dead(self, spec: QueueSpec, batch_ids: Sequence[str] | None, before_ms: int | None) -> int:
         with self._write(spec.name) as tx:
             if batch_ids is not None:
-                ids = list(dict.fromkeys(batch_ids))
+                ids = [row["batch_id"] for row in self._dead_rows(tx.cur, spec, batch_ids)]
                 chunks = [ids[i : i + _CHUNK] for i in range(0, len(ids), _CHUNK)]
                 purged = sum(
                     self._purge(tx, spec.name, f"batch_id IN ({', '.join('?' * len(c))})", c) for c in chunks

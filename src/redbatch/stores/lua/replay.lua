@@ -3,11 +3,12 @@
 -- with dedupe, an entry equal to one in front of it collapses into that one (see collapse).
 -- KEYS[1] due zset, KEYS[2] age zset, KEYS[3] stats hash, KEYS[4] dead zset
 -- ARGV[1] base, ARGV[2] now_ms, ARGV[3] wake channel, ARGV[4] dedupe '1'|'0', ARGV[5] mode:
---   'ids': ARGV[6..] batch ids
---   'all': ARGV[6] limit, ARGV[7] cutoff_ms: the newest letters that died at or before the
---          cutoff, `limit` of them but never splitting a millisecond (so a later call, which
---          puts older letters in front of these, keeps each key's order)
--- Returns {entries the letters held (collapsed ones included), index entries taken}.
+--   'ids': ARGV[6..] batch ids: all of them replayed or, when one is unknown, none
+--   'all': ARGV[6] limit, ARGV[7] cutoff (a ZRANGEBYSCORE bound): the newest letters that
+--          died up to the cutoff, `limit` of them but never splitting a millisecond (so a
+--          later call, which puts older letters in front of these, keeps each key's order)
+-- Returns {entries the letters held (collapsed ones included), index entries taken,
+-- {unknown ids}}.
 local due, age, stats, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local base, now, dedupe, mode = ARGV[1], tonumber(ARGV[2]), ARGV[4] == '1', ARGV[5]
 
@@ -27,11 +28,18 @@ local function newest(limit, cutoff)
   return ids
 end
 
-local ids = {}
+local ids, unknown = {}, {}
 if mode == 'all' then
   ids = newest(tonumber(ARGV[6]), ARGV[7])
 else
-  for i = 6, #ARGV do ids[#ids + 1] = ARGV[i] end
+  for i = 6, #ARGV do
+    if redis.call('EXISTS', base .. 'x:' .. ARGV[i]) == 1 then
+      ids[#ids + 1] = ARGV[i]
+    else
+      unknown[#unknown + 1] = ARGV[i]
+    end
+  end
+  if #unknown > 0 then return {0, 0, unknown} end
 end
 
 -- Each key's letters, in the order they died: by the fencing token of their last attempt
@@ -111,4 +119,4 @@ for _, key in ipairs(keys) do
   end
 end
 if replayed > 0 then redis.call('PUBLISH', ARGV[3], '1') end
-return {replayed, #ids}
+return {replayed, #ids, unknown}
