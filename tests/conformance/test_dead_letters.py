@@ -1,5 +1,6 @@
 """Dead letters: replayed in their original order, deduplicated like any waiting item,
-unknown ids refused with nothing changed."""
+unknown ids refused with nothing changed, and (on Redis) index entries whose record was
+lost dropped, not looped on."""
 
 from __future__ import annotations
 
@@ -160,3 +161,49 @@ def test_a_letter_gone_while_ids_are_looked_up_leaves_every_other_one(
         getattr(b, operation)(ids)
     assert sorted(d.id for d in b.dead_letters()) == sorted(ids[1:])
     assert all(waiting(b, key) == [] for key in keys)
+
+
+# ---------------------------------------------------------------- lost records (Redis)
+
+
+def lose_record(store: Store, batch_id: str) -> None:
+    """Delete a dead letter's record but not its index entry, as eviction or a hand DEL does."""
+    if not isinstance(store, RedisStore):
+        pytest.skip("only the Redis store keeps a dead letter's index apart from its record")
+    names = list(store.client.scan_iter(match=f"*:x*:{batch_id}"))
+    assert len(names) == 2, names
+    store.client.delete(*names)
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("operation", ["replay", "replay-id", "purge", "purge-older", "purge-id", "list"])
+def test_an_index_entry_whose_record_was_lost_is_dropped(
+    store: Store,
+    clock: FakeClock,
+    operation: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr("redbatch.stores.redis._CHUNK", 2)
+    b = make(store, clock, max_wait=60, max_items=100)
+    lost = bury(b, "lost", key="a")
+    kept = [bury(b, f"kept-{n}", key=f"b{n}") for n in range(3)]
+    lose_record(store, lost)
+    assert b.stats().dead == 4
+    if operation == "replay":
+        assert b.replay() == 3
+    elif operation == "purge":
+        assert b.purge_dead() == 3
+    elif operation == "purge-older":
+        clock.advance(10)
+        assert b.purge_dead(older_than=5) == 3
+    elif operation == "list":
+        assert sorted(d.id for d in b.dead_letters()) == sorted(kept)
+    else:
+        with pytest.raises(NotFound, match=lost):
+            b.replay([lost]) if operation == "replay-id" else b.purge_dead([lost])
+    assert "dropped 1 dead-letter index entries whose records were gone" in caplog.text
+    left = [] if operation in ("replay", "purge", "purge-older") else kept
+    assert sorted(d.id for d in b.dead_letters()) == sorted(left)
+    assert b.stats().dead == len(left)
+    assert waiting(b, "b0") == (["kept-0"] if operation == "replay" else [])

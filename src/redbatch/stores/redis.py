@@ -443,10 +443,12 @@ class RedisStore:
             pipe.lrange(f"{part.base}xi:{batch_id}", 0, -1)
         replies = pipe.execute()
         records = []
-        for i, (_, batch_id, _) in enumerate(ranked):
+        gone: dict[_Partition, list[str]] = defaultdict(list)
+        for i, (_, batch_id, part) in enumerate(ranked):
             meta, raw = replies[2 * i], replies[2 * i + 1]
-            if not meta:
-                continue  # purged meanwhile
+            if not meta:  # replayed or purged meanwhile, or its record was lost
+                gone[part].append(batch_id)
+                continue
             split = [_split_entry(e) for e in raw]
             records.append(
                 DeadRecord(
@@ -460,6 +462,8 @@ class RedisStore:
                     died_at=int(meta[b"died"]),
                 )
             )
+        for part, batch_ids in gone.items():  # drop the index entries of lost records
+            self._dropped(part, self._eval("purge", [part.dead], [part.base, "ids", *batch_ids])[2])
         return records
 
     @_unavailable
@@ -502,7 +506,8 @@ class RedisStore:
         left = int(self.client.zcount(part.dead, "-inf", cutoff))
         done = 0
         while left > 0:
-            count, taken, _ = self._eval(script, keys, [*head, "all", _CHUNK, cutoff])
+            count, taken, dropped, _ = self._eval(script, keys, [*head, "all", _CHUNK, cutoff])
+            self._dropped(part, dropped)
             done += int(count)
             left -= int(taken)
             if not taken:
@@ -528,12 +533,15 @@ class RedisStore:
             return 0
         parts = self._partitions(spec.name)
         if len(parts) == 1:
-            done, _, unknown = self._eval(script, keys_of(parts[0]), [*head_of(parts[0]), "ids", *ids])
-            if unknown:
-                raise unknown_dead_letters(spec.name, [i.decode() for i in unknown])
-            return int(done)
+            reply = self._eval(script, keys_of(parts[0]), [*head_of(parts[0]), "ids", *ids])
+            return self._checked(spec, parts[0], reply)
         for _ in range(_WATCH_ATTEMPTS):
-            where = self._locate(spec, parts, ids)
+            where, unknown = self._locate(parts, ids)
+            if unknown:
+                for part in parts:  # each drops the index entries these may have left behind
+                    reply = self._eval(script, keys_of(part), [*head_of(part), "ids", *unknown])
+                    self._dropped(part, reply[2])
+                raise unknown_dead_letters(spec.name, unknown)
             records = [f"{part.base}x:{i}" for part, group in where for i in group]
             with self.client.pipeline(transaction=True) as pipe:
                 try:
@@ -547,13 +555,15 @@ class RedisStore:
                     replies = pipe.execute()
                 except redis.WatchError:
                     continue
-            return sum(int(done) for done, _, _ in replies)
+            return sum(
+                self._checked(spec, part, reply) for (part, _), reply in zip(where, replies, strict=True)
+            )
         raise RedbatchError(f"the dead letters of {spec.name!r} kept changing under this call; try again")
 
     def _locate(
-        self, spec: QueueSpec, parts: list[_Partition], ids: list[str]
-    ) -> list[tuple[_Partition, list[str]]]:
-        """The partition of each dead letter, grouped; NotFound when one is in none."""
+        self, parts: list[_Partition], ids: list[str]
+    ) -> tuple[list[tuple[_Partition, list[str]]], list[str]]:
+        """The dead letters each partition holds, and the ids no partition has."""
         pipe = self.client.pipeline(transaction=False)
         for part in parts:
             for batch_id in ids:
@@ -565,10 +575,25 @@ class RedisStore:
             if group:
                 where.append((part, group))
         located = {i for _, group in where for i in group}
-        unknown = [i for i in ids if i not in located]
+        return where, [i for i in ids if i not in located]
+
+    def _checked(self, spec: QueueSpec, part: _Partition, reply: list[Any]) -> int:
+        """The count a dead-letter script replied; NotFound for the unknown ids it names."""
+        done, _, dropped, unknown = reply
+        self._dropped(part, dropped)
         if unknown:
-            raise unknown_dead_letters(spec.name, unknown)
-        return where
+            raise unknown_dead_letters(spec.name, [i.decode() for i in unknown])
+        return int(done)
+
+    @staticmethod
+    def _dropped(part: _Partition, dropped: int) -> None:
+        if dropped:
+            log.warning(
+                "%s: dropped %d dead-letter index entries whose records were gone"
+                " (evicted, or deleted by hand)",
+                part.dead,
+                dropped,
+            )
 
     def waiter(self, names: Sequence[str]) -> Waiter:
         return _RedisWaiter(self.client, [self._channel(n) for n in names])

@@ -69,6 +69,22 @@ local function bury(base, dead, key, error, now)
   redis.call('HDEL', kh, unpack(BATCH_FIELDS))
 end
 
+-- Split batch ids into dead letters with a record and unknown ones, dropping the index
+-- entries of unknown ones (a record lost to eviction or a hand DEL leaves its entry behind).
+-- Returns known ids, unknown ids, and how many index entries were dropped.
+local function split_letters(base, dead, ids)
+  local known, unknown, dropped = {}, {}, 0
+  for _, bid in ipairs(ids) do
+    if redis.call('EXISTS', base .. 'x:' .. bid) == 1 then
+      known[#known + 1] = bid
+    else
+      unknown[#unknown + 1] = bid
+      dropped = dropped + redis.call('ZREM', dead, bid)
+    end
+  end
+  return known, unknown, dropped
+end
+
 -- True when (bid, token) still holds the running batch of key.
 local function holds(kh, bid, token)
   local b = redis.call('HMGET', kh, 'bid', 'tok', 'st')

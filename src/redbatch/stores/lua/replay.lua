@@ -7,8 +7,9 @@
 --   'all': ARGV[6] limit, ARGV[7] cutoff (a ZRANGEBYSCORE bound): the newest letters that
 --          died up to the cutoff, `limit` of them but never splitting a millisecond (so a
 --          later call, which puts older letters in front of these, keeps each key's order)
+-- Index entries whose record is gone (evicted, deleted by hand) are dropped on the way.
 -- Returns {entries the letters held (collapsed ones included), index entries taken,
--- {unknown ids}}.
+-- index entries dropped, {unknown ids}}.
 local due, age, stats, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local base, now, dedupe, mode = ARGV[1], tonumber(ARGV[2]), ARGV[4] == '1', ARGV[5]
 
@@ -28,18 +29,17 @@ local function newest(limit, cutoff)
   return ids
 end
 
-local ids, unknown = {}, {}
+local chosen = {}
 if mode == 'all' then
-  ids = newest(tonumber(ARGV[6]), ARGV[7])
+  chosen = newest(tonumber(ARGV[6]), ARGV[7])
 else
-  for i = 6, #ARGV do
-    if redis.call('EXISTS', base .. 'x:' .. ARGV[i]) == 1 then
-      ids[#ids + 1] = ARGV[i]
-    else
-      unknown[#unknown + 1] = ARGV[i]
-    end
-  end
-  if #unknown > 0 then return {0, 0, unknown} end
+  for i = 6, #ARGV do chosen[#chosen + 1] = ARGV[i] end
+end
+local ids, unknown, dropped = split_letters(base, dead, chosen)
+if mode == 'all' then
+  unknown = {}
+elseif #unknown > 0 then
+  return {0, 0, dropped, unknown}
 end
 
 -- Each key's letters, in the order they died: by the fencing token of their last attempt
@@ -47,7 +47,7 @@ end
 local by_key, keys = {}, {}
 for _, bid in ipairs(ids) do
   local meta = redis.call('HMGET', base .. 'x:' .. bid, 'key', 'tok', 'died')
-  if meta[1] then
+  if meta[1] then  -- a record without its key was written by hand: left as it is
     if not by_key[meta[1]] then
       by_key[meta[1]] = {}
       keys[#keys + 1] = meta[1]
@@ -119,4 +119,4 @@ for _, key in ipairs(keys) do
   end
 end
 if replayed > 0 then redis.call('PUBLISH', ARGV[3], '1') end
-return {replayed, #ids, unknown}
+return {replayed, #chosen, dropped, unknown}
