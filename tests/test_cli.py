@@ -272,6 +272,20 @@ def test_corrupt_items_are_shown_for_what_they_are(cli_env: tuple[str, dict[str,
     assert claimed.lease.batch_id in output and "corrupt data" in output and "Traceback" not in output
 
 
+def test_exit_codes_say_what_went_wrong(cli_env: tuple[str, dict[str, str], Store]) -> None:
+    url, _, store = cli_env
+    dead_id = make_dead_letter(store)
+    for command in ("replay", "purge"):
+        code, output = invoke(
+            "dead-letters", command, "orders", "--id", dead_id, "--id", "typo", "--url", url
+        )
+        assert code == 3, output
+        assert "NotFound" in output and "'typo'" in output and "Traceback" not in output
+    assert [d.id for d in redbatch.Batcher(store, "orders").dead_letters()] == [dead_id]
+    code, output = invoke("dead-letters", "replay", "--url", url)
+    assert code == 2, output  # typer's usage error: BATCHER is missing
+
+
 def test_stats_needs_a_batcher_name() -> None:
     code, output = invoke("stats", "--url", "memory://")
     assert code == 2
@@ -285,7 +299,7 @@ def test_bad_urls_fail_with_one_line_and_no_secret() -> None:
 
     url = f"redis://app:s3cret-pw@127.0.0.1:{free_port()}/0"  # nothing listens there
     code, output = invoke("inspect", "orders", "k", "--url", url)
-    assert code == 1
+    assert code == 4
     assert "StoreUnavailable" in output and "Traceback" not in output
     assert "s3cret-pw" not in output
 

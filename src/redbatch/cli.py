@@ -1,8 +1,14 @@
 """The ``redbatch`` command line: run workers, look at batchers and dead letters, try the demo.
 
 Every command takes ``--url`` (default: ``REDBATCH_URL``, else ``sqlite:///./redbatch.db``).
-A redbatch error (an unreachable store, a bad setting, ...) prints one red line and exits 1;
-a usage error (a module without batchers, a missing argument) exits 2.
+An error prints one red line, no traceback, and exits with a code that says what went wrong:
+
+- 0: done.
+- 1: any other redbatch error (``ConfigError`` for a bad URL or setting, a Redis error, ...).
+- 2: a usage error: typer's (a missing argument, an unknown option), or a module that
+  defines no batcher with a handler.
+- 3: ``NotFound``: something named does not exist (a dead letter's id, ...).
+- 4: ``StoreUnavailable``: the store cannot be reached, or refuses writes.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from rich.table import Table
 
 from redbatch.batcher import Batcher
 from redbatch.demo import DemoOptions, run_demo
-from redbatch.errors import RedbatchError
+from redbatch.errors import NotFound, RedbatchError, StoreUnavailable
 from redbatch.stores import Store, connect
 from redbatch.types import BatcherStats, CorruptItem
 from redbatch.worker import Worker
@@ -81,15 +87,20 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+EXIT_CODES: tuple[tuple[type[RedbatchError], int], ...] = ((NotFound, 3), (StoreUnavailable, 4))
+"""Exit codes of the errors a script may want to tell apart; any other RedbatchError exits 1."""
+
+
 def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
-    """Turn a RedbatchError into one red line and exit code 1, with no traceback."""
+    """Turn a RedbatchError into one red line and its exit code, with no traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return command(*args, **kwargs)
         except RedbatchError as exc:
-            fail(f"{type(exc).__name__}: {exc}", code=1)
+            code = next((code for error, code in EXIT_CODES if isinstance(exc, error)), 1)
+            fail(f"{type(exc).__name__}: {exc}", code=code)
 
     return wrapper
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import tracemalloc
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -11,6 +13,7 @@ import pytest
 
 import redbatch
 from redbatch import Batcher, ConfigError, InvalidItem, InvalidKey
+from redbatch.batcher import MAX_DURATION, encode_item
 from redbatch.stores.base import Store
 from tests.conformance.helpers import ack, claim, claim_one, fail, make
 from tests.conftest import FakeClock
@@ -65,10 +68,22 @@ class Point:
     x: int
 
 
+LONE_SURROGATE = json.loads('"\\ud800"')  # what a JSON request body may hold
+NAN, INF = math.nan, math.inf
+
+
 @pytest.mark.parametrize(
     "item",
-    [object(), {1, 2}, b"bytes", Point(1), datetime(2026, 1, 1), {1: "non-str key"}, 2**70, lambda: 0],
-    ids=["object", "set", "bytes", "dataclass", "datetime", "int-key", "huge-int", "function"],
+    [
+        *(object(), {1, 2}, b"bytes", Point(1), datetime(2026, 1, 1), {1: "non-str key"}, 2**70, lambda: 0),
+        *(LONE_SURROGATE, ["ok", f"a{LONE_SURROGATE}b"], {LONE_SURROGATE: 1}, {"k": {LONE_SURROGATE: 1}}),
+        *(NAN, INF, -INF, {"a": None, "b": [1.5, NAN]}, (1, INF), {"deep": [[[{"x": -INF}]]]}),
+    ],
+    ids=[
+        *("object", "set", "bytes", "dataclass", "datetime", "int-key", "huge-int", "function"),
+        *("surrogate", "surrogate-in-list", "surrogate-key", "nested-surrogate-key"),
+        *("nan", "inf", "-inf", "nan-beside-null", "inf-in-tuple", "deep-inf"),
+    ],
 )
 def test_non_json_items_are_refused_and_nothing_is_stored(store: Store, clock: FakeClock, item: Any) -> None:
     b = make(store, clock, max_wait=0)
@@ -88,7 +103,11 @@ def test_items_over_the_size_limit_are_refused(store: Store, clock: FakeClock) -
     assert b.stats().buffered_items == 1
 
 
-@pytest.mark.parametrize("key", ["", None, 7, b"k", "x" * 513], ids=["empty", "none", "int", "bytes", "long"])
+@pytest.mark.parametrize(
+    "key",
+    ["", None, 7, b"k", "x" * 513, LONE_SURROGATE, f"user-{LONE_SURROGATE}", "\udc80"],
+    ids=["empty", "none", "int", "bytes", "long", "surrogate", "surrogate-inside", "low-surrogate"],
+)
 def test_bad_keys_are_refused_and_nothing_is_stored(store: Store, clock: FakeClock, key: Any) -> None:
     b = make(store, clock)
     with pytest.raises(InvalidKey):
@@ -97,6 +116,11 @@ def test_bad_keys_are_refused_and_nothing_is_stored(store: Store, clock: FakeClo
         b.add_many([("fine", 1), (key, 1)])
     with pytest.raises(InvalidKey):
         b.peek(key)
+    with pytest.raises(InvalidKey):
+        b.clear(key)
+    if key is not None:  # flush(None) flushes every key
+        with pytest.raises(InvalidKey):
+            b.flush(key)
     assert b.stats().buffered_items == 0
 
 
@@ -110,6 +134,7 @@ def test_keys_of_any_characters_round_trip(store: Store, clock: FakeClock) -> No
 def test_json_values_of_every_kind_round_trip(store: Store, clock: FakeClock) -> None:
     b = make(store, clock, max_wait=0)
     values: list[Any] = [None, True, False, 0, -1, 2**63 - 1, 1.5, "", "ü✓", [], {}, {"a": [1, {"b": None}]}]
+    values += ["null", {"null": None, "x": [0.1, -2.5e300, None]}, "\U0001f600 beyond the BMP"]
     b.add_many([("k", v) for v in values])
     assert b.peek("k") and [p.value for p in b.peek("k")] == values
 
@@ -128,11 +153,29 @@ def test_json_values_of_every_kind_round_trip(store: Store, clock: FakeClock) ->
         {"backoff": -1},
         {"timeout": 0},
         {"max_item_bytes": 0},
+        *(
+            {name: 1e16}
+            for name in ("max_wait", "idle", "backoff", "max_backoff", "lease", "timeout", "dead_letter_ttl")
+        ),
+        {"max_wait": MAX_DURATION + 1},
     ],
 )
 def test_invalid_settings_are_refused(store: Store, options: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
         Batcher(store, "b", **options)
+
+
+def test_the_longest_durations_work_end_to_end(store: Store, clock: FakeClock) -> None:
+    b = make(store, clock, max_wait=MAX_DURATION, idle=MAX_DURATION, lease=MAX_DURATION)
+    b.add("k", 1)
+    assert store.next_due_ms(b.spec) == clock.now + MAX_DURATION * 1000
+    b.flush("k")
+    claimed = claim_one(b)
+    assert fail(b, claimed, retry_in=None)
+    assert b.purge_dead(older_than=MAX_DURATION) == 0
+    with pytest.raises(ConfigError):
+        b.purge_dead(older_than=1e16)
+    assert b.stats().dead == 1
 
 
 @pytest.mark.parametrize("name", ["", "has space", "a{b}", "x" * 65, None])
@@ -144,3 +187,36 @@ def test_invalid_batcher_names_are_refused(store: Store, name: Any) -> None:
 def test_every_error_is_a_redbatch_error() -> None:
     for error in (InvalidItem, InvalidKey, ConfigError, redbatch.NotFound, redbatch.StoreUnavailable):
         assert issubclass(error, redbatch.RedbatchError)
+
+
+SMALL_ITEM = {"user": "agent-000000", "reply": "thanks for the quick help", "n": 0, "ok": True}
+
+
+def traced(action: Any) -> tuple[int, int]:
+    """Bytes that ``action()`` allocated and still holds, and at its peak, as tracemalloc sees them."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        kept = action()
+        held, peak = tracemalloc.get_traced_memory()
+        del kept
+        return held - before, peak - before
+    finally:
+        tracemalloc.stop()
+
+
+def test_encoded_items_hold_only_their_bytes() -> None:
+    """orjson's output keeps its whole working buffer (about 4 KB) unless copied compact."""
+    assert len(encode_item(SMALL_ITEM)) < 100
+    held, _ = traced(lambda: [encode_item({**SMALL_ITEM, "n": n}) for n in range(10_000)])
+    assert held < 10_000 * 200, f"{held / 10_000:.0f} bytes per encoded item"
+
+
+def test_add_many_holds_items_compactly(store: Store, clock: FakeClock) -> None:
+    b = make(store, clock, max_items=100_000, max_wait=60)
+    b.add("warm-up", 0)  # connections, scripts and tables are made before measuring
+    held, peak = traced(lambda: b.add_many((f"k{n % 10}", {**SMALL_ITEM, "n": n}) for n in range(10_000)))
+    assert b.stats().buffered_items == 10_001
+    assert held < 10_000 * 400, f"{held / 10_000:.0f} bytes held per item"
+    assert peak < 10_000 * 1_500, f"{peak / 10_000:.0f} bytes per item at the peak"

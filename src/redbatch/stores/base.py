@@ -21,16 +21,17 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
-from redbatch.errors import ConfigError, RedbatchError
+from redbatch.errors import ConfigError, NotFound, RedbatchError
 from redbatch.types import ClaimedBatch, DeadRecord, Entry, Lease, QueueCounters, QueueSpec
 
 log = logging.getLogger("redbatch.store")
 
 LEASE_EXPIRED_ERROR = "lease expired: the worker running this batch was lost"
+T = TypeVar("T")
 
 
 class RulesChanged(RedbatchError):
@@ -134,10 +135,18 @@ class Store(Protocol):
         """Dead letters, oldest first."""
 
     def replay(self, spec: QueueSpec, batch_ids: Sequence[str] | None, now_ms: int) -> int:
-        """Put dead letters' items back in front of their keys' pending items, due now."""
+        """Put dead letters' items back in front of their keys' pending items, due now.
+
+        A key's letters go back in the order they died (whatever order ``batch_ids`` has),
+        each with its items in arrival order. Returns how many items were replayed. When
+        one of ``batch_ids`` is unknown, raises ``unknown_dead_letters`` and changes nothing.
+        """
 
     def purge_dead(self, spec: QueueSpec, batch_ids: Sequence[str] | None, before_ms: int | None) -> int:
-        """Delete dead letters by id, or those that died before ``before_ms``, or all."""
+        """Delete dead letters by id, or those that died before ``before_ms``, or all.
+
+        When one of ``batch_ids`` is unknown, raises ``unknown_dead_letters`` and deletes none.
+        """
 
     def waiter(self, names: Sequence[str]) -> Waiter:
         """A waiter woken when a key of one of these batchers may have become due."""
@@ -168,6 +177,32 @@ def due_at(spec: QueueSpec, first_ms: int, last_ms: int, pending: int, now_ms: i
     if spec.idle_ms:
         deadline = min(deadline, last_ms + spec.idle_ms)
     return deadline
+
+
+def first_of_each(items: Sequence[T], digest_of: Callable[[T], str]) -> list[T]:
+    """``items`` without those whose digest an earlier one has: what dedupe keeps of a replay.
+
+    Items without a digest (added while the batcher did not dedupe) are all kept.
+    """
+    seen: set[str] = set()
+    kept = []
+    for item in items:
+        digest = digest_of(item)
+        if digest:
+            if digest in seen:
+                continue
+            seen.add(digest)
+        kept.append(item)
+    return kept
+
+
+def unknown_dead_letters(name: str, batch_ids: Sequence[str]) -> NotFound:
+    """The error for dead-letter ids a batcher does not have (nothing was changed)."""
+    shown = ", ".join(repr(i) for i in batch_ids[:10])
+    if len(batch_ids) > 10:
+        shown += f" and {len(batch_ids) - 10} more"
+    noun = "dead letter" if len(batch_ids) == 1 else "dead letters"
+    return NotFound(f"batcher {name!r} has no {noun} {shown}; nothing was changed")
 
 
 def new_batch_id() -> str:

@@ -9,7 +9,15 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from redbatch.stores.base import LEASE_EXPIRED_ERROR, RulesChanged, Waiter, due_at, new_batch_id
+from redbatch.stores.base import (
+    LEASE_EXPIRED_ERROR,
+    RulesChanged,
+    Waiter,
+    due_at,
+    first_of_each,
+    new_batch_id,
+    unknown_dead_letters,
+)
 from redbatch.types import ClaimedBatch, DeadRecord, Entry, Lease, QueueCounters, QueueSpec
 
 log = logging.getLogger("redbatch.store.memory")
@@ -379,31 +387,60 @@ class MemoryStore:
     def replay(self, spec: QueueSpec, batch_ids: Sequence[str] | None, now_ms: int) -> int:
         with self._lock:
             queue = self._queue(spec)
-            wanted = queue.dead if batch_ids is None else dict.fromkeys(batch_ids)
-            ids = [i for i in wanted if i in queue.dead]
-            replayed = 0
-            for batch_id in ids:
+            wanted = None if batch_ids is None else self._known(spec, queue, batch_ids)
+            # ``dead`` keeps the order letters died in: a key's letters go back in that order.
+            by_key: dict[str, list[_Item]] = {}
+            for batch_id in [i for i in queue.dead if wanted is None or i in wanted]:
                 record = queue.dead.pop(batch_id)
                 digests = queue.dead_digests.pop(batch_id)
-                state = queue.keys.get(record.key)
-                if state is None:
-                    state = queue.keys[record.key] = _Key(last_ms=now_ms)
-                items = list(zip(record.arrived_at, record.payloads, digests, strict=True))
-                state.digests.update(d for d in digests if d)
-                state.pending.extendleft(reversed(items))
-                queue.buffered += len(items)
-                replayed += len(items)
-                if state.current is None:
-                    queue.schedule(record.key, now_ms)
+                letter = zip(record.arrived_at, record.payloads, digests, strict=True)
+                by_key.setdefault(record.key, []).extend(letter)
+            for key, items in by_key.items():
+                self._put_back(spec, queue, key, items, now_ms)
+            replayed = sum(len(items) for items in by_key.values())
             if replayed:
                 self._notify()
             return replayed
+
+    @staticmethod
+    def _put_back(spec: QueueSpec, queue: _Queue, key: str, items: list[_Item], now_ms: int) -> None:
+        """Put replayed items in front of a key's pending items and make the key due now.
+
+        With dedupe no two equal items wait under a key at once: an item equal to one in
+        front of it (replayed too) or behind it (waiting already) collapses into the front one.
+        """
+        if not items:
+            return
+        state = queue.keys.get(key)
+        if state is None:
+            state = queue.keys[key] = _Key(last_ms=now_ms)
+        if spec.dedupe:
+            items = first_of_each(items, lambda item: item[2])
+            replayed = {d for _, _, d in items if d}
+            if not replayed.isdisjoint(state.digests):
+                kept = deque(item for item in state.pending if item[2] not in replayed)
+                queue.buffered -= len(state.pending) - len(kept)
+                state.pending = kept
+            state.digests |= replayed
+        state.pending.extendleft(reversed(items))
+        queue.buffered += len(items)
+        if state.current is None:
+            queue.schedule(key, now_ms)
+
+    @staticmethod
+    def _known(spec: QueueSpec, queue: _Queue, batch_ids: Sequence[str]) -> dict[str, None]:
+        """These dead-letter ids, each once; NotFound when one is unknown."""
+        ids = dict.fromkeys(batch_ids)
+        unknown = [i for i in ids if i not in queue.dead]
+        if unknown:
+            raise unknown_dead_letters(spec.name, unknown)
+        return ids
 
     def purge_dead(self, spec: QueueSpec, batch_ids: Sequence[str] | None, before_ms: int | None) -> int:
         with self._lock:
             queue = self._queue(spec)
             if batch_ids is not None:
-                doomed = [i for i in dict.fromkeys(batch_ids) if i in queue.dead]
+                doomed = list(self._known(spec, queue, batch_ids))
             else:
                 doomed = [i for i, r in queue.dead.items() if before_ms is None or r.died_at < before_ms]
             for batch_id in doomed:

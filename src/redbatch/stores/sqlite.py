@@ -36,8 +36,10 @@ from redbatch.stores.base import (
     RulesChanged,
     Waiter,
     due_at,
+    first_of_each,
     new_batch_id,
     replaced_rules,
+    unknown_dead_letters,
 )
 from redbatch.types import ClaimedBatch, DeadRecord, Entry, Lease, QueueCounters, QueueSpec
 
@@ -861,45 +863,65 @@ class SQLiteStore:
 
     def replay(self, spec: QueueSpec, batch_ids: Sequence[str] | None, now_ms: int) -> int:
         with self._write(spec.name) as tx:
-            if batch_ids is None:
-                ids = [
-                    r[0]
-                    for r in tx.cur.execute(
-                        "SELECT batch_id FROM dead_letters WHERE queue = ? ORDER BY rowid", (spec.name,)
-                    )
-                ]
-            else:
-                ids = list(dict.fromkeys(batch_ids))
-            replayed = sum(self._replay_one(tx, spec.name, batch_id, now_ms) for batch_id in ids)
+            by_key: dict[str, list[str]] = {}
+            for row in self._dead_rows(tx.cur, spec, batch_ids):
+                by_key.setdefault(row["key"], []).append(row["batch_id"])
+            replayed = sum(self._replay_key(tx, spec, key, ids, now_ms) for key, ids in by_key.items())
             tx.wake = replayed > 0
             return replayed
 
     @staticmethod
-    def _replay_one(tx: _Tx, name: str, batch_id: str, now_ms: int) -> int:
-        """Put one dead letter's items in front of its key's pending items; make the key due."""
-        dead = tx.cur.execute(
-            "SELECT key FROM dead_letters WHERE queue = ? AND batch_id = ?", (name, batch_id)
-        ).fetchone()
-        if dead is None:
-            return 0
-        items = SQLiteStore._items(tx.cur, batch_id)
-        tx.cur.execute("DELETE FROM batch_items WHERE batch_id = ?", (batch_id,))
-        tx.cur.execute("DELETE FROM dead_letters WHERE batch_id = ?", (batch_id,))
-        tx.add(dead=-1)
+    def _dead_rows(cur: sqlite3.Cursor, spec: QueueSpec, batch_ids: Sequence[str] | None) -> list[Any]:
+        """Dead letters (these ids, or all) in the order they died: ``rowid`` order.
+
+        NotFound when one of ``batch_ids`` is unknown (the caller's transaction changed nothing).
+        """
+        if batch_ids is None:
+            query = "SELECT rowid, batch_id, key FROM dead_letters WHERE queue = ? ORDER BY rowid"
+            return cur.execute(query, (spec.name,)).fetchall()
+        ids = list(dict.fromkeys(batch_ids))
+        rows = []
+        for i in range(0, len(ids), _CHUNK):
+            chunk = ids[i : i + _CHUNK]
+            rows += cur.execute(
+                "SELECT rowid, batch_id, key FROM dead_letters"
+                f" WHERE queue = ? AND batch_id IN ({', '.join('?' * len(chunk))})",
+                (spec.name, *chunk),
+            ).fetchall()
+        if len(rows) < len(ids):
+            found = {row["batch_id"] for row in rows}
+            raise unknown_dead_letters(spec.name, [i for i in ids if i not in found])
+        return sorted(rows, key=lambda row: int(row["rowid"]))
+
+    @staticmethod
+    def _replay_key(tx: _Tx, spec: QueueSpec, key: str, batch_ids: list[str], now_ms: int) -> int:
+        """Put dead letters' items, in this order, in front of a key's pending items; make it due.
+
+        With dedupe no two equal items wait under a key at once: an item equal to one in
+        front of it (replayed too) or behind it (waiting already) collapses into the front one.
+        Returns how many items the letters held.
+        """
+        items = [tuple(item) for batch_id in batch_ids for item in SQLiteStore._items(tx.cur, batch_id)]
+        tx.cur.executemany("DELETE FROM batch_items WHERE batch_id = ?", [(i,) for i in batch_ids])
+        tx.cur.executemany("DELETE FROM dead_letters WHERE batch_id = ?", [(i,) for i in batch_ids])
+        tx.add(dead=-len(batch_ids))
+        replayed = len(items)
         if not items:
             return 0
-        key = tx.cur.execute(
-            "SELECT id FROM keys WHERE queue = ? AND key = ?", (name, dead["key"])
-        ).fetchone()
-        if key is None:
+        row = tx.cur.execute("SELECT id FROM keys WHERE queue = ? AND key = ?", (spec.name, key)).fetchone()
+        if row is None:
             tx.cur.execute(
                 "INSERT INTO keys (queue, key, due_at, last_at) VALUES (?, ?, ?, ?)",
-                (name, dead["key"], now_ms, now_ms),
+                (spec.name, key, now_ms, now_ms),
             )
             key_id = tx.cur.lastrowid
             tx.add(open_keys=1)
         else:
-            key_id = key["id"]
+            key_id = row["id"]
+        if spec.dedupe:  # items are (arrived_at, digest, payload)
+            items = first_of_each(items, lambda item: str(item[1]))
+            if row is not None:
+                SQLiteStore._drop_pending_like(tx, row["id"], sorted({str(i[1]) for i in items if i[1]}))
         lowest = tx.cur.execute("SELECT MIN(id) FROM pending").fetchone()[0] or 0
         tx.cur.executemany(
             "INSERT INTO pending (id, key_id, arrived_at, digest, payload) VALUES (?, ?, ?, ?, ?)",
@@ -908,15 +930,29 @@ class SQLiteStore:
         tx.cur.execute(
             "UPDATE keys SET pending = pending + ?, first_at = ?,"
             " due_at = CASE WHEN batch_id IS NULL THEN ? ELSE due_at END WHERE id = ?",
-            (len(items), items[0]["arrived_at"], now_ms, key_id),
+            (len(items), items[0][0], now_ms, key_id),
         )
         tx.add(buffered=len(items))
-        return len(items)
+        return replayed
+
+    @staticmethod
+    def _drop_pending_like(tx: _Tx, key_id: int, digests: list[str]) -> None:
+        """Delete a key's pending items with these digests (equal items replayed in front)."""
+        dropped = 0
+        for i in range(0, len(digests), _CHUNK):
+            chunk = digests[i : i + _CHUNK]
+            dropped += tx.cur.execute(
+                f"DELETE FROM pending WHERE key_id = ? AND digest IN ({', '.join('?' * len(chunk))})",
+                (key_id, *chunk),
+            ).rowcount
+        if dropped:
+            tx.cur.execute("UPDATE keys SET pending = pending - ? WHERE id = ?", (dropped, key_id))
+            tx.add(buffered=-dropped)
 
     def purge_dead(self, spec: QueueSpec, batch_ids: Sequence[str] | None, before_ms: int | None) -> int:
         with self._write(spec.name) as tx:
             if batch_ids is not None:
-                ids = list(dict.fromkeys(batch_ids))
+                ids = [row["batch_id"] for row in self._dead_rows(tx.cur, spec, batch_ids)]
                 chunks = [ids[i : i + _CHUNK] for i in range(0, len(ids), _CHUNK)]
                 purged = sum(
                     self._purge(tx, spec.name, f"batch_id IN ({', '.join('?' * len(c))})", c) for c in chunks

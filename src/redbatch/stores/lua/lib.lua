@@ -5,7 +5,8 @@
 --   B..'k:'..key  hash  first, last (pending arrivals); bid, st ('run'|'wait'), attempt,
 --                       tok (fencing token), created, n, err for the current batch
 --   B..'b:'..key  list  entries of the current batch
---   B..'x:'..bid  hash  a dead letter: key, attempts, error, created, died
+--   B..'x:'..bid  hash  a dead letter: key, attempts, error, created, died, tok (the fencing
+--                       token of its last attempt: a key's letters died in its order)
 --   B..'xi:'..bid list  a dead letter's entries
 --   B..'rules'    hash  the batcher's rules, a copy in every partition (see rules.lua)
 local function arrival(entry)
@@ -58,15 +59,31 @@ end
 -- Move the current batch of a key to dead letters with an error.
 local function bury(base, dead, key, error, now)
   local kh = base .. 'k:' .. key
-  local b = redis.call('HMGET', kh, 'bid', 'attempt', 'created')
+  local b = redis.call('HMGET', kh, 'bid', 'attempt', 'created', 'tok')
   local bid = b[1]
   redis.call('HSET', base .. 'x:' .. bid, 'key', key, 'attempts', b[2], 'error', error,
-    'created', b[3], 'died', now)
+    'created', b[3], 'died', now, 'tok', b[4] or 0)
   if redis.call('EXISTS', base .. 'b:' .. key) == 1 then
     redis.call('RENAME', base .. 'b:' .. key, base .. 'xi:' .. bid)
   end
   redis.call('ZADD', dead, now, bid)
   redis.call('HDEL', kh, unpack(BATCH_FIELDS))
+end
+
+-- Split batch ids into dead letters with a record and unknown ones, dropping the index
+-- entries of unknown ones (a record lost to eviction or a hand DEL leaves its entry behind).
+-- Returns known ids, unknown ids, and how many index entries were dropped.
+local function split_letters(base, dead, ids)
+  local known, unknown, dropped = {}, {}, 0
+  for _, bid in ipairs(ids) do
+    if redis.call('EXISTS', base .. 'x:' .. bid) == 1 then
+      known[#known + 1] = bid
+    else
+      unknown[#unknown + 1] = bid
+      dropped = dropped + redis.call('ZREM', dead, bid)
+    end
+  end
+  return known, unknown, dropped
 end
 
 -- True when (bid, token) still holds the running batch of key.
