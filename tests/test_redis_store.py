@@ -313,3 +313,23 @@ def test_a_hand_edited_record_is_a_clear_error_not_a_loop(redis_store: RedisStor
     b.add("k", 2)
     clock.advance(60)
     assert items(claim_one(b)) == [1, 2]
+
+
+@pytest.mark.parametrize("dedupe", [False, True], ids=["plain", "dedupe"])
+def test_a_dead_letter_holding_an_unframed_entry_replays_whole(
+    store: RedisStore, clock: FakeClock, dedupe: bool
+) -> None:
+    b = make(store, clock, dedupe=dedupe)
+    b.add("k", 1)
+    store.client.rpush(redis_key(store, b, "i:", "k"), b"written by hand")
+    clock.advance(10)
+    assert claim(b) == []  # the batch is corrupt: dead-lettered at its claim
+    [letter] = b.dead_letters()
+    assert letter.error.startswith("corrupt data")
+    assert b.replay() == 2
+    assert [p.value for p in b.peek("k")][:1] == [1]
+    clock.advance(10)
+    assert claim(b) == []  # dead-lettered again, still whole, nothing else harmed
+    assert [d.items[0] for d in b.dead_letters()] == [1]
+    b.add("k", 1)  # no digest was left behind for an item that does not wait
+    assert [p.value for p in b.peek("k")] == [1]

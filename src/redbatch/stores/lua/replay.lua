@@ -68,8 +68,8 @@ end
 local function collapse(key, items, entries)
   local kept, seen, clash, clashes = {}, {}, {}, false
   for _, entry in ipairs(entries) do
-    local digest = digest_of(entry)
-    if digest == '' then  -- added while the batcher did not dedupe
+    local digest = digest_of(entry) or ''  -- nil: written by hand, never collapsed
+    if digest == '' then  -- added while the batcher did not dedupe, or written by hand
       kept[#kept + 1] = entry
     elseif not seen[digest] then
       seen[digest] = true
@@ -82,7 +82,7 @@ local function collapse(key, items, entries)
   if clashes then
     local waiting, rest = redis.call('LRANGE', items, 0, -1), {}
     for _, entry in ipairs(waiting) do
-      if not clash[digest_of(entry)] then rest[#rest + 1] = entry end
+      if not clash[digest_of(entry) or ''] then rest[#rest + 1] = entry end
     end
     redis.call('DEL', items)
     push_all(items, rest, false)
@@ -110,7 +110,7 @@ for _, key in ipairs(keys) do
     local reversed = {}
     for j = #entries, 1, -1 do reversed[#reversed + 1] = entries[j] end
     push_all(items, reversed, true)
-    local first = arrival(entries[1])
+    local first = arrival(entries[1]) or now  -- unframed: dead-lettered again when claimed
     redis.call('HSET', kh, 'first', first)
     if redis.call('HEXISTS', kh, 'last') == 0 then redis.call('HSET', kh, 'last', now) end
     redis.call('ZADD', age, first, key)
