@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import time
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +14,7 @@ import pytest
 
 import redbatch
 from redbatch import ConfigError, StoreUnavailable
+from redbatch.stores.base import mask_url
 from redbatch.stores.memory import MemoryStore
 from tests.servers import RedisServer, free_port
 
@@ -45,6 +49,85 @@ def test_empty_url_is_a_config_error() -> None:
 def test_malformed_redis_urls_are_config_errors(url: str) -> None:
     with pytest.raises(ConfigError):
         redbatch.connect(url)
+
+
+# Bad URLs that carry a password, each with the password it must never show.
+BAD_URLS_WITH_PASSWORDS = [
+    ("reddis://user:pw-scheme@host/0", "pw-scheme"),  # unknown scheme
+    ("sqlite://user:pw-sqlite@/x.db", "pw-sqlite"),  # a sqlite URL takes no credentials
+    ("sqlite://:pw-sqlite-host@somehost/x.db", "pw-sqlite-host"),
+    ("redis://:pw-port@host:port/0", "pw-port"),  # a port that is not a number
+    ("rediss://app:pw-tls-port@host:notaport/0", "pw-tls-port"),
+    ("redis://app:pw-range@host:99999/0", "pw-range"),  # a port out of range
+    ("redis://app:pw-ipv6@[::1/0", "pw-ipv6"),  # urlsplit itself refuses it
+    ("redis://app:pw-db@127.0.0.1:6379/notadb", "pw-db"),
+    ("redis://app:pw-slash/ish@127.0.0.1:6379/0", "pw-slash/ish"),  # unescaped "/" in a password
+    ("redis://app:pw?quest@127.0.0.1:6379/0", "pw?quest"),  # unescaped "?" in a password
+    ("memory://app:pw-memory@somewhere", "pw-memory"),
+]
+
+
+def shown(exc: BaseException) -> str:
+    """What a traceback would show of an exception and those chained to it, less source lines."""
+    text = ""
+    current: BaseException | None = exc
+    while current is not None:
+        text += repr(current) + "".join(traceback.format_exception_only(current))
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    return text
+
+
+@pytest.mark.parametrize(("url", "password"), BAD_URLS_WITH_PASSWORDS)
+def test_a_bad_url_is_a_config_error_that_never_shows_its_password(url: str, password: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        redbatch.connect(url, check=False)
+    assert password not in shown(caught.value)
+    assert "***" in str(caught.value) or "@" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("url", "password"), BAD_URLS_WITH_PASSWORDS)
+def test_mask_url_never_raises_and_hides_any_password(url: str, password: str) -> None:
+    assert password not in mask_url(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("redis://app:s3cret@host:6379/0", "redis://app:***@host:6379/0"),
+        ("rediss://:s3cret@host/0?partitions=2", "rediss://:***@host/0?partitions=2"),
+        ("redis://app:s3cret@[::1]:6379/0", "redis://app:***@[::1]:6379/0"),
+        ("redis://app@host:6379/0", "redis://app@host:6379/0"),  # a user name is no secret
+        ("redis://host:6379/0", "redis://host:6379/0"),
+        ("sqlite:///x.db", "sqlite:///x.db"),
+        ("memory://", "memory://"),
+        ("nonsense", "nonsense"),
+    ],
+)
+def test_mask_url_keeps_everything_but_the_password(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+
+
+def test_a_non_string_url_does_not_show_its_password() -> None:
+    with pytest.raises(ConfigError) as caught:
+        redbatch.connect(["redis://app:pw-list@host/0"])  # type: ignore[arg-type]
+    assert "pw-list" not in shown(caught.value)
+
+
+def test_the_command_line_prints_one_line_without_the_password() -> None:
+    """The issue's case, end to end: a bad port once printed a 122-line traceback."""
+    url = "redis://:pw-cli@host:port/0"
+    proc = subprocess.run(
+        [sys.executable, "-m", "redbatch", "stats", "orders", "--url", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1
+    output = proc.stdout + proc.stderr
+    assert "pw-cli" not in output
+    assert len(output.strip().splitlines()) == 1, output
+    assert "ConfigError" in output and "port" in output
 
 
 def test_an_unreachable_server_fails_fast_and_clearly() -> None:

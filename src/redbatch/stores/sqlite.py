@@ -30,7 +30,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from redbatch.errors import ConfigError, StoreUnavailable
-from redbatch.stores.base import LEASE_EXPIRED_ERROR, Waiter, due_at, new_batch_id
+from redbatch.stores.base import LEASE_EXPIRED_ERROR, Waiter, due_at, mask_url, new_batch_id
 from redbatch.types import ClaimedBatch, DeadRecord, Entry, Lease, QueueCounters, QueueSpec
 
 log = logging.getLogger("redbatch.store.sqlite")
@@ -121,21 +121,25 @@ _END_BATCH = (
 def sqlite_path(url: str) -> str:
     """The file named by ``sqlite:///relative.db`` (from the cwd) or ``sqlite:////abs/x.db``.
 
-    Creates the file's folder when it is missing.
+    Creates the file's folder when it is missing. Errors quote the URL through ``mask_url``.
     """
-    parts = urlsplit(url)
+    masked = mask_url(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unbalanced [ or ]: a host, which a sqlite URL does not take anyway
+        raise ConfigError(f"a sqlite URL names a local file and takes no host: {masked}") from None
     if parts.scheme.lower() != "sqlite":
-        raise ConfigError(f"not a sqlite:// URL: {url!r}")
+        raise ConfigError(f"not a sqlite:// URL: {masked}")
     if parts.netloc:
         raise ConfigError(
-            f"a sqlite URL names a local file and takes no host: {url!r}; "
+            f"a sqlite URL names a local file and takes no host or credentials: {masked}; "
             "write sqlite:///relative/path.db or sqlite:////absolute/path.db"
         )
     if parts.query or parts.fragment:
-        raise ConfigError(f"a sqlite URL takes no query or fragment: {url!r}")
+        raise ConfigError(f"a sqlite URL takes no query or fragment: {masked}")
     path = unquote(parts.path[1:]) if parts.path.startswith("/") else ""
     if not path or path.endswith("/"):
-        raise ConfigError(f"a sqlite URL needs a file name, as in sqlite:///redbatch.db: {url!r}")
+        raise ConfigError(f"a sqlite URL needs a file name, as in sqlite:///redbatch.db: {masked}")
     if path == ":memory:" or path.startswith("file:"):
         raise ConfigError("an in-memory SQLite database is not durable; use memory:// for a throwaway store")
     folder = os.path.dirname(path)
