@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import sys
 import time
@@ -14,9 +15,13 @@ import pytest
 
 import redbatch
 from redbatch import ConfigError, StoreUnavailable
+from redbatch.stores import REDIS_OPTIONS, REDIS_PY_OPTIONS, REDIS_PY_TLS_OPTIONS
 from redbatch.stores.base import mask_url
 from redbatch.stores.memory import MemoryStore
+from redbatch.stores.redis import RedisStore
 from tests.servers import RedisServer, free_port
+
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 @pytest.fixture(scope="module")
@@ -179,3 +184,79 @@ def test_without_a_url_the_default_is_a_sqlite_file_here(
     redbatch.Batcher(store, "here").add("k", 1)
     store.close()
     assert (tmp_path / "redbatch.db").exists()
+
+
+# ---------------------------------------------------------------- URL options
+
+
+def readme_url_options() -> list[tuple[str, str, str]]:
+    """(scheme, option name, value) for each option of the README's URL options table, as written."""
+    options = []
+    for line in README.read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`?"):
+            for scheme in re.findall(r"`(\w+)://`", cells[1]):
+                written = re.findall(r"`\?(\w+)=([^`]+)`", cells[0])
+                options += [(scheme, name, value) for name, value in written]
+    return options
+
+
+def test_the_readme_documents_every_url_option_and_no_other() -> None:
+    documented = {name for _, name, _ in readme_url_options()}
+    assert documented == {*REDIS_OPTIONS, *REDIS_PY_OPTIONS, *REDIS_PY_TLS_OPTIONS}
+
+
+@pytest.mark.parametrize(("scheme", "name", "value"), readme_url_options())
+def test_every_documented_url_option_is_taken_as_written(scheme: str, name: str, value: str) -> None:
+    store = redbatch.connect(f"{scheme}://127.0.0.1:{free_port()}/0?{name}={value}", check=False)
+    assert isinstance(store, RedisStore)
+    kwargs = store.client.connection_pool.connection_kwargs
+    assert "partitions" not in kwargs  # redbatch's own options never reach redis-py
+    if name == "partitions":
+        assert store.partitions == int(value)
+    else:
+        assert str(kwargs[name]).lower() == value.lower()
+    store.close()
+
+
+def test_the_readme_redis_url_with_partitions_works_on_a_real_server(redis_server: RedisServer) -> None:
+    """The README's ``redis://host:port/0?partitions=4``; it used to raise a TypeError from redis-py."""
+    url = f"redis://127.0.0.1:{redis_server.port}/0?partitions=4&client_name=rb-docs"
+    store = redbatch.connect(url, prefix=f"docs{time.monotonic_ns()}")
+    assert isinstance(store, RedisStore)
+    assert store.partitions == 4
+    assert store.client.client_getname() == "rb-docs"
+    batcher = redbatch.Batcher(store, "documented", max_wait=60)
+    batcher.add_many([(f"k{n}", n) for n in range(8)])
+    assert [p.value for p in batcher.peek("k5")] == [5]
+    store.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "complaint"),
+    [
+        ("redis://h/0?partitons=4", "unknown option 'partitons'"),
+        ("redis://h/0?partitions=4&retry_on_timeout=true", "unknown option 'retry_on_timeout'"),
+        ("redis://h/0?decode_responses=true", "unknown option 'decode_responses'"),
+        ("redis://h/0?db=3", "unknown option 'db'"),
+        ("redis://h/0?socket_timeout=5", "REDBATCH_SOCKET_TIMEOUT"),
+        ("redis://h/0?ssl_ca_certs=/ca.pem", "rediss://"),
+        ("rediss://h/0?ssl_password=x", "unknown option 'ssl_password'"),
+        ("redis://h/0?partitions=4&partitions=2", "given twice"),
+        ("redis://h/0?partitions=", "needs a value"),
+        ("redis://h/0?partitions=four", "whole number"),
+        ("redis://h/0?partitions=0", "between 1 and 1024"),
+        ("rediss://h/0?ssl_cert_reqs=maybe", "none, optional, required"),
+        ("sqlite:///x.db?mode=memory", "unknown option 'mode'"),
+        ("memory://?durable=yes", "unknown option 'durable'"),
+        ("memory://somewhere", "memory:// alone"),
+    ],
+)
+def test_unknown_and_invalid_url_options_are_refused_by_name(url: str, complaint: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(complaint)):
+        redbatch.connect(url, check=False)
+
+
+def test_an_unknown_setting_is_refused_by_name() -> None:
+    with pytest.raises(ConfigError, match="unknown setting 'partitons'"):
+        redbatch.connect("memory://", partitons=4)

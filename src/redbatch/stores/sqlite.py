@@ -27,7 +27,7 @@ import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from redbatch.errors import ConfigError, StoreUnavailable
 from redbatch.stores.base import LEASE_EXPIRED_ERROR, Waiter, due_at, mask_url, new_batch_id
@@ -135,8 +135,11 @@ def sqlite_path(url: str) -> str:
             f"a sqlite URL names a local file and takes no host or credentials: {masked}; "
             "write sqlite:///relative/path.db or sqlite:////absolute/path.db"
         )
-    if parts.query or parts.fragment:
-        raise ConfigError(f"a sqlite URL takes no query or fragment: {masked}")
+    if parts.query:
+        name = next((n for n, _ in parse_qsl(parts.query, keep_blank_values=True)), parts.query)
+        raise ConfigError(f"unknown option {name!r} in {masked}: a sqlite URL takes no query options")
+    if parts.fragment:
+        raise ConfigError(f"a sqlite URL takes no fragment: {masked}")
     path = unquote(parts.path[1:]) if parts.path.startswith("/") else ""
     if not path or path.endswith("/"):
         raise ConfigError(f"a sqlite URL needs a file name, as in sqlite:///redbatch.db: {masked}")
