@@ -154,6 +154,87 @@ def test_a_file_from_a_newer_redbatch_is_refused(tmp_path: Path) -> None:
         SQLiteStore(str(tmp_path / "x.db"))
 
 
+def test_opening_waits_for_a_lock_sqlite_does_not_wait_for_and_says_so(tmp_path: Path) -> None:
+    """The switch to WAL must turn a read into a write, so SQLite answers SQLITE_BUSY at once,
+    without calling its busy handler: redbatch waits itself, up to busy_timeout, and says
+    which step waited and for how long."""
+    holder = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # a fresh file, still in rollback mode, write-locked
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable) as caught:
+            SQLiteStore(str(tmp_path / "x.db"), busy_timeout=0.3)
+        waited = time.monotonic() - started
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert 0.3 <= waited < 5
+    assert "switching to WAL" in str(caught.value)
+    assert "after waiting 0.3" in str(caught.value)
+    SQLiteStore(str(tmp_path / "x.db"), busy_timeout=0.3).close()  # and opens once it is free
+
+
+FIRST_OPENER = """
+import os
+import sys
+
+import redbatch
+
+folder, rounds = sys.argv[1], int(sys.argv[2])
+for n in range(rounds):
+    print("ready", flush=True)
+    with open(os.path.join(folder, f"go{n}"), "rb"):  # the barrier: returns once the test opens it
+        pass
+    try:
+        store = redbatch.connect(f"sqlite:///{folder}/fresh{n}.db")
+        redbatch.Batcher(store, "first").add("k", os.getpid())
+        store.close()
+    except Exception as exc:
+        print(f"round {n}: {type(exc).__name__}: {exc}", flush=True)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the start barrier is a FIFO opened read-write")
+def test_many_processes_opening_one_fresh_file_at_the_same_moment_all_succeed(tmp_path: Path) -> None:
+    """8 processes open a fresh file and add to it at once, in 20 rounds (a new file each).
+
+    Each round's barrier is a FIFO: a process blocks opening it for reading until the test
+    opens it, which releases them all at the same moment. Before the fix about one open in
+    ten failed with "locked ... longer than busy_timeout" after waiting a few milliseconds.
+    """
+    processes, rounds = 8, 20
+    for n in range(rounds):
+        os.mkfifo(tmp_path / f"go{n}")
+    args = [sys.executable, "-c", FIRST_OPENER, str(tmp_path), str(rounds)]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, text=True) for _ in range(processes)]
+    gates: list[int] = []
+    failures: list[str] = []
+    try:
+        for n in range(rounds):
+            for proc in procs:
+                assert proc.stdout is not None
+                while (line := proc.stdout.readline()).startswith("round"):
+                    failures.append(line.strip())
+                assert line == "ready\n", f"an opener died: {line!r}"
+            gates.append(os.open(tmp_path / f"go{n}", os.O_RDWR))  # never blocks; releases them all
+        for proc in procs:
+            output, _ = proc.communicate(timeout=DEADLINE)
+            failures += output.splitlines()
+            assert proc.returncode == 0
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        for gate in gates:
+            os.close(gate)
+    assert not failures, f"{len(failures)} of {processes * rounds} opens failed: {failures[:3]}"
+    for n in range(rounds):
+        store = SQLiteStore(str(tmp_path / f"fresh{n}.db"))
+        assert len(store.peek(QueueSpec("first", 100, 60_000, 0, False, 5, 30_000), "k", 100)) == processes
+        store.close()
+
+
 @pytest.mark.parametrize("query", [SELECT_DUE, SELECT_NEXT_DUE, SELECT_OLDEST])
 def test_finding_due_work_is_an_index_search_not_a_scan(tmp_path: Path, query: str) -> None:
     store = SQLiteStore(str(tmp_path / "x.db"))
@@ -186,7 +267,7 @@ def test_a_writer_locked_out_too_long_gets_store_unavailable(tmp_path: Path) -> 
     other.execute("BEGIN IMMEDIATE")
     try:
         started = time.monotonic()
-        with pytest.raises(StoreUnavailable, match="locked by another writer"):
+        with pytest.raises(StoreUnavailable, match=r"taking the write lock: still locked .* waiting 0\.2"):
             store.append(SPEC, entries("a", 1), 0)
         assert time.monotonic() - started < 5
         assert store.counters(SPEC).buffered_items == 0  # readers are never blocked

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import sqlite3
 import threading
 import time
@@ -162,6 +163,12 @@ class _Connection(sqlite3.Connection):
     """
 
     in_use: threading.Lock
+
+
+def _locked(exc: sqlite3.Error) -> bool:
+    """Whether SQLite refused because another connection holds a lock (BUSY or LOCKED)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 def _blob(value: object) -> bytes:
@@ -349,12 +356,14 @@ class SQLiteStore:
                     return
 
     def _create_schema(self) -> None:
-        conn = self._conn()
-        try:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-        except sqlite3.DatabaseError as exc:
-            raise self._unavailable(exc) from exc
+        """Switch the file to WAL and create the tables, however many processes open it at once.
+
+        Both steps are retried while the file is locked (``_retry_locked``): on a fresh file,
+        every opener but the first meets a lock that SQLite's busy handler does not wait for.
+        """
+        with self._use() as conn, self._translated():
+            mode = self._retry_locked(conn, "switching to WAL", "PRAGMA journal_mode = WAL")[0]
+            version = self._retry_locked(conn, "reading the schema version", "PRAGMA user_version")[0]
         if str(mode).lower() != "wal":
             log.warning("%s: journal mode is %s, not WAL; readers will wait for writers", self.path, mode)
         if version == SCHEMA_VERSION:
@@ -370,10 +379,15 @@ class SQLiteStore:
                 tx.cur.execute(statement)
             tx.cur.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
-    def _unavailable(self, exc: sqlite3.Error) -> StoreUnavailable:
+    def _unavailable(
+        self, exc: sqlite3.Error, doing: str | None = None, waited: float | None = None
+    ) -> StoreUnavailable:
+        """A StoreUnavailable saying what failed, ``doing`` what, after ``waited`` seconds."""
         text = str(exc).lower()
-        if "locked" in text or "busy" in text:
-            why = f"locked by another writer for longer than busy_timeout ({self.busy_timeout:g}s)"
+        if _locked(exc) or "locked" in text or "busy" in text:
+            why = "locked by another connection"
+            if waited is not None:
+                why = f"still {why} after waiting {waited:.2f} s (busy_timeout {self.busy_timeout:g} s)"
         elif "unable to open" in text:
             why = "cannot be opened (does the path name a file this process may write?)"
         elif "not a database" in text or "malformed" in text or "corrupt" in text:
@@ -384,7 +398,8 @@ class SQLiteStore:
             why = "cannot be written (disk full or I/O error)"
         else:
             why = "failed"
-        return StoreUnavailable(f"SQLite store {self.path}: {why}: {exc}")
+        where = f" while {doing}" if doing else ""
+        return StoreUnavailable(f"SQLite store {self.path}{where}: {why}: {exc}")
 
     @contextmanager
     def _write(self, name: str | None = None) -> Iterator[_Tx]:
@@ -409,22 +424,34 @@ class SQLiteStore:
             self._notify()
 
     def _begin_immediate(self, conn: _Connection) -> None:
-        """Take the write lock, waiting for it up to busy_timeout.
+        """Take the write lock, waiting for it up to busy_timeout."""
+        self._retry_locked(conn, "taking the write lock", "BEGIN IMMEDIATE")
 
-        SQLite's busy handler sleeps ever longer between attempts (up to 100 ms), so a writer
-        of one process could starve for seconds behind another's tight loop. Restarting it
-        every ``_LOCK_ROUND_MS`` keeps its attempts frequent (sleeps of 1 to 20 ms).
+    def _retry_locked(self, conn: _Connection, doing: str, sql: str) -> Any:
+        """Run ``sql`` and return its first row, retrying while the file is locked, up to busy_timeout.
+
+        SQLite's busy handler does not cover every lock. A connection that must turn a read
+        into a write, as the switch to WAL does, gets SQLITE_BUSY at once (waiting could
+        deadlock): on a fresh file opened by several processes at the same moment, all but
+        one used to fail within milliseconds. The handler also sleeps ever longer between
+        attempts (up to 100 ms), so a writer of one process could starve for seconds behind
+        another's tight loop. So each attempt lets the handler wait ``_LOCK_ROUND_MS`` at
+        most, and a refused attempt is followed by a short random pause: no spinning when
+        SQLite refused at once, and no lockstep between processes started together.
         """
-        deadline = time.monotonic() + self.busy_timeout
+        started = time.monotonic()
         conn.execute(f"PRAGMA busy_timeout = {_LOCK_ROUND_MS}")
         try:
             while True:
                 try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    return
+                    return conn.execute(sql).fetchone()
                 except sqlite3.OperationalError as exc:
-                    if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
-                        raise
+                    waited = time.monotonic() - started
+                    if not _locked(exc):
+                        raise self._unavailable(exc, doing) from exc
+                    if waited >= self.busy_timeout:
+                        raise self._unavailable(exc, doing, waited) from exc
+                    time.sleep(min(random.uniform(0.001, 0.005), self.busy_timeout - waited))
         finally:
             conn.execute(f"PRAGMA busy_timeout = {round(self.busy_timeout * 1000)}")
 
