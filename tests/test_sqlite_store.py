@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import select
+import signal
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -512,6 +515,61 @@ def test_state_survives_every_process_exiting(tmp_path: Path) -> None:
     assert (dead.key, dead.payloads, dead.error, dead.died_at) == ("doomed", (b"4",), "it broke", 3_100)
     assert store.next_due_ms(SPEC) == 5_000
     store.close()
+
+
+def _exit_code(pid: int, done_r: int, deadline: float) -> int:
+    """A forked child's exit code, once ``done_r`` reads end-of-file (the child holds the other
+    end until it exits); after ``deadline`` seconds without that, it is killed first."""
+    if not select.select([done_r], [], [], deadline)[0]:
+        os.kill(pid, signal.SIGKILL)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX")
+def test_a_forked_child_uses_its_own_connections_not_its_parents(tmp_path: Path) -> None:
+    """A child must not share the connections it inherits: their locks are the parent's.
+
+    SQLite's per-process lock records are copied by fork() too, so a child writing through
+    them holds no real lock on the file. Here the parent closes its store while the child
+    still has the file open; SQLite lets the parent's last connection checkpoint and delete
+    the WAL only when no other process holds the file, so the child's later item survives
+    only if the child opened its own connection (which takes real locks).
+    """
+    path = str(tmp_path / "x.db")
+    store = SQLiteStore(path)
+    store.append(SPEC, entries("parent", 1), 0)  # the parent's connection is open, locks held
+    to_child_r, to_child_w = os.pipe()
+    from_child_r, from_child_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report through the pipe and the exit code, never return to pytest
+        code = 1
+        try:
+            os.close(to_child_w)
+            os.close(from_child_r)
+            store.append(SPEC, entries("child", 1), 0)
+            os.write(from_child_w, b"1")
+            os.read(to_child_r, 1)  # until the parent has closed its store
+            store.append(SPEC, entries("child", 2), 0)
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    os.close(to_child_r)
+    os.close(from_child_w)
+    try:
+        assert select.select([from_child_r], [], [], DEADLINE)[0], "the child never added its first item"
+        assert os.read(from_child_r, 1) == b"1"
+        store.close()
+        os.write(to_child_w, b"1")
+        assert _exit_code(pid, from_child_r, DEADLINE) == 0
+    finally:
+        os.close(to_child_w)
+        os.close(from_child_r)
+    other = SQLiteStore(path)
+    assert [p for _, p in other.peek(SPEC, "child", 10)] == [b"1", b"2"]
+    assert [p for _, p in other.peek(SPEC, "parent", 10)] == [b"1"]
+    other.close()
 
 
 PRODUCER = """

@@ -155,6 +155,22 @@ def sqlite_path(url: str) -> str:
     return path
 
 
+_FORK_LOCK = threading.Lock()
+"""Taken by a forked child's first use of a store; remade in every child, as a thread of the
+parent that no longer exists may have held it at the fork."""
+_KEPT_FROM_PARENT: list[sqlite3.Connection] = []
+"""Connections inherited mid-operation: never used, never closed (see _forget_parent)."""
+
+
+def _new_fork_lock() -> None:
+    global _FORK_LOCK  # noqa: PLW0603 - a fresh lock for a fresh process
+    _FORK_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_fork_lock)
+
+
 class _Connection(sqlite3.Connection):
     """A connection the store holds weakly, so that it closes when its thread ends.
 
@@ -309,6 +325,7 @@ class SQLiteStore:
         self._guard = threading.Lock()
         self._connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
         self._generation = 0  # bumped by close(): threads then open fresh connections
+        self._pid = os.getpid()  # a fork is noticed by a change, see _forget_parent
         self._wake = threading.Condition()
         self._wake_seq = 0
         self._create_schema()
@@ -337,13 +354,52 @@ class SQLiteStore:
         return conn
 
     def _conn(self) -> _Connection:
-        """This thread's connection: sqlite3 connections must not be shared between threads."""
+        """This thread's connection: sqlite3 connections must not be shared between threads,
+        nor between a process and the children it forks."""
+        if self._pid != os.getpid():
+            with _FORK_LOCK:
+                if self._pid != os.getpid():
+                    self._forget_parent()
         local = self._local
         if getattr(local, "generation", None) != self._generation:
             local.conn = self._connect()
             local.generation = self._generation
         conn: _Connection = local.conn
         return conn
+
+    def _forget_parent(self) -> None:
+        """In a forked child, drop every connection inherited from the parent; open afresh.
+
+        A connection must never cross a fork: SQLite keeps, per process, a record of the
+        locks its connections hold on each file, and fork() copies that record without the
+        locks themselves (POSIX locks belong to the process that took them). A child writing
+        through an inherited connection, or through a new one while the record survives,
+        believes it holds locks it does not: the parent's last connection may then find the
+        file unused, checkpoint and delete the WAL, and the child's later commits go to a
+        deleted file. Closing every inherited connection in the child frees that record (the
+        close itself only gives up locks the child never had), so the child's own
+        connections take real locks. Connections of the parent's other threads are closed
+        by CPython itself, which discards those threads' state in the child.
+
+        An inherited connection that was in the middle of an operation at the fork is kept,
+        unused and open, rather than closed: closing would roll back the parent's transaction
+        in the WAL index that both processes share. Locks are replaced too: a thread that no
+        longer exists may have held them at the fork.
+        """
+        inherited = list(self._connections)
+        self._pid = os.getpid()
+        self._guard = threading.Lock()
+        self._wake = threading.Condition()
+        self._local = threading.local()
+        self._connections = weakref.WeakSet()
+        self._generation += 1
+        for conn in inherited:
+            if conn.in_use.locked() or conn.in_transaction:
+                _KEPT_FROM_PARENT.append(conn)
+                log.warning("%s: a connection was in use when this process was forked; left open", self.path)
+            else:
+                with suppress(sqlite3.Error):
+                    conn.close()
 
     @contextmanager
     def _use(self) -> Iterator[_Connection]:
