@@ -6,6 +6,7 @@ that every operation answers exactly as the in-memory reference store does.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import select
@@ -440,6 +441,109 @@ def test_closing_a_waiter_from_another_thread_ends_its_wait(tmp_path: Path) -> N
     thread.join(DEADLINE)
     assert result == [False] and time.monotonic() - started < 1
     assert waiter.wait(1.0) is False
+    store.close()
+
+
+# ---------------------------------------------------------------- the file deleted or replaced
+
+
+@pytest.mark.parametrize("removed", [("",), ("", "-wal", "-shm")], ids=["the-db", "db-wal-and-shm"])
+def test_a_file_deleted_under_an_open_store_is_noticed_and_reopened_loudly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, removed: tuple[str, ...]
+) -> None:
+    path = str(tmp_path / "x.db")
+    store = SQLiteStore(path)
+    store.append(SPEC, entries("lost", 1), 0)
+    for suffix in removed:
+        os.unlink(path + suffix)
+    with caplog.at_level(logging.ERROR, logger="redbatch.store.sqlite"):
+        store.append(SPEC, entries("after", 2), 0)
+    assert "deleted or replaced" in caplog.text
+    other = SQLiteStore(path)
+    assert other.peek(SPEC, "after", 10) == [(0, b"2")]  # written to the file the path names
+    assert store.peek(SPEC, "lost", 10) == []  # gone with the deleted file
+    other.close()
+    store.close()
+
+
+def test_a_file_replaced_under_an_open_store_is_reopened(tmp_path: Path) -> None:
+    """As a backup restored with mv would be."""
+    path = str(tmp_path / "x.db")
+    store = SQLiteStore(path)
+    store.append(SPEC, entries("before", 1), 0)
+    backup = SQLiteStore(str(tmp_path / "backup.db"))
+    backup.append(SPEC, entries("restored", 7), 0)
+    backup.close()
+    os.replace(tmp_path / "backup.db", path)
+    store.append(SPEC, entries("after", 2), 0)
+    assert store.peek(SPEC, "restored", 10) == [(0, b"7")]
+    assert SQLiteStore(path).peek(SPEC, "after", 10) == [(0, b"2")]
+    store.close()
+
+
+HOLDER = """
+import sys
+from redbatch.stores.sqlite import SQLiteStore
+from redbatch.types import Entry, QueueSpec
+spec = QueueSpec("b", max_items=3, max_wait_ms=1000, idle_ms=0, dedupe=False, max_attempts=2, lease_ms=500)
+store = SQLiteStore(sys.argv[1])
+store.append(spec, [Entry("holder", b"1", "")], 0)
+print("opened", flush=True)
+sys.stdin.readline()  # the file is deleted meanwhile
+store.append(spec, [Entry("holder", b"2", "")], 0)
+"""
+
+
+@pytest.mark.parametrize("first", ["this-process", "the-other"])
+def test_processes_holding_a_deleted_file_all_move_to_the_new_one(tmp_path: Path, first: str) -> None:
+    """Only the database file is deleted, so its -wal and -shm stay at the path while two
+    processes hold them: whichever notices first must not let the new file inherit them."""
+    path = str(tmp_path / "x.db")
+    store = SQLiteStore(path)
+    store.append(SPEC, entries("here", 1), 0)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert select.select([holder.stdout], [], [], DEADLINE)[0]
+        assert holder.stdout.readline() == "opened\n"
+        os.unlink(path)
+        if first == "this-process":
+            store.append(SPEC, entries("here", 2), 0)
+        holder.communicate("go\n", timeout=DEADLINE)
+        assert holder.returncode == 0
+        if first == "the-other":
+            store.append(SPEC, entries("here", 2), 0)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.communicate()
+    check = SQLiteStore(path)
+    assert check.peek(SPEC, "here", 10) == [(0, b"2")]
+    assert check.peek(SPEC, "holder", 10) == [(0, b"2")]
+    assert check._conn().execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    check.close()
+    store.close()
+
+
+def test_a_waiting_worker_notices_a_deleted_file_and_sees_another_process_items(tmp_path: Path) -> None:
+    """Another process creates the file anew and adds to it: the waiter must move to it."""
+    path = str(tmp_path / "x.db")
+    store = SQLiteStore(path)
+    waiter = store.waiter([SPEC.name])
+    store.append(SPEC, entries("lost", 1), 0)
+    for suffix in ("", "-wal", "-shm"):
+        os.unlink(path + suffix)
+    child = SPAWN.Process(target=_append_one, args=(path,))
+    child.start()
+    deadline = time.monotonic() + DEADLINE
+    while not store.peek(SPEC, "from-child", 1):
+        assert time.monotonic() < deadline, "the store never saw the new file's item"
+        waiter.wait(1.0)
+    child.join(DEADLINE)
+    assert child.exitcode == 0
+    waiter.close()
     store.close()
 
 

@@ -187,6 +187,18 @@ def _locked(exc: sqlite3.Error) -> bool:
     return isinstance(code, int) and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
+_FileId = tuple[int, int] | None
+
+
+def _file_id(path: str) -> _FileId:
+    """The identity (device, inode) of the file at ``path``, or None when there is none."""
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
 def _blob(value: object) -> bytes:
     """A payload as stored; anything but bytes was written by hand and decodes as corrupt."""
     if isinstance(value, bytes):
@@ -242,6 +254,8 @@ class _SQLiteWaiter:
         self._store = store
         self._closed = False
         self._warned = False
+        self._lock = threading.Lock()  # between wait() and a close() from another thread
+        self._generation = store._generation
         self._conn = store._connect()
         self._seen_wake = store._wake_seq
         self._version = self._data_version()
@@ -266,6 +280,13 @@ class _SQLiteWaiter:
         return self._closed or self._store._wake_seq != self._seen_wake
 
     def _changed(self) -> bool:
+        """Whether another connection committed since the last poll, or the file was replaced."""
+        if self._store._replaced():
+            try:
+                self._store._reopen_replaced()
+            except StoreUnavailable as exc:
+                self._warn(exc)
+                return False
         version = self._data_version()
         if version is None or version == self._version:
             return False
@@ -273,25 +294,37 @@ class _SQLiteWaiter:
         return True
 
     def _data_version(self) -> int | None:
-        with self._conn.in_use:
+        with self._lock:
             if self._closed:
                 return None
+            with self._conn.in_use:
+                if self._generation == self._store._generation:  # else the store closed it
+                    try:
+                        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+                    except sqlite3.Error as exc:
+                        self._warn(exc)
+                        return None
+            # The store was closed or moved to a replaced file: watch it on a new connection,
+            # whose data_version counts from its own start (so the next poll reports a change).
+            self._generation = self._store._generation
             try:
-                return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
-            except sqlite3.Error as exc:
-                if not self._warned:
-                    self._warned = True
-                    log.warning(
-                        "cannot watch %s for other processes (%s); relying on deadlines",
-                        self._store.path,
-                        exc,
-                    )
-                return None
+                self._conn = self._store._connect()
+            except StoreUnavailable as exc:
+                self._warn(exc)
+            self._version = None
+            return None
+
+    def _warn(self, exc: Exception) -> None:
+        if not self._warned:
+            self._warned = True
+            path = self._store.path
+            log.warning("cannot watch %s for other processes (%s); relying on deadlines", path, exc)
 
     def close(self) -> None:
-        with self._conn.in_use:
+        with self._lock:
             self._closed = True
-            self._conn.close()
+            with self._conn.in_use:
+                self._conn.close()
         with self._store._wake:
             self._store._wake.notify_all()
 
@@ -326,6 +359,8 @@ class SQLiteStore:
         self._connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
         self._generation = 0  # bumped by close(): threads then open fresh connections
         self._pid = os.getpid()  # a fork is noticed by a change, see _forget_parent
+        self._file_ids: tuple[_FileId, _FileId, _FileId] = (None, None, None)  # see _create_schema
+        self._reopen_lock = threading.RLock()
         self._wake = threading.Condition()
         self._wake_seq = 0
         self._create_schema()
@@ -390,6 +425,7 @@ class SQLiteStore:
         self._pid = os.getpid()
         self._guard = threading.Lock()
         self._wake = threading.Condition()
+        self._reopen_lock = threading.RLock()
         self._local = threading.local()
         self._connections = weakref.WeakSet()
         self._generation += 1
@@ -420,6 +456,10 @@ class SQLiteStore:
         with self._use() as conn, self._translated():
             mode = self._retry_locked(conn, "switching to WAL", "PRAGMA journal_mode = WAL")[0]
             version = self._retry_locked(conn, "reading the schema version", "PRAGMA user_version")[0]
+            # The files this store has open, as _replaced and _reopen_replaced compare them. A
+            # read in WAL mode has opened the -wal and -shm files, which keep their identity
+            # while any connection has them open (only the last one to close deletes them).
+            self._file_ids = (_file_id(self.path), _file_id(self.path + "-wal"), _file_id(self.path + "-shm"))
         if str(mode).lower() != "wal":
             log.warning("%s: journal mode is %s, not WAL; readers will wait for writers", self.path, mode)
         if version == SCHEMA_VERSION:
@@ -434,6 +474,60 @@ class SQLiteStore:
             for statement in SCHEMA:
                 tx.cur.execute(statement)
             tx.cur.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _replaced(self) -> bool:
+        """Whether the path names another file than the one this store opened, or none.
+
+        A stat of the path against what was recorded when the file was opened: a few
+        microseconds, paid at the start of every write transaction and every waiter poll.
+        """
+        opened = self._file_ids[0]
+        try:
+            return opened is None or _file_id(self.path) != opened  # None: reopening failed
+        except OSError:
+            return False  # cannot tell (a folder this process may not search): the operation will say
+
+    def _reopen_replaced(self) -> None:
+        """Move to the file the path names now: the one this store opened was deleted or replaced.
+
+        Reopening, rather than failing every call until a restart: the path is the store,
+        and a restarted process would open whatever it names now, so this only does sooner
+        what a restart would do, while failing would leave producers and workers split over
+        two files meanwhile (the issue that asked for this: another process's items in the
+        new file never served). What this process wrote to the old file since it was replaced
+        is lost either way, which the ERROR says.
+
+        The old file's -wal and -shm stay at the path when only the database file was
+        deleted or replaced, and SQLite would take them for the new file's: replay the old
+        WAL's pages over it, or read the new WAL through the old shared-memory index. Those
+        still the ones this store opened (it holds them, so no other process has recreated
+        them) are removed once its connections are closed. Closing is safe for the new file:
+        SQLite neither checkpoints nor deletes the -wal of a database file that has moved.
+        """
+        with self._reopen_lock:
+            if not self._replaced():
+                return  # another thread got here first
+            opened = self._file_ids
+            old = [
+                (self.path + suffix, ids)
+                for suffix, ids in zip(("-wal", "-shm"), opened[1:], strict=True)
+                if ids is not None and _file_id(self.path + suffix) == ids
+            ]
+            if opened[0] is not None:  # else an earlier reopening failed, and said why
+                log.error(
+                    "SQLite store %s: the database file was deleted or replaced while in use; what "
+                    "this process wrote to it since is lost. Reopening the file the path names now. "
+                    "(Stop every process before deleting or replacing it, and remove its -wal and "
+                    "-shm files with it.)",
+                    self.path,
+                )
+            self.close()
+            self._file_ids = (None, None, None)  # until _create_schema has opened the new file
+            for path, ids in old:
+                with suppress(OSError):
+                    if _file_id(path) == ids:
+                        os.unlink(path)
+            self._create_schema()
 
     def _unavailable(
         self, exc: sqlite3.Error, doing: str | None = None, waited: float | None = None
@@ -464,6 +558,8 @@ class SQLiteStore:
         BEGIN IMMEDIATE takes the write lock up front, so concurrent writers queue for it
         (up to busy_timeout) instead of failing when a read turns into a write.
         """
+        if self._replaced():
+            self._reopen_replaced()
         with self._use() as conn, self._translated():
             self._begin_immediate(conn)
             tx = _Tx(conn.cursor())
