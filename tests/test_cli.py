@@ -27,6 +27,7 @@ from redbatch.demo import ChatLoad, demo_batcher, percentile
 from redbatch.stores.base import Store
 from redbatch.types import Entry
 from tests.servers import free_port
+from tests.test_connect import BAD_URLS_WITH_PASSWORDS
 
 DEADLINE = 15.0
 runner = CliRunner()
@@ -302,6 +303,16 @@ def test_bad_urls_fail_with_one_line_and_no_secret() -> None:
     assert code == 4
     assert "StoreUnavailable" in output and "Traceback" not in output
     assert "s3cret-pw" not in output
+
+
+@pytest.mark.parametrize(("url", "password"), BAD_URLS_WITH_PASSWORDS)
+def test_every_bad_url_is_one_line_exit_1_and_no_password(url: str, password: str) -> None:
+    result = runner.invoke(cli.app, ["stats", "orders", "--url", url])
+    assert isinstance(result.exception, SystemExit), result.exception  # not a bare ValueError
+    assert result.exit_code == 1
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert result.output.startswith("error: ConfigError:")
+    assert password not in result.output
 
 
 # ---------------------------------------------------------------- worker

@@ -6,13 +6,17 @@ that every operation answers exactly as the in-memory reference store does.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
+import select
+import signal
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -248,6 +252,87 @@ def test_a_hand_edited_rules_row_is_a_clear_error_until_a_worker_publishes(tmp_p
     store.close()
 
 
+def test_opening_waits_for_a_lock_sqlite_does_not_wait_for_and_says_so(tmp_path: Path) -> None:
+    """The switch to WAL must turn a read into a write, so SQLite answers SQLITE_BUSY at once,
+    without calling its busy handler: redbatch waits itself, up to busy_timeout, and says
+    which step waited and for how long."""
+    holder = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # a fresh file, still in rollback mode, write-locked
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable) as caught:
+            SQLiteStore(str(tmp_path / "x.db"), busy_timeout=0.3)
+        waited = time.monotonic() - started
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert 0.3 <= waited < 5
+    assert "switching to WAL" in str(caught.value)
+    assert "after waiting 0.3" in str(caught.value)
+    SQLiteStore(str(tmp_path / "x.db"), busy_timeout=0.3).close()  # and opens once it is free
+
+
+FIRST_OPENER = """
+import os
+import sys
+
+import redbatch
+
+folder, rounds = sys.argv[1], int(sys.argv[2])
+for n in range(rounds):
+    print("ready", flush=True)
+    with open(os.path.join(folder, f"go{n}"), "rb"):  # the barrier: returns once the test opens it
+        pass
+    try:
+        store = redbatch.connect(f"sqlite:///{folder}/fresh{n}.db")
+        redbatch.Batcher(store, "first").add("k", os.getpid())
+        store.close()
+    except Exception as exc:
+        print(f"round {n}: {type(exc).__name__}: {exc}", flush=True)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the start barrier is a FIFO opened read-write")
+def test_many_processes_opening_one_fresh_file_at_the_same_moment_all_succeed(tmp_path: Path) -> None:
+    """8 processes open a fresh file and add to it at once, in 20 rounds (a new file each).
+
+    Each round's barrier is a FIFO: a process blocks opening it for reading until the test
+    opens it, which releases them all at the same moment. Before the fix about one open in
+    ten failed with "locked ... longer than busy_timeout" after waiting a few milliseconds.
+    """
+    processes, rounds = 8, 20
+    for n in range(rounds):
+        os.mkfifo(tmp_path / f"go{n}")
+    args = [sys.executable, "-c", FIRST_OPENER, str(tmp_path), str(rounds)]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, text=True) for _ in range(processes)]
+    gates: list[int] = []
+    failures: list[str] = []
+    try:
+        for n in range(rounds):
+            for proc in procs:
+                assert proc.stdout is not None
+                while (line := proc.stdout.readline()).startswith("round"):
+                    failures.append(line.strip())
+                assert line == "ready\n", f"an opener died: {line!r}"
+            gates.append(os.open(tmp_path / f"go{n}", os.O_RDWR))  # never blocks; releases them all
+        for proc in procs:
+            output, _ = proc.communicate(timeout=DEADLINE)
+            failures += output.splitlines()
+            assert proc.returncode == 0
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        for gate in gates:
+            os.close(gate)
+    assert not failures, f"{len(failures)} of {processes * rounds} opens failed: {failures[:3]}"
+    for n in range(rounds):
+        store = SQLiteStore(str(tmp_path / f"fresh{n}.db"))
+        assert len(store.peek(QueueSpec("first", 100, 60_000, 0, False, 5, 30_000), "k", 100)) == processes
+        store.close()
+
+
 @pytest.mark.parametrize("query", [SELECT_DUE, SELECT_NEXT_DUE, SELECT_OLDEST])
 def test_finding_due_work_is_an_index_search_not_a_scan(tmp_path: Path, query: str) -> None:
     store = SQLiteStore(str(tmp_path / "x.db"))
@@ -280,7 +365,7 @@ def test_a_writer_locked_out_too_long_gets_store_unavailable(tmp_path: Path) -> 
     other.execute("BEGIN IMMEDIATE")
     try:
         started = time.monotonic()
-        with pytest.raises(StoreUnavailable, match="locked by another writer"):
+        with pytest.raises(StoreUnavailable, match=r"taking the write lock: still locked .* waiting 0\.2"):
             store.append(SPEC, entries("a", 1), 0)
         assert time.monotonic() - started < 5
         assert store.counters(SPEC).buffered_items == 0  # readers are never blocked
@@ -453,6 +538,109 @@ def test_closing_a_waiter_from_another_thread_ends_its_wait(tmp_path: Path) -> N
     store.close()
 
 
+# ---------------------------------------------------------------- the file deleted or replaced
+
+
+@pytest.mark.parametrize("removed", [("",), ("", "-wal", "-shm")], ids=["the-db", "db-wal-and-shm"])
+def test_a_file_deleted_under_an_open_store_is_noticed_and_reopened_loudly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, removed: tuple[str, ...]
+) -> None:
+    path = str(tmp_path / "x.db")
+    store = SQLiteStore(path)
+    store.append(SPEC, entries("lost", 1), 0)
+    for suffix in removed:
+        os.unlink(path + suffix)
+    with caplog.at_level(logging.ERROR, logger="redbatch.store.sqlite"):
+        store.append(SPEC, entries("after", 2), 0)
+    assert "deleted or replaced" in caplog.text
+    other = SQLiteStore(path)
+    assert other.peek(SPEC, "after", 10) == [(0, b"2")]  # written to the file the path names
+    assert store.peek(SPEC, "lost", 10) == []  # gone with the deleted file
+    other.close()
+    store.close()
+
+
+def test_a_file_replaced_under_an_open_store_is_reopened(tmp_path: Path) -> None:
+    """As a backup restored with mv would be."""
+    path = str(tmp_path / "x.db")
+    store = SQLiteStore(path)
+    store.append(SPEC, entries("before", 1), 0)
+    backup = SQLiteStore(str(tmp_path / "backup.db"))
+    backup.append(SPEC, entries("restored", 7), 0)
+    backup.close()
+    os.replace(tmp_path / "backup.db", path)
+    store.append(SPEC, entries("after", 2), 0)
+    assert store.peek(SPEC, "restored", 10) == [(0, b"7")]
+    assert SQLiteStore(path).peek(SPEC, "after", 10) == [(0, b"2")]
+    store.close()
+
+
+HOLDER = """
+import sys
+from redbatch.stores.sqlite import SQLiteStore
+from redbatch.types import Entry, QueueSpec
+spec = QueueSpec("b", max_items=3, max_wait_ms=1000, idle_ms=0, dedupe=False, max_attempts=2, lease_ms=500)
+store = SQLiteStore(sys.argv[1])
+store.append(spec, [Entry("holder", b"1", "")], 0)
+print("opened", flush=True)
+sys.stdin.readline()  # the file is deleted meanwhile
+store.append(spec, [Entry("holder", b"2", "")], 0)
+"""
+
+
+@pytest.mark.parametrize("first", ["this-process", "the-other"])
+def test_processes_holding_a_deleted_file_all_move_to_the_new_one(tmp_path: Path, first: str) -> None:
+    """Only the database file is deleted, so its -wal and -shm stay at the path while two
+    processes hold them: whichever notices first must not let the new file inherit them."""
+    path = str(tmp_path / "x.db")
+    store = SQLiteStore(path)
+    store.append(SPEC, entries("here", 1), 0)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert select.select([holder.stdout], [], [], DEADLINE)[0]
+        assert holder.stdout.readline() == "opened\n"
+        os.unlink(path)
+        if first == "this-process":
+            store.append(SPEC, entries("here", 2), 0)
+        holder.communicate("go\n", timeout=DEADLINE)
+        assert holder.returncode == 0
+        if first == "the-other":
+            store.append(SPEC, entries("here", 2), 0)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.communicate()
+    check = SQLiteStore(path)
+    assert check.peek(SPEC, "here", 10) == [(0, b"2")]
+    assert check.peek(SPEC, "holder", 10) == [(0, b"2")]
+    assert check._conn().execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    check.close()
+    store.close()
+
+
+def test_a_waiting_worker_notices_a_deleted_file_and_sees_another_process_items(tmp_path: Path) -> None:
+    """Another process creates the file anew and adds to it: the waiter must move to it."""
+    path = str(tmp_path / "x.db")
+    store = SQLiteStore(path)
+    waiter = store.waiter([SPEC.name])
+    store.append(SPEC, entries("lost", 1), 0)
+    for suffix in ("", "-wal", "-shm"):
+        os.unlink(path + suffix)
+    child = SPAWN.Process(target=_append_one, args=(path,))
+    child.start()
+    deadline = time.monotonic() + DEADLINE
+    while not store.peek(SPEC, "from-child", 1):
+        assert time.monotonic() < deadline, "the store never saw the new file's item"
+        waiter.wait(1.0)
+    child.join(DEADLINE)
+    assert child.exitcode == 0
+    waiter.close()
+    store.close()
+
+
 # ---------------------------------------------------------------- processes sharing one file
 
 
@@ -525,6 +713,61 @@ def test_state_survives_every_process_exiting(tmp_path: Path) -> None:
     assert (dead.key, dead.payloads, dead.error, dead.died_at) == ("doomed", (b"4",), "it broke", 3_100)
     assert store.next_due_ms(SPEC) == 5_000
     store.close()
+
+
+def _exit_code(pid: int, done_r: int, deadline: float) -> int:
+    """A forked child's exit code, once ``done_r`` reads end-of-file (the child holds the other
+    end until it exits); after ``deadline`` seconds without that, it is killed first."""
+    if not select.select([done_r], [], [], deadline)[0]:
+        os.kill(pid, signal.SIGKILL)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX")
+def test_a_forked_child_uses_its_own_connections_not_its_parents(tmp_path: Path) -> None:
+    """A child must not share the connections it inherits: their locks are the parent's.
+
+    SQLite's per-process lock records are copied by fork() too, so a child writing through
+    them holds no real lock on the file. Here the parent closes its store while the child
+    still has the file open; SQLite lets the parent's last connection checkpoint and delete
+    the WAL only when no other process holds the file, so the child's later item survives
+    only if the child opened its own connection (which takes real locks).
+    """
+    path = str(tmp_path / "x.db")
+    store = SQLiteStore(path)
+    store.append(SPEC, entries("parent", 1), 0)  # the parent's connection is open, locks held
+    to_child_r, to_child_w = os.pipe()
+    from_child_r, from_child_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report through the pipe and the exit code, never return to pytest
+        code = 1
+        try:
+            os.close(to_child_w)
+            os.close(from_child_r)
+            store.append(SPEC, entries("child", 1), 0)
+            os.write(from_child_w, b"1")
+            os.read(to_child_r, 1)  # until the parent has closed its store
+            store.append(SPEC, entries("child", 2), 0)
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    os.close(to_child_r)
+    os.close(from_child_w)
+    try:
+        assert select.select([from_child_r], [], [], DEADLINE)[0], "the child never added its first item"
+        assert os.read(from_child_r, 1) == b"1"
+        store.close()
+        os.write(to_child_w, b"1")
+        assert _exit_code(pid, from_child_r, DEADLINE) == 0
+    finally:
+        os.close(to_child_w)
+        os.close(from_child_r)
+    other = SQLiteStore(path)
+    assert [p for _, p in other.peek(SPEC, "child", 10)] == [b"1", b"2"]
+    assert [p for _, p in other.peek(SPEC, "parent", 10)] == [b"1"]
+    other.close()
 
 
 PRODUCER = """

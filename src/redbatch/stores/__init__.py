@@ -1,10 +1,19 @@
-"""Stores, and ``connect``: a URL in, a store out."""
+"""Stores, and ``connect``: a URL in, a store out.
+
+A URL's query holds options. redbatch's own (``?partitions=4``) are taken off before the URL
+reaches redis-py, which hands every query option it does not know to its connection class
+as a keyword argument: ``?partitions=4`` used to end in a TypeError from deep inside it.
+redis-py gets only the few options listed here; anything else is refused with ConfigError
+naming it, so a typo (``?partitons=4``) is never silently ignored. Every error quotes the
+URL through ``mask_url``: a password never reaches a message, a log or a traceback.
+"""
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote_plus, urlsplit, urlunsplit
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from redbatch.errors import ConfigError
 from redbatch.settings import Settings
@@ -14,30 +23,55 @@ from redbatch.stores.memory import MemoryStore
 __all__ = ["Store", "Waiter", "MemoryStore", "connect"]
 
 SCHEMES = ("sqlite", "redis", "rediss", "memory")
+REDIS_OPTIONS = ("partitions",)
+"""redbatch's own options of a Redis URL."""
+REDIS_PY_OPTIONS = ("client_name",)
+"""redis-py options a Redis URL may carry. The others are refused: timeouts and retries are
+redbatch's settings, and ``decode_responses``, ``protocol`` or ``db`` would change what the
+store reads back or where it writes."""
+REDIS_PY_TLS_OPTIONS = (
+    "ssl_ca_certs",
+    "ssl_ca_path",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_cert_reqs",
+    "ssl_check_hostname",
+)
+"""redis-py options for ``rediss://`` only: a private CA, client certificates, verification."""
+_CHOICES = {
+    "ssl_cert_reqs": ("none", "optional", "required"),
+    "ssl_check_hostname": ("true", "false", "yes", "no", "1", "0"),
+}
 
 
 def connect(url: str | None = None, *, check: bool = True, **overrides: object) -> Store:
     """Open the store a URL names; without one, ``REDBATCH_URL`` or ``sqlite:///./redbatch.db``.
 
-    ``check`` makes a round trip to the store so that an unreachable server fails here, within
-    ``connect_timeout`` seconds, with ``StoreUnavailable``.
+    ``overrides`` are settings (``prefix``, ``partitions``, ``connect_timeout``, ...), which
+    otherwise come from ``REDBATCH_*`` variables. ``check`` makes a round trip to the store so
+    that an unreachable server fails here, within ``connect_timeout`` seconds, with
+    ``StoreUnavailable``.
     """
-    try:
-        settings = Settings(**({"url": url} if url is not None else {}), **overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        raise ConfigError(f"invalid redbatch settings: {exc}") from None
+    settings = _settings(url, overrides)
     if not isinstance(settings.url, str) or not settings.url:
         raise ConfigError("a store URL must be a non-empty string")
-    parts = urlsplit(settings.url)
+    masked = mask_url(settings.url)
+    try:
+        parts = urlsplit(settings.url)
+    except ValueError:  # an unbalanced [ or ] around an IPv6 host
+        raise ConfigError(f"invalid store URL {masked}: its host is not a valid IPv6 address") from None
     scheme = parts.scheme.lower()
     if scheme == "memory":
+        if parts.netloc or parts.path or parts.fragment:
+            raise ConfigError(f"invalid store URL {masked}: write memory:// alone")
+        _options(parts, masked, ())
         return MemoryStore(settings.url)
     if scheme in ("redis", "rediss"):
         from redbatch.stores.redis import RedisStore  # noqa: PLC0415 - load redis-py only when used
 
-        partitions = _redis_partitions(settings.url, settings.partitions)
+        redis_url, partitions = _redis_url(parts, masked, settings.partitions)
         redis_store = RedisStore(
-            settings.url,
+            redis_url,
             prefix=settings.prefix,
             partitions=partitions,
             connect_timeout=settings.connect_timeout,
@@ -53,20 +87,86 @@ def connect(url: str | None = None, *, check: bool = True, **overrides: object) 
             sqlite_path(settings.url), busy_timeout=settings.sqlite_busy_timeout, url=settings.url
         )
         return sqlite_store
-    raise ConfigError(f"unknown store URL scheme {parts.scheme!r} in {settings.url!r}; use one of {SCHEMES}")
+    raise ConfigError(f"unknown store URL scheme {parts.scheme!r} in {masked}; use one of {SCHEMES}")
 
 
-def _redis_partitions(url: str, default: int) -> int:
-    """Check a Redis URL's port and database (redis-py defers it) and read ``?partitions=``."""
-    parts = urlsplit(url)
+def _settings(url: str | None, overrides: dict[str, object]) -> Settings:
+    unknown = sorted(set(overrides) - set(Settings.model_fields))
+    if unknown:
+        names = ", ".join(Settings.model_fields)
+        raise ConfigError(f"unknown setting {unknown[0]!r}; the settings are {names}")
     try:
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
-        database = parts.path.lstrip("/")
-        if database and not database.isdigit():
-            raise ValueError(f"the database must be a number, not {database!r}")
-        partitions = int(parse_qs(parts.query).get("partitions", [str(default)])[0])
-    except ValueError as exc:
-        raise ConfigError(f"invalid Redis URL {mask_url(url)}: {exc}") from None
+        return Settings(**({"url": url} if url is not None else {}), **overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(_problem(error) for error in exc.errors())
+        raise ConfigError(f"invalid redbatch settings: {problems}") from None
+
+
+def _problem(error: ErrorDetails) -> str:
+    """One setting's problem; the URL's value is left out, as it may hold a password."""
+    name = ".".join(str(part) for part in error["loc"])
+    shown = "" if name == "url" else f" (got {error['input']!r})"
+    return f"{name}: {error['msg']}{shown}"
+
+
+def _options(parts: SplitResult, masked: str, allowed: tuple[str, ...]) -> dict[str, str]:
+    """The URL's query options, each given once with a value, all of them in ``allowed``."""
+    options: dict[str, str] = {}
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name not in allowed:
+            hint = (
+                f"set it with connect({name}=...) or REDBATCH_{name.upper()}"
+                if name in Settings.model_fields
+                else f"{parts.scheme}:// takes {', '.join(allowed) if allowed else 'no options'}"
+            )
+            raise ConfigError(f"unknown option {name!r} in {masked}; {hint}")
+        if name in options:
+            raise ConfigError(f"option {name!r} is given twice in {masked}")
+        if not value:
+            raise ConfigError(f"option {name!r} needs a value in {masked}")
+        choices = _CHOICES.get(name)
+        if choices and value.lower() not in choices:
+            raise ConfigError(f"option {name!r} must be one of {', '.join(choices)} in {masked}")
+        options[name] = value
+    return options
+
+
+def _redis_url(parts: SplitResult, masked: str, default_partitions: int) -> tuple[str, int]:
+    """Check what redis-py checks only once it connects; return its URL and the partitions.
+
+    The URL handed on is the user's, less redbatch's own options.
+    """
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError:  # its message quotes the port, which may be part of a password
+        raise ConfigError(f"invalid Redis URL {masked}: the port must be a number from 0 to 65535") from None
+    database = parts.path.lstrip("/")
+    if database and not database.isdigit():
+        raise ConfigError(f"invalid Redis URL {masked}: the database (the path) must be a number, as in /0")
+    allowed: tuple[str, ...] = REDIS_OPTIONS + REDIS_PY_OPTIONS
+    if parts.scheme.lower() == "rediss":
+        allowed += REDIS_PY_TLS_OPTIONS
+    else:
+        for name, _ in parse_qsl(parts.query, keep_blank_values=True):
+            if name in REDIS_PY_TLS_OPTIONS:
+                raise ConfigError(f"option {name!r} is for TLS connections: write rediss:// ({masked})")
+    options = _options(parts, masked, allowed)
+    partitions = _partitions(options.get("partitions"), default_partitions, masked)
+    kept = [
+        segment
+        for segment in parts.query.split("&")
+        if segment and unquote_plus(segment.partition("=")[0]) not in REDIS_OPTIONS
+    ]
+    return urlunsplit(parts._replace(query="&".join(kept))), partitions
+
+
+def _partitions(value: str | None, default: int, masked: str) -> int:
+    if value is None:
+        return default
+    try:
+        partitions = int(value)
+    except ValueError:
+        raise ConfigError(f"option 'partitions' must be a whole number in {masked}") from None
     if not 1 <= partitions <= 1024:
         raise ConfigError(f"partitions must be between 1 and 1024, not {partitions}")
     return partitions

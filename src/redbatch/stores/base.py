@@ -23,7 +23,6 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar, runtime_checkable
-from urllib.parse import urlsplit, urlunsplit
 
 from redbatch.errors import ConfigError, NotFound, RedbatchError
 from redbatch.types import ClaimedBatch, DeadRecord, Entry, Lease, QueueCounters, QueueSpec
@@ -211,11 +210,27 @@ def new_batch_id() -> str:
 
 
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by ``***``, for logs and display."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+    """The URL with any password replaced by ``***``, for logs, errors and display.
+
+    Never raises: the URLs quoted in errors are the malformed ones, so this reads the text
+    itself rather than trusting ``urlsplit`` (which refuses a bad IPv6 host, and whose
+    ``.port`` refuses a bad port). The password is whatever follows the first ``:`` of the
+    userinfo (before the authority's last ``@``). A password holding an unescaped ``/``, ``?``
+    or ``#`` ends the authority early, so when an ``@`` comes later and the authority has a
+    ``:``, everything from that ``:`` up to the URL's last ``@`` is masked: it errs on the side
+    of hiding (a port and an ``@`` in a query are masked too).
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url  # no authority, so no userinfo
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    authority = rest[:end]
+    userinfo, at, host = authority.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        return f"{scheme}://{user}:***@{host}{rest[end:]}" if colon else url
+    last_at = rest.rfind("@")
+    if last_at > end and ":" in authority:
+        user = authority.partition(":")[0]
+        return f"{scheme}://{user}:***{rest[last_at:]}"
+    return url

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import sqlite3
 import threading
 import time
@@ -28,7 +29,7 @@ import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from redbatch.errors import ConfigError, StoreUnavailable
 from redbatch.stores.base import (
@@ -37,6 +38,7 @@ from redbatch.stores.base import (
     Waiter,
     due_at,
     first_of_each,
+    mask_url,
     new_batch_id,
     replaced_rules,
     unknown_dead_letters,
@@ -157,21 +159,28 @@ _END_BATCH = (
 def sqlite_path(url: str) -> str:
     """The file named by ``sqlite:///relative.db`` (from the cwd) or ``sqlite:////abs/x.db``.
 
-    Creates the file's folder when it is missing.
+    Creates the file's folder when it is missing. Errors quote the URL through ``mask_url``.
     """
-    parts = urlsplit(url)
+    masked = mask_url(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unbalanced [ or ]: a host, which a sqlite URL does not take anyway
+        raise ConfigError(f"a sqlite URL names a local file and takes no host: {masked}") from None
     if parts.scheme.lower() != "sqlite":
-        raise ConfigError(f"not a sqlite:// URL: {url!r}")
+        raise ConfigError(f"not a sqlite:// URL: {masked}")
     if parts.netloc:
         raise ConfigError(
-            f"a sqlite URL names a local file and takes no host: {url!r}; "
+            f"a sqlite URL names a local file and takes no host or credentials: {masked}; "
             "write sqlite:///relative/path.db or sqlite:////absolute/path.db"
         )
-    if parts.query or parts.fragment:
-        raise ConfigError(f"a sqlite URL takes no query or fragment: {url!r}")
+    if parts.query:
+        name = next((n for n, _ in parse_qsl(parts.query, keep_blank_values=True)), parts.query)
+        raise ConfigError(f"unknown option {name!r} in {masked}: a sqlite URL takes no query options")
+    if parts.fragment:
+        raise ConfigError(f"a sqlite URL takes no fragment: {masked}")
     path = unquote(parts.path[1:]) if parts.path.startswith("/") else ""
     if not path or path.endswith("/"):
-        raise ConfigError(f"a sqlite URL needs a file name, as in sqlite:///redbatch.db: {url!r}")
+        raise ConfigError(f"a sqlite URL needs a file name, as in sqlite:///redbatch.db: {masked}")
     if path == ":memory:" or path.startswith("file:"):
         raise ConfigError("an in-memory SQLite database is not durable; use memory:// for a throwaway store")
     folder = os.path.dirname(path)
@@ -183,6 +192,22 @@ def sqlite_path(url: str) -> str:
     return path
 
 
+_FORK_LOCK = threading.Lock()
+"""Taken by a forked child's first use of a store; remade in every child, as a thread of the
+parent that no longer exists may have held it at the fork."""
+_KEPT_FROM_PARENT: list[sqlite3.Connection] = []
+"""Connections inherited mid-operation: never used, never closed (see _forget_parent)."""
+
+
+def _new_fork_lock() -> None:
+    global _FORK_LOCK  # noqa: PLW0603 - a fresh lock for a fresh process
+    _FORK_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_fork_lock)
+
+
 class _Connection(sqlite3.Connection):
     """A connection the store holds weakly, so that it closes when its thread ends.
 
@@ -191,6 +216,24 @@ class _Connection(sqlite3.Connection):
     """
 
     in_use: threading.Lock
+
+
+def _locked(exc: sqlite3.Error) -> bool:
+    """Whether SQLite refused because another connection holds a lock (BUSY or LOCKED)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+_FileId = tuple[int, int] | None
+
+
+def _file_id(path: str) -> _FileId:
+    """The identity (device, inode) of the file at ``path``, or None when there is none."""
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def _blob(value: object) -> bytes:
@@ -248,6 +291,8 @@ class _SQLiteWaiter:
         self._store = store
         self._closed = False
         self._warned = False
+        self._lock = threading.Lock()  # between wait() and a close() from another thread
+        self._generation = store._generation
         self._conn = store._connect()
         self._seen_wake = store._wake_seq
         self._version = self._data_version()
@@ -272,6 +317,13 @@ class _SQLiteWaiter:
         return self._closed or self._store._wake_seq != self._seen_wake
 
     def _changed(self) -> bool:
+        """Whether another connection committed since the last poll, or the file was replaced."""
+        if self._store._replaced():
+            try:
+                self._store._reopen_replaced()
+            except StoreUnavailable as exc:
+                self._warn(exc)
+                return False
         version = self._data_version()
         if version is None or version == self._version:
             return False
@@ -279,25 +331,37 @@ class _SQLiteWaiter:
         return True
 
     def _data_version(self) -> int | None:
-        with self._conn.in_use:
+        with self._lock:
             if self._closed:
                 return None
+            with self._conn.in_use:
+                if self._generation == self._store._generation:  # else the store closed it
+                    try:
+                        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+                    except sqlite3.Error as exc:
+                        self._warn(exc)
+                        return None
+            # The store was closed or moved to a replaced file: watch it on a new connection,
+            # whose data_version counts from its own start (so the next poll reports a change).
+            self._generation = self._store._generation
             try:
-                return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
-            except sqlite3.Error as exc:
-                if not self._warned:
-                    self._warned = True
-                    log.warning(
-                        "cannot watch %s for other processes (%s); relying on deadlines",
-                        self._store.path,
-                        exc,
-                    )
-                return None
+                self._conn = self._store._connect()
+            except StoreUnavailable as exc:
+                self._warn(exc)
+            self._version = None
+            return None
+
+    def _warn(self, exc: Exception) -> None:
+        if not self._warned:
+            self._warned = True
+            path = self._store.path
+            log.warning("cannot watch %s for other processes (%s); relying on deadlines", path, exc)
 
     def close(self) -> None:
-        with self._conn.in_use:
+        with self._lock:
             self._closed = True
-            self._conn.close()
+            with self._conn.in_use:
+                self._conn.close()
         with self._store._wake:
             self._store._wake.notify_all()
 
@@ -331,6 +395,9 @@ class SQLiteStore:
         self._guard = threading.Lock()
         self._connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
         self._generation = 0  # bumped by close(): threads then open fresh connections
+        self._pid = os.getpid()  # a fork is noticed by a change, see _forget_parent
+        self._file_ids: tuple[_FileId, _FileId, _FileId] = (None, None, None)  # see _create_schema
+        self._reopen_lock = threading.RLock()
         self._wake = threading.Condition()
         self._wake_seq = 0
         self._create_schema()
@@ -359,13 +426,53 @@ class SQLiteStore:
         return conn
 
     def _conn(self) -> _Connection:
-        """This thread's connection: sqlite3 connections must not be shared between threads."""
+        """This thread's connection: sqlite3 connections must not be shared between threads,
+        nor between a process and the children it forks."""
+        if self._pid != os.getpid():
+            with _FORK_LOCK:
+                if self._pid != os.getpid():
+                    self._forget_parent()
         local = self._local
         if getattr(local, "generation", None) != self._generation:
             local.conn = self._connect()
             local.generation = self._generation
         conn: _Connection = local.conn
         return conn
+
+    def _forget_parent(self) -> None:
+        """In a forked child, drop every connection inherited from the parent; open afresh.
+
+        A connection must never cross a fork: SQLite keeps, per process, a record of the
+        locks its connections hold on each file, and fork() copies that record without the
+        locks themselves (POSIX locks belong to the process that took them). A child writing
+        through an inherited connection, or through a new one while the record survives,
+        believes it holds locks it does not: the parent's last connection may then find the
+        file unused, checkpoint and delete the WAL, and the child's later commits go to a
+        deleted file. Closing every inherited connection in the child frees that record (the
+        close itself only gives up locks the child never had), so the child's own
+        connections take real locks. Connections of the parent's other threads are closed
+        by CPython itself, which discards those threads' state in the child.
+
+        An inherited connection that was in the middle of an operation at the fork is kept,
+        unused and open, rather than closed: closing would roll back the parent's transaction
+        in the WAL index that both processes share. Locks are replaced too: a thread that no
+        longer exists may have held them at the fork.
+        """
+        inherited = list(self._connections)
+        self._pid = os.getpid()
+        self._guard = threading.Lock()
+        self._wake = threading.Condition()
+        self._reopen_lock = threading.RLock()
+        self._local = threading.local()
+        self._connections = weakref.WeakSet()
+        self._generation += 1
+        for conn in inherited:
+            if conn.in_use.locked() or conn.in_transaction:
+                _KEPT_FROM_PARENT.append(conn)
+                log.warning("%s: a connection was in use when this process was forked; left open", self.path)
+            else:
+                with suppress(sqlite3.Error):
+                    conn.close()
 
     @contextmanager
     def _use(self) -> Iterator[_Connection]:
@@ -378,12 +485,18 @@ class SQLiteStore:
                     return
 
     def _create_schema(self) -> None:
-        conn = self._conn()
-        try:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-        except sqlite3.DatabaseError as exc:
-            raise self._unavailable(exc) from exc
+        """Switch the file to WAL and create the tables, however many processes open it at once.
+
+        Both steps are retried while the file is locked (``_retry_locked``): on a fresh file,
+        every opener but the first meets a lock that SQLite's busy handler does not wait for.
+        """
+        with self._use() as conn, self._translated():
+            mode = self._retry_locked(conn, "switching to WAL", "PRAGMA journal_mode = WAL")[0]
+            version = self._retry_locked(conn, "reading the schema version", "PRAGMA user_version")[0]
+            # The files this store has open, as _replaced and _reopen_replaced compare them. A
+            # read in WAL mode has opened the -wal and -shm files, which keep their identity
+            # while any connection has them open (only the last one to close deletes them).
+            self._file_ids = (_file_id(self.path), _file_id(self.path + "-wal"), _file_id(self.path + "-shm"))
         if str(mode).lower() != "wal":
             log.warning("%s: journal mode is %s, not WAL; readers will wait for writers", self.path, mode)
         if version == SCHEMA_VERSION:
@@ -399,10 +512,69 @@ class SQLiteStore:
                 tx.cur.execute(statement)
             tx.cur.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
-    def _unavailable(self, exc: sqlite3.Error) -> StoreUnavailable:
+    def _replaced(self) -> bool:
+        """Whether the path names another file than the one this store opened, or none.
+
+        A stat of the path against what was recorded when the file was opened: a few
+        microseconds, paid at the start of every write transaction and every waiter poll.
+        """
+        opened = self._file_ids[0]
+        try:
+            return opened is None or _file_id(self.path) != opened  # None: reopening failed
+        except OSError:
+            return False  # cannot tell (a folder this process may not search): the operation will say
+
+    def _reopen_replaced(self) -> None:
+        """Move to the file the path names now: the one this store opened was deleted or replaced.
+
+        Reopening, rather than failing every call until a restart: the path is the store,
+        and a restarted process would open whatever it names now, so this only does sooner
+        what a restart would do, while failing would leave producers and workers split over
+        two files meanwhile (the issue that asked for this: another process's items in the
+        new file never served). What this process wrote to the old file since it was replaced
+        is lost either way, which the ERROR says.
+
+        The old file's -wal and -shm stay at the path when only the database file was
+        deleted or replaced, and SQLite would take them for the new file's: replay the old
+        WAL's pages over it, or read the new WAL through the old shared-memory index. Those
+        still the ones this store opened (it holds them, so no other process has recreated
+        them) are removed once its connections are closed. Closing is safe for the new file:
+        SQLite neither checkpoints nor deletes the -wal of a database file that has moved.
+        """
+        with self._reopen_lock:
+            if not self._replaced():
+                return  # another thread got here first
+            opened = self._file_ids
+            old = [
+                (self.path + suffix, ids)
+                for suffix, ids in zip(("-wal", "-shm"), opened[1:], strict=True)
+                if ids is not None and _file_id(self.path + suffix) == ids
+            ]
+            if opened[0] is not None:  # else an earlier reopening failed, and said why
+                log.error(
+                    "SQLite store %s: the database file was deleted or replaced while in use; what "
+                    "this process wrote to it since is lost. Reopening the file the path names now. "
+                    "(Stop every process before deleting or replacing it, and remove its -wal and "
+                    "-shm files with it.)",
+                    self.path,
+                )
+            self.close()
+            self._file_ids = (None, None, None)  # until _create_schema has opened the new file
+            for path, ids in old:
+                with suppress(OSError):
+                    if _file_id(path) == ids:
+                        os.unlink(path)
+            self._create_schema()
+
+    def _unavailable(
+        self, exc: sqlite3.Error, doing: str | None = None, waited: float | None = None
+    ) -> StoreUnavailable:
+        """A StoreUnavailable saying what failed, ``doing`` what, after ``waited`` seconds."""
         text = str(exc).lower()
-        if "locked" in text or "busy" in text:
-            why = f"locked by another writer for longer than busy_timeout ({self.busy_timeout:g}s)"
+        if _locked(exc) or "locked" in text or "busy" in text:
+            why = "locked by another connection"
+            if waited is not None:
+                why = f"still {why} after waiting {waited:.2f} s (busy_timeout {self.busy_timeout:g} s)"
         elif "unable to open" in text:
             why = "cannot be opened (does the path name a file this process may write?)"
         elif "not a database" in text or "malformed" in text or "corrupt" in text:
@@ -413,7 +585,8 @@ class SQLiteStore:
             why = "cannot be written (disk full or I/O error)"
         else:
             why = "failed"
-        return StoreUnavailable(f"SQLite store {self.path}: {why}: {exc}")
+        where = f" while {doing}" if doing else ""
+        return StoreUnavailable(f"SQLite store {self.path}{where}: {why}: {exc}")
 
     @contextmanager
     def _write(self, name: str | None = None) -> Iterator[_Tx]:
@@ -422,6 +595,8 @@ class SQLiteStore:
         BEGIN IMMEDIATE takes the write lock up front, so concurrent writers queue for it
         (up to busy_timeout) instead of failing when a read turns into a write.
         """
+        if self._replaced():
+            self._reopen_replaced()
         with self._use() as conn, self._translated():
             self._begin_immediate(conn)
             tx = _Tx(conn.cursor())
@@ -438,22 +613,34 @@ class SQLiteStore:
             self._notify()
 
     def _begin_immediate(self, conn: _Connection) -> None:
-        """Take the write lock, waiting for it up to busy_timeout.
+        """Take the write lock, waiting for it up to busy_timeout."""
+        self._retry_locked(conn, "taking the write lock", "BEGIN IMMEDIATE")
 
-        SQLite's busy handler sleeps ever longer between attempts (up to 100 ms), so a writer
-        of one process could starve for seconds behind another's tight loop. Restarting it
-        every ``_LOCK_ROUND_MS`` keeps its attempts frequent (sleeps of 1 to 20 ms).
+    def _retry_locked(self, conn: _Connection, doing: str, sql: str) -> Any:
+        """Run ``sql`` and return its first row, retrying while the file is locked, up to busy_timeout.
+
+        SQLite's busy handler does not cover every lock. A connection that must turn a read
+        into a write, as the switch to WAL does, gets SQLITE_BUSY at once (waiting could
+        deadlock): on a fresh file opened by several processes at the same moment, all but
+        one used to fail within milliseconds. The handler also sleeps ever longer between
+        attempts (up to 100 ms), so a writer of one process could starve for seconds behind
+        another's tight loop. So each attempt lets the handler wait ``_LOCK_ROUND_MS`` at
+        most, and a refused attempt is followed by a short random pause: no spinning when
+        SQLite refused at once, and no lockstep between processes started together.
         """
-        deadline = time.monotonic() + self.busy_timeout
+        started = time.monotonic()
         conn.execute(f"PRAGMA busy_timeout = {_LOCK_ROUND_MS}")
         try:
             while True:
                 try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    return
+                    return conn.execute(sql).fetchone()
                 except sqlite3.OperationalError as exc:
-                    if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
-                        raise
+                    waited = time.monotonic() - started
+                    if not _locked(exc):
+                        raise self._unavailable(exc, doing) from exc
+                    if waited >= self.busy_timeout:
+                        raise self._unavailable(exc, doing, waited) from exc
+                    time.sleep(min(random.uniform(0.001, 0.005), self.busy_timeout - waited))
         finally:
             conn.execute(f"PRAGMA busy_timeout = {round(self.busy_timeout * 1000)}")
 
