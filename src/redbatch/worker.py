@@ -310,7 +310,9 @@ class Worker:
                 if await self._sync_timed_out(call, running):
                     return _Failure(f"handler timed out after {batcher.timeout} seconds")
         except ItemsFailed as exc:
-            return _items_failed(exc, len(batch.items))
+            # Indexes name items of the batch as it was handed over: the handler's list is its
+            # own to change, the claimed payloads are what the store will shrink.
+            return _items_failed(exc, len(claimed.payloads))
         except TimeoutError:
             return _Failure(f"handler timed out after {batcher.timeout} seconds")
         except asyncio.CancelledError:

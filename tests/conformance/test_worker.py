@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import orjson
+import pytest
 
 import redbatch
 from redbatch import Batch, Batcher, Worker
@@ -29,7 +30,16 @@ def wait_until(predicate: Callable[[], bool], timeout: float = DEADLINE) -> None
 
 @contextmanager
 def running(worker: Worker) -> Iterator[Worker]:
-    thread = threading.Thread(target=worker.run, daemon=True)
+    """Run ``worker`` in a thread for the block; fail if it does not stop, or died of an error."""
+    died: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            worker.run()
+        except BaseException as exc:  # SystemExit too: a worker must outlive its handlers
+            died.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
     assert worker.started.wait(10)
     try:
@@ -38,6 +48,7 @@ def running(worker: Worker) -> Iterator[Worker]:
         worker.stop()
         thread.join(DEADLINE)
         assert not thread.is_alive(), "worker did not stop"
+        assert not died, f"Worker.run() raised {died[0]!r}"
 
 
 class Recorder:
@@ -247,3 +258,39 @@ def test_a_poison_item_does_not_sink_its_batch(store: Store) -> None:
     assert len({batch_id for batch_id, _ in calls}) == 1  # one batch id throughout
     (dead,) = b.dead_letters()
     assert dead.items == ["poison"] and "cannot parse" in dead.error
+
+
+@pytest.mark.parametrize(
+    ("mutate", "named", "retried"),
+    [
+        ("clear", [1], ["poison"]),  # was read as outside an empty batch: all three retried
+        ("append", [3], ["a", "poison", "b"]),  # index 3 is not in the batch handed over
+        ("replace", [0], ["a"]),  # was read as the whole (one-item) batch failing
+    ],
+)
+def test_items_failed_indexes_refer_to_the_batch_as_handed_over(
+    store: Store, mutate: str, named: list[int], retried: list[Any]
+) -> None:
+    b = Batcher(store, "mutating", max_items=3, max_wait=60, max_attempts=2, backoff=0.01, lease=1)
+    calls: list[list[Any]] = []
+
+    @b.handler
+    def save(batch: Batch) -> None:
+        calls.append(list(batch.items))
+        if batch.attempt > 1:
+            return
+        if mutate == "clear":
+            batch.items.clear()
+        elif mutate == "append":
+            batch.items.append("extra")
+        else:
+            batch.items[:] = ["z"]
+        raise redbatch.ItemsFailed(named, "partly failed")
+
+    with running(Worker(store, [b], handle_signals=False)) as worker:
+        b.add_many([("k", "a"), ("k", "poison"), ("k", "b")])  # full: due at once
+        wait_until(lambda: b.stats().flushed_batches == 1, timeout=10)
+    assert calls == [["a", "poison", "b"], retried]
+    assert (worker.counters.retried, worker.counters.succeeded) == (1, 1)
+    stats = b.stats()
+    assert (stats.flushed_items, stats.buffered_items, stats.dead) == (3, 0, 0)
