@@ -297,28 +297,33 @@ class Worker:
             return _Failure(f"corrupt data: {exc}", retryable=False)
         handler = batcher.handler_fn
         assert handler is not None
+        timed_out = _Failure(f"handler timed out after {batcher.timeout} seconds")
         try:
             if batcher.handler_is_async:
-                coro = cast(Awaitable[None], handler(batch))
-                if batcher.timeout is None:
-                    await coro
-                else:
-                    await asyncio.wait_for(coro, batcher.timeout)  # cancels the handler
+                # asyncio.timeout runs the handler in this task; wait_for would wrap it in a
+                # task of its own, whose SystemExit or KeyboardInterrupt asyncio re-raises out
+                # of the event loop, ending the worker.
+                async with asyncio.timeout(batcher.timeout) as scope:
+                    await cast(Awaitable[None], handler(batch))
             else:
                 sync_handler = cast(Callable[[Batch], None], handler)
                 call = self._loop_().run_in_executor(self._handler_pool, sync_handler, batch)
                 if await self._sync_timed_out(call, running):
-                    return _Failure(f"handler timed out after {batcher.timeout} seconds")
+                    return timed_out
         except ItemsFailed as exc:
             # Indexes name items of the batch as it was handed over: the handler's list is its
             # own to change, the claimed payloads are what the store will shrink.
             return _items_failed(exc, len(claimed.payloads))
-        except TimeoutError:
-            return _Failure(f"handler timed out after {batcher.timeout} seconds")
-        except asyncio.CancelledError:
-            raise
+        except TimeoutError as exc:
+            if batcher.handler_is_async and scope.expired():
+                return timed_out
+            return _handler_failure(exc)  # the handler's own TimeoutError, not our deadline
+        except asyncio.CancelledError as exc:
+            if _cancelled_by_worker():
+                raise
+            return _handler_failure(exc)  # raised by the handler, not a cancellation of it
         except BaseException as exc:  # noqa: BLE001 - a handler's failure never kills the worker
-            return _Failure("".join(traceback.format_exception(exc))[-MAX_ERROR_LENGTH:])
+            return _handler_failure(exc)
         return None
 
     async def _sync_timed_out(self, call: asyncio.Future[None], running: _Running) -> bool:
@@ -343,8 +348,13 @@ class Worker:
             "the key stays leased until it returns, then the attempt fails",
             lease.batch_id, running.batcher.name, lease.key, timeout,
         )  # fmt: skip
-        with contextlib.suppress(BaseException):
+        try:
             await call
+        except asyncio.CancelledError:
+            if _cancelled_by_worker():
+                raise  # abandoned: the lease lapses, the batch is not failed under a live handler
+        except BaseException:  # noqa: BLE001 - the attempt already failed: it timed out
+            pass
         return True
 
     async def _settle(self, running: _Running, failure: _Failure | None) -> None:
@@ -468,6 +478,17 @@ class Worker:
     async def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a blocking store call on the store pool; typed, so a protocol change shows."""
         return await self._loop_().run_in_executor(self._store_pool, functools.partial(fn, *args, **kwargs))
+
+
+def _cancelled_by_worker() -> bool:
+    """True when the running task is being cancelled (a second signal abandons its batch),
+    not merely handed a CancelledError that a handler raised or let escape."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _handler_failure(exc: BaseException) -> _Failure:
+    return _Failure("".join(traceback.format_exception(exc))[-MAX_ERROR_LENGTH:])
 
 
 def _items_failed(exc: ItemsFailed, size: int) -> _Failure | None:

@@ -294,3 +294,79 @@ def test_items_failed_indexes_refer_to_the_batch_as_handed_over(
     assert (worker.counters.retried, worker.counters.succeeded) == (1, 1)
     stats = b.stats()
     assert (stats.flushed_items, stats.buffered_items, stats.dead) == (3, 0, 0)
+
+
+@pytest.mark.parametrize("error", [SystemExit, KeyboardInterrupt])
+@pytest.mark.parametrize("kind", ["async-timeout", "async", "sync-timeout"])
+def test_a_handler_raising_a_base_exception_fails_its_batch_and_the_worker_lives(
+    store: Store, error: type[BaseException], kind: str
+) -> None:
+    timeout = None if kind == "async" else 5.0
+    b = Batcher(store, "exits", max_items=1, max_wait=0, max_attempts=2, backoff=0.01, timeout=timeout)
+    poison_failed = threading.Event()
+    done: list[Any] = []
+
+    def handle(batch: Batch) -> None:
+        if batch.key == "poison":
+            poison_failed.set()
+            raise error("from the handler")
+        assert poison_failed.wait(DEADLINE)  # in flight while the poison batch fails
+        done.extend(batch.items)
+
+    async def handle_async(batch: Batch) -> None:
+        await asyncio.sleep(0)
+        if batch.key == "poison":
+            poison_failed.set()
+            raise error("from the handler")
+        while not poison_failed.is_set():
+            await asyncio.sleep(0.005)
+        done.extend(batch.items)
+
+    b.handler(handle if kind.startswith("sync") else handle_async)
+    with running(Worker(store, [b], handle_signals=False)):
+        b.add("good", "in flight beside it")
+        b.add("poison", "exits")
+        wait_until(lambda: b.stats().dead == 1 and b.stats().flushed_batches == 1, timeout=10)
+        b.add("after", "still served")
+        wait_until(lambda: "still served" in done, timeout=10)
+    assert done == ["in flight beside it", "still served"]
+    (dead,) = b.dead_letters()
+    assert dead.attempts == 2 and f"{error.__name__}: from the handler" in dead.error
+
+
+@pytest.mark.parametrize("kind", ["async", "sync"])
+def test_a_cancelled_error_from_a_handler_is_a_failed_attempt_not_an_abandoned_batch(
+    store: Store, kind: str
+) -> None:
+    b = Batcher(store, "cancels", max_items=1, max_wait=0, backoff=0.01, lease=30, timeout=5)
+    attempts: list[int] = []
+
+    def handle(batch: Batch) -> None:
+        attempts.append(batch.attempt)
+        if batch.attempt == 1:
+            raise asyncio.CancelledError  # e.g. a client library's request was cancelled
+
+    async def handle_async(batch: Batch) -> None:
+        handle(batch)
+
+    b.handler(handle_async if kind == "async" else handle)
+    with running(Worker(store, [b], handle_signals=False)) as worker:
+        b.add("k", 1)
+        wait_until(lambda: b.stats().flushed_batches == 1, timeout=10)  # not after the 30 s lease
+    assert attempts == [1, 2]
+    assert (worker.counters.retried, worker.counters.succeeded) == (1, 1)
+
+
+def test_a_handlers_own_timeout_error_is_not_reported_as_the_batchers_timeout(store: Store) -> None:
+    b = Batcher(store, "own-timeout", max_items=1, max_wait=0, max_attempts=1, timeout=5)
+
+    @b.handler
+    async def call_a_service(batch: Batch) -> None:
+        raise TimeoutError("the service did not answer")
+
+    with running(Worker(store, [b], handle_signals=False)):
+        b.add("k", 1)
+        wait_until(lambda: b.stats().dead == 1, timeout=10)
+    (dead,) = b.dead_letters()
+    assert "TimeoutError: the service did not answer" in dead.error
+    assert "timed out after" not in dead.error
