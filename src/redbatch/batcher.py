@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import inspect
 import math
@@ -47,6 +48,18 @@ def encode_item(item: Any, max_bytes: int = DEFAULT_MAX_ITEM_BYTES) -> bytes:
     if len(payload) > max_bytes:
         raise InvalidItem(f"item is {len(payload)} bytes encoded, over the {max_bytes} byte limit")
     return payload
+
+
+def is_async_callable(fn: object) -> bool:
+    """True for an ``async def`` function or method, a callable object whose ``__call__`` is
+    one, or a ``functools.partial`` of either."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.iscoroutinefunction(fn):
+        return True
+    if inspect.isroutine(fn) or isinstance(fn, type):
+        return False  # calling a class makes an instance, whatever its __call__ is
+    return inspect.iscoroutinefunction(type(fn).__call__)  # where a call looks it up
 
 
 def check_key(key: object) -> str:
@@ -147,7 +160,7 @@ class Batcher:
         if not callable(fn):
             raise ConfigError("a handler must be callable")
         self._handler = fn
-        self._handler_is_async = inspect.iscoroutinefunction(fn)
+        self._handler_is_async = is_async_callable(fn)
         return fn
 
     @property
@@ -156,6 +169,12 @@ class Batcher:
 
     @property
     def handler_is_async(self) -> bool:
+        """True when the handler runs on the worker's event loop rather than a thread.
+
+        A plain function that returns a coroutine (a lambda or decorator around an async
+        function) counts as sync: it is called on a handler thread and the worker awaits
+        what it returns on the loop, within the batcher's ``timeout``.
+        """
         return self._handler_is_async
 
     # ------------------------------------------------------------------ producing

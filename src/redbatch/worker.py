@@ -13,14 +13,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import logging
 import signal
 import threading
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar
 
 import orjson
 
@@ -295,29 +296,13 @@ class Worker:
             batch = decode_batch(claimed)
         except ValueError as exc:  # retrying cannot repair it: straight to dead letters
             return _Failure(f"corrupt data: {exc}", retryable=False)
-        handler = batcher.handler_fn
-        assert handler is not None
-        timed_out = _Failure(f"handler timed out after {batcher.timeout} seconds")
         try:
-            if batcher.handler_is_async:
-                # asyncio.timeout runs the handler in this task; wait_for would wrap it in a
-                # task of its own, whose SystemExit or KeyboardInterrupt asyncio re-raises out
-                # of the event loop, ending the worker.
-                async with asyncio.timeout(batcher.timeout) as scope:
-                    await cast(Awaitable[None], handler(batch))
-            else:
-                sync_handler = cast(Callable[[Batch], None], handler)
-                call = self._loop_().run_in_executor(self._handler_pool, sync_handler, batch)
-                if await self._sync_timed_out(call, running):
-                    return timed_out
+            if await self._call_handler(running, batch):
+                return _Failure(f"handler timed out after {batcher.timeout} seconds")
         except ItemsFailed as exc:
             # Indexes name items of the batch as it was handed over: the handler's list is its
             # own to change, the claimed payloads are what the store will shrink.
             return _items_failed(exc, len(claimed.payloads))
-        except TimeoutError as exc:
-            if batcher.handler_is_async and scope.expired():
-                return timed_out
-            return _handler_failure(exc)  # the handler's own TimeoutError, not our deadline
         except asyncio.CancelledError as exc:
             if _cancelled_by_worker():
                 raise
@@ -326,35 +311,71 @@ class Worker:
             return _handler_failure(exc)
         return None
 
-    async def _sync_timed_out(self, call: asyncio.Future[None], running: _Running) -> bool:
-        """Wait for a sync handler; True when it ran past the batcher's timeout.
+    async def _call_handler(self, running: _Running, batch: Batch) -> bool:
+        """Run the handler to its end; True when it ran past the batcher's timeout.
+
+        An async handler runs in this task. A sync one runs on a handler thread, and when
+        what it returns is awaitable (a lambda or a decorator's wrapper around an async
+        function) that is awaited here, on the loop, within what is left of the timeout.
+        """
+        batcher = running.batcher
+        handler = batcher.handler_fn
+        assert handler is not None
+        loop = self._loop_()
+        deadline = None if batcher.timeout is None else loop.time() + batcher.timeout
+        if batcher.handler_is_async:
+            result = handler(batch)
+        else:
+            call = loop.run_in_executor(self._handler_pool, handler, batch)
+            if await self._sync_timed_out(call, running, deadline):
+                return True
+            result = call.result()
+        if not inspect.isawaitable(result):
+            return False
+        # asyncio.timeout awaits in this task; asyncio.wait_for would wrap the handler in a
+        # task of its own, whose SystemExit or KeyboardInterrupt asyncio re-raises out of the
+        # event loop, ending the worker.
+        try:
+            async with asyncio.timeout_at(deadline) as scope:
+                await result
+        except TimeoutError:
+            if scope.expired():
+                return True
+            raise  # the handler's own TimeoutError, not the batcher's timeout
+        return False
+
+    async def _sync_timed_out(
+        self, call: asyncio.Future[Any], running: _Running, deadline: float | None
+    ) -> bool:
+        """Wait for a sync handler's thread; True when it ran past the batcher's timeout.
 
         Python cannot stop a thread: a sync handler past its timeout keeps its key, its lease
         (heartbeats go on) and its worker slot until it returns, so no other batch of the
         key runs meanwhile and nothing queues behind its thread; then the attempt fails.
         Async handlers are cancelled at their timeout instead.
         """
-        timeout = running.batcher.timeout
-        if timeout is None:
+        if deadline is None:
             await call
             return False
-        done, _ = await asyncio.wait({call}, timeout=timeout)
+        done, _ = await asyncio.wait({call}, timeout=deadline - self._loop_().time())
         if done:
-            call.result()
             return False
         lease = running.claimed.lease
         log.warning(
             "sync handler of batch %s of %s/%s passed its %s s timeout; it cannot be interrupted, so "
             "the key stays leased until it returns, then the attempt fails",
-            lease.batch_id, running.batcher.name, lease.key, timeout,
+            lease.batch_id, running.batcher.name, lease.key, running.batcher.timeout,
         )  # fmt: skip
         try:
-            await call
+            late = await call
         except asyncio.CancelledError:
             if _cancelled_by_worker():
                 raise  # abandoned: the lease lapses, the batch is not failed under a live handler
         except BaseException:  # noqa: BLE001 - the attempt already failed: it timed out
             pass
+        else:
+            if inspect.iscoroutine(late):
+                late.close()  # too late to run it
         return True
 
     async def _settle(self, running: _Running, failure: _Failure | None) -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -370,3 +371,71 @@ def test_a_handlers_own_timeout_error_is_not_reported_as_the_batchers_timeout(st
     (dead,) = b.dead_letters()
     assert "TimeoutError: the service did not answer" in dead.error
     assert "timed out after" not in dead.error
+
+
+class AsyncCallable:
+    """A handler object whose ``__call__`` is ``async def``."""
+
+    def __init__(self, save: Callable[[Batch], Awaitable[None]]) -> None:
+        self.save = save
+
+    async def __call__(self, batch: Batch) -> None:
+        await self.save(batch)
+
+
+def returns_coroutine(fn: Callable[[Batch], Awaitable[None]]) -> Callable[[Batch], Awaitable[None]]:
+    """A decorator whose wrapper is a plain function that returns the coroutine."""
+
+    @functools.wraps(fn)
+    def wrapper(batch: Batch) -> Awaitable[None]:
+        return fn(batch)
+
+    return wrapper
+
+
+ASYNC_LOOKING_HANDLERS: dict[str, Callable[[Callable[[Batch], Awaitable[None]]], Any]] = {
+    "callable-object": AsyncCallable,
+    "partial-of-callable-object": lambda save: functools.partial(AsyncCallable(save)),
+    "lambda": lambda save: lambda batch: save(batch),  # noqa: PLW0108 - the shape under test
+    "decorator": returns_coroutine,
+    "partial": functools.partial,
+}
+
+
+@pytest.mark.parametrize("shape", ASYNC_LOOKING_HANDLERS)
+def test_a_handler_that_returns_a_coroutine_has_it_awaited(store: Store, shape: str) -> None:
+    b = Batcher(store, "awaited", max_items=2, max_wait=0.01, backoff=0.01)
+    calls: list[tuple[int, list[Any]]] = []
+    loop_threads: set[str] = set()
+
+    async def save(batch: Batch) -> None:
+        await asyncio.sleep(0)
+        loop_threads.add(threading.current_thread().name)
+        calls.append((batch.attempt, batch.items))
+        if batch.attempt == 1:
+            raise ValueError("the first attempt fails")
+
+    b.handler(ASYNC_LOOKING_HANDLERS[shape](save))
+    with running(Worker(store, [b], handle_signals=False)):
+        b.add_many([("k", 1), ("k", 2)])
+        wait_until(lambda: b.stats().flushed_batches == 1, timeout=10)
+    assert calls == [(1, [1, 2]), (2, [1, 2])]
+    assert not any(name.startswith("redbatch-handler") for name in loop_threads), loop_threads
+    if shape.endswith("callable-object"):
+        assert b.handler_is_async  # run on the loop directly, no handler thread
+
+
+def test_the_timeout_applies_to_a_coroutine_a_sync_looking_handler_returns(store: Store) -> None:
+    b = Batcher(store, "awaited-hang", max_items=1, max_wait=0, timeout=0.2, backoff=0.01, max_attempts=2)
+    calls: list[int] = []
+
+    async def hang(batch: Batch) -> None:
+        calls.append(batch.attempt)
+        await asyncio.sleep(DEADLINE)
+
+    b.handler(lambda batch: hang(batch))  # noqa: PLW0108 - a sync-looking handler
+    with running(Worker(store, [b], handle_signals=False)):
+        b.add("k", 1)
+        wait_until(lambda: b.stats().dead == 1, timeout=10)
+    assert calls == [1, 2]
+    assert "timed out after 0.2 seconds" in b.dead_letters()[0].error
