@@ -2,7 +2,7 @@
 leases by heartbeat, and acknowledge, retry or dead-letter each one.
 
 One asyncio loop does the scheduling. Store calls are blocking and run on a small thread
-pool; sync handlers run on a pool of ``concurrency`` threads, async handlers on the loop.
+pool; sync handlers run on ``concurrency`` daemon threads, async handlers on the loop.
 The loop sleeps until the earliest deadline in the store, a producer's wake-up, a finished
 handler or a stop request, never on a fixed poll interval (a two second cap only guards
 against a lost wake-up message).
@@ -26,6 +26,7 @@ from typing import Any, ParamSpec, TypeVar
 import orjson
 
 from redbatch.batcher import Batcher
+from redbatch.daemon_pool import DaemonThreadPool
 from redbatch.errors import ConfigError, ItemsFailed, StoreUnavailable
 from redbatch.stores.base import Store, Waiter
 from redbatch.types import Batch, ClaimedBatch, Clock, Lease, system_clock
@@ -68,13 +69,18 @@ class WorkerCounters:
     retried: int = 0
     dead_lettered: int = 0
     refused: int = 0  # acknowledgements refused because the lease was lost
+    abandoned: int = 0  # given up by stop(abandon=True) or a second signal, left to their leases
 
 
 class Worker:
     """Runs the handlers of ``batchers`` until stopped (SIGTERM/SIGINT, or ``stop()``).
 
-    On stop it claims nothing new and lets in-flight batches finish; a second signal
-    abandons them (their leases lapse and another worker reclaims them).
+    On stop it claims nothing new and lets in-flight batches finish; a second signal (or
+    ``stop(abandon=True)``) abandons them: ``run()`` returns at once, and their leases lapse
+    so another worker reclaims them. Python cannot stop a thread, so a sync handler may
+    still be running then; handler threads are daemon threads and do not hold the process
+    open, but nothing heartbeats their batches any more, so end the process soon after
+    ``run()`` returns, as ``redbatch worker`` does.
     """
 
     def __init__(
@@ -110,6 +116,7 @@ class Worker:
         self._stop_event: asyncio.Event | None = None
         self._changed: asyncio.Event | None = None
         self._signals = 0
+        self._abandoning = False
         self._acks: dict[str, list[tuple[Lease, asyncio.Future[bool]]]] = {}
         self._ackers: dict[str, asyncio.Task[None]] = {}
         self.started = threading.Event()
@@ -120,13 +127,25 @@ class Worker:
         """Run until stopped. Blocks; call from a process's main thread to get signals."""
         asyncio.run(self.run_async())
 
-    def stop(self) -> None:
-        """Ask the worker to stop: no new claims, in-flight batches finish. Thread-safe."""
+    def stop(self, *, abandon: bool = False) -> None:
+        """Ask the worker to stop: no new claims, in-flight batches finish. Thread-safe.
+
+        With ``abandon``, in-flight batches are given up instead and ``run()`` returns at
+        once (see the class docstring).
+        """
         self._stop_requested.set()
         loop, event = self._loop, self._stop_event
         if loop is not None and event is not None:
             with contextlib.suppress(RuntimeError):  # the loop already closed: run() returned
                 loop.call_soon_threadsafe(event.set)
+                if abandon:
+                    loop.call_soon_threadsafe(self._abandon)
+
+    def _abandon(self) -> None:
+        self._abandoning = True
+        for running in self._running.values():
+            if running.task is not None:
+                running.task.cancel()
 
     async def run_async(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -135,7 +154,7 @@ class Worker:
         if self._stop_requested.is_set():
             self._stop_event.set()
         self._store_pool = ThreadPoolExecutor(6, thread_name_prefix="redbatch-store")
-        self._handler_pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="redbatch-handler")
+        self._handler_pool = DaemonThreadPool(self.concurrency, thread_name_prefix="redbatch-handler")
         self._wake_pool = ThreadPoolExecutor(1, thread_name_prefix="redbatch-wake")
         self._install_signal_handlers()
         waiter = self.store.waiter([b.name for b in self.batchers])
@@ -185,9 +204,7 @@ class Worker:
             self.stop()
             return
         log.warning("%s again: abandoning %d in-flight batches to their leases", sig.name, len(self._running))
-        for running in self._running.values():
-            if running.task is not None:
-                running.task.cancel()
+        self.stop(abandon=True)
 
     # ------------------------------------------------------------------ scheduling
 
@@ -278,6 +295,7 @@ class Worker:
             failure = await self._invoke(running)
             await self._settle(running, failure)
         except asyncio.CancelledError:
+            self.counters.abandoned += 1
             log.warning("batch %s abandoned; its lease will lapse", running.claimed.lease.batch_id)
         except StoreUnavailable as exc:  # the lease lapses and the batch is retried
             log.error("could not record the outcome of batch %s: %s", running.claimed.lease.batch_id, exc)
@@ -486,6 +504,9 @@ class Worker:
 
     async def _drain(self) -> None:
         tasks = [r.task for r in list(self._running.values()) if r.task is not None]
+        if self._abandoning:  # some may have started after the abandon, in a last claim round
+            for task in tasks:
+                task.cancel()
         if tasks:
             log.info("waiting for %d in-flight batches", len(tasks))
             await asyncio.gather(*tasks, return_exceptions=True)

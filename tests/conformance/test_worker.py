@@ -439,3 +439,32 @@ def test_the_timeout_applies_to_a_coroutine_a_sync_looking_handler_returns(store
         wait_until(lambda: b.stats().dead == 1, timeout=10)
     assert calls == [1, 2]
     assert "timed out after 0.2 seconds" in b.dead_letters()[0].error
+
+
+def test_abandoning_returns_at_once_and_no_handler_thread_holds_the_process(store: Store) -> None:
+    b = Batcher(store, "abandoned", max_items=1, max_wait=0, lease=30)
+    started, release = threading.Event(), threading.Event()
+    handler_threads: list[threading.Thread] = []
+
+    @b.handler
+    def stuck(batch: Batch) -> None:
+        handler_threads.append(threading.current_thread())
+        started.set()
+        release.wait(DEADLINE)
+
+    worker = Worker(store, [b], concurrency=2, handle_signals=False)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        b.add("k", 1)
+        assert started.wait(DEADLINE)
+        worker.stop()  # the first signal: wait for in-flight batches
+        worker.stop(abandon=True)  # the second: give them up
+        thread.join(DEADLINE)
+        assert not thread.is_alive(), "run() did not return"
+        assert worker.counters.abandoned == 1
+        # Interpreter exit joins non-daemon threads: a stuck handler would hold the process open.
+        assert [t.daemon for t in handler_threads] == [True]
+        assert b.stats().in_flight == 1  # left to its lease, for another worker to reclaim
+    finally:
+        release.set()
