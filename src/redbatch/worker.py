@@ -5,7 +5,8 @@ One asyncio loop does the scheduling. Store calls are blocking and run on a smal
 pool; sync handlers run on ``concurrency`` daemon threads, async handlers on the loop.
 The loop sleeps until the earliest deadline in the store, a producer's wake-up, a finished
 handler or a stop request, never on a fixed poll interval (a two second cap only guards
-against a lost wake-up message).
+against a lost wake-up message). Free slots go to due batches earliest deadline first,
+across every batcher the worker serves.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import heapq
 import inspect
 import logging
 import signal
 import threading
 import traceback
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -238,16 +241,17 @@ class Worker:
         return self.concurrency - len(self._running)
 
     async def _claim_round(self, rotation: int) -> int:
+        free = self._free_slots()
+        if free <= 0:
+            return 0
+        if len(self.batchers) == 1:
+            shares = [(self.batchers[0], free)]  # the store serves its keys in deadline order
+        else:
+            shares = await self._shares(free, rotation)
         claimed = 0
-        order = (
-            self.batchers[rotation % len(self.batchers) :] + self.batchers[: rotation % len(self.batchers)]
-        )
-        for batcher in order:
-            free = self._free_slots()
-            if free <= 0:
-                break
+        for batcher, share in shares:
             try:
-                batches = await self._call(self.store.claim_due, batcher.spec, self.clock(), free)
+                batches = await self._call(self.store.claim_due, batcher.spec, self.clock(), share)
             except Exception as exc:  # noqa: BLE001 - a store failure never kills the worker
                 log.error("claiming from %s failed: %s", batcher.name, exc)
                 await asyncio.sleep(STORE_ERROR_PAUSE)
@@ -256,6 +260,30 @@ class Worker:
                 self._start(batcher, batch)
             claimed += len(batches)
         return claimed
+
+    async def _shares(self, free: int, rotation: int) -> list[tuple[Batcher, int]]:
+        """Share ``free`` slots among the batchers earliest deadline first.
+
+        Each batcher gets as many slots as it holds of the ``free`` earliest due deadlines
+        across all of them, so when the worker cannot keep up, waits grow evenly and no
+        batcher starves behind another. Equal deadlines go to the batchers in turn.
+        """
+        now = self.clock()
+        try:
+            deadlines = await asyncio.gather(
+                *(self._call(self.store.due_deadlines, b.spec, now, free) for b in self.batchers)
+            )
+        except Exception as exc:  # noqa: BLE001 - a store failure never kills the worker
+            log.error("reading due deadlines failed: %s", exc)
+            await asyncio.sleep(STORE_ERROR_PAUSE)
+            return []
+        count = len(self.batchers)
+        earliest = heapq.nsmallest(
+            free,
+            ((due, (i - rotation) % count, i) for i, scores in enumerate(deadlines) for due in scores),
+        )
+        shares = Counter(i for *_, i in earliest)  # first seen first: the most overdue claims first
+        return [(self.batchers[i], share) for i, share in shares.items()]
 
     async def _time_to_next_due(self) -> float:
         if self._free_slots() <= 0:

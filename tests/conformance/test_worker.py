@@ -18,6 +18,7 @@ import redbatch
 from redbatch import Batch, Batcher, Worker
 from redbatch.stores.base import Store
 from redbatch.types import Entry
+from tests.conftest import FakeClock
 
 DEADLINE = 30.0
 
@@ -468,3 +469,80 @@ def test_abandoning_returns_at_once_and_no_handler_thread_holds_the_process(stor
         assert b.stats().in_flight == 1  # left to its lease, for another worker to reclaim
     finally:
         release.set()
+
+
+REDIS_PARTITIONS_IN_ORDER = pytest.mark.xfail(
+    strict=True,
+    reason="RedisStore.claim_due fills its limit partition by partition, not earliest deadline "
+    "first; fixed on branch fix/redis (1846058): remove this mark once both are merged",
+)
+
+
+def deadline_ordered(store: Store, clock: FakeClock) -> tuple[list[Batcher], list[tuple[str, str]]]:
+    """A busy and a quiet batcher with keys due one second apart; the keys in deadline order."""
+    busy = Batcher(store, "busy", max_items=100, max_wait=10, clock=clock)
+    quiet = Batcher(store, "quiet", max_items=100, max_wait=10, clock=clock)
+    order = [("busy", f"b{i}") for i in range(5)] + [("quiet", "q0")] + [("busy", f"b{i}") for i in (5, 6)]
+    order.insert(1, ("quiet", "q1"))
+    for name, key in order:
+        (busy if name == "busy" else quiet).add(key, key)
+        clock.advance(1)
+    clock.advance(10)  # every key is due; the clock stays here
+    return [busy, quiet], order
+
+
+def test_a_saturated_worker_serves_batchers_earliest_deadline_first(
+    store: Store, store_kind: str, request: pytest.FixtureRequest
+) -> None:
+    if store_kind == "redis-partitioned":  # within one batcher, the store's claim_due decides
+        request.applymarker(REDIS_PARTITIONS_IN_ORDER)
+    clock = FakeClock()
+    batchers, expected = deadline_ordered(store, clock)
+    served: list[tuple[str, str]] = []
+    for batcher in batchers:
+        batcher.handler(lambda batch, name=batcher.name: served.append((name, batch.key)))
+    with running(Worker(store, batchers, concurrency=1, clock=clock, handle_signals=False)):
+        wait_until(lambda: len(served) == len(expected), timeout=10)
+    assert served == expected
+
+
+def test_free_slots_go_to_the_earliest_deadlines_whichever_batcher_holds_them(
+    store: Store, store_kind: str, request: pytest.FixtureRequest
+) -> None:
+    if store_kind == "redis-partitioned":  # within one batcher, the store's claim_due decides
+        request.applymarker(REDIS_PARTITIONS_IN_ORDER)
+    clock = FakeClock()
+    batchers, expected = deadline_ordered(store, clock)
+    release = threading.Event()
+    started: list[tuple[str, str]] = []
+
+    def blocked(name: str) -> Callable[[Batch], None]:
+        def handle(batch: Batch) -> None:
+            started.append((name, batch.key))
+            release.wait(DEADLINE)
+
+        return handle
+
+    for batcher in batchers:
+        batcher.handler(blocked(batcher.name))
+    with running(Worker(store, batchers, concurrency=3, clock=clock, handle_signals=False)):
+        try:
+            wait_until(lambda: len(started) == 3, timeout=10)
+            assert sorted(started) == sorted(expected[:3])  # not three of the first batcher's
+        finally:
+            release.set()
+        wait_until(lambda: len(started) == len(expected), timeout=10)
+
+
+def test_a_worker_with_one_batcher_claims_without_reading_deadlines_first(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    b = Batcher(store, "alone", max_items=1, max_wait=0)
+    seen: list[Any] = []
+    b.handler(lambda batch: seen.extend(batch.items))
+    reads: list[str] = []
+    monkeypatch.setattr(store, "due_deadlines", lambda spec, *_: reads.append(spec.name) or [])
+    with running(Worker(store, [b], handle_signals=False)):
+        b.add("k", 1)
+        wait_until(lambda: seen == [1], timeout=10)
+    assert reads == []  # one store round trip per claim, as before
