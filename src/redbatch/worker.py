@@ -19,6 +19,7 @@ import inspect
 import logging
 import signal
 import threading
+import time
 import traceback
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -31,6 +32,7 @@ import orjson
 from redbatch.batcher import Batcher
 from redbatch.daemon_pool import DaemonThreadPool
 from redbatch.errors import ConfigError, ItemsFailed, StoreUnavailable
+from redbatch.hooks import HandlerOutcome, SettleOutcome, WorkerHooks
 from redbatch.stores.base import Store, Waiter
 from redbatch.types import Batch, ClaimedBatch, Clock, Lease, system_clock
 
@@ -84,6 +86,16 @@ class Worker:
     still be running then; handler threads are daemon threads and do not hold the process
     open, but nothing heartbeats their batches any more, so end the process soon after
     ``run()`` returns, as ``redbatch worker`` does.
+
+    Args:
+        store: the store every batcher uses.
+        batchers: the batchers to serve, each with a handler and a unique name. Free slots
+            go to their due batches earliest deadline first.
+        concurrency: how many batches run at once (sync handlers each take a thread).
+        clock: integer epoch milliseconds; tests inject a fake one.
+        handle_signals: install SIGTERM/SIGINT handlers (main thread only).
+        hooks: a ``WorkerHooks`` to hear of claims, handler runs, settlements and lost
+            leases, for metrics and tracing.
     """
 
     def __init__(
@@ -94,6 +106,7 @@ class Worker:
         concurrency: int = 16,
         clock: Clock = system_clock,
         handle_signals: bool = True,
+        hooks: WorkerHooks | None = None,
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigError(f"concurrency must be an integer >= 1, not {concurrency!r}")
@@ -112,6 +125,7 @@ class Worker:
         self.concurrency = concurrency
         self.clock = clock
         self.handle_signals = handle_signals
+        self.hooks = hooks if hooks is not None else WorkerHooks()
         self.counters = WorkerCounters()
         self._running: dict[str, _Running] = {}  # by batch id
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -305,6 +319,7 @@ class Worker:
 
     def _start(self, batcher: Batcher, claimed: ClaimedBatch) -> None:
         self.counters.claimed += 1
+        self._hook(self.hooks.batch_claimed, batcher, claimed)
         existing = self._running.get(claimed.lease.batch_id)
         if existing is not None and not existing.settling:
             # This worker lost the lease (a store outage stopped its heartbeats) and won it
@@ -342,20 +357,28 @@ class Worker:
             batch = decode_batch(claimed)
         except ValueError as exc:  # retrying cannot repair it: straight to dead letters
             return _Failure(f"corrupt data: {exc}", retryable=False)
+        started = time.monotonic()
+        error: BaseException | None = None
+        outcome: HandlerOutcome = "succeeded"
         try:
             if await self._call_handler(running, batch):
-                return _Failure(f"handler timed out after {batcher.timeout} seconds")
-        except ItemsFailed as exc:
-            # Indexes name items of the batch as it was handed over: the handler's list is its
-            # own to change, the claimed payloads are what the store will shrink.
-            return _items_failed(exc, len(claimed.payloads))
+                outcome = "timed_out"
         except asyncio.CancelledError as exc:
             if _cancelled_by_worker():
                 raise
-            return _handler_failure(exc)  # raised by the handler, not a cancellation of it
+            error = exc  # raised by the handler, not a cancellation of it
         except BaseException as exc:  # noqa: BLE001 - a handler's failure never kills the worker
-            return _handler_failure(exc)
-        return None
+            error = exc
+        if error is not None:
+            outcome = "failed"
+        self._hook(self.hooks.handler_finished, batcher, claimed, time.monotonic() - started, outcome, error)
+        if outcome == "timed_out":
+            return _Failure(f"handler timed out after {batcher.timeout} seconds")
+        if isinstance(error, ItemsFailed):
+            # Indexes name items of the batch as it was handed over: the handler's list is its
+            # own to change, the claimed payloads are what the store will shrink.
+            return _items_failed(error, len(claimed.payloads))
+        return None if error is None else _handler_failure(error)
 
     async def _call_handler(self, running: _Running, batch: Batch) -> bool:
         """Run the handler to its end; True when it ran past the batcher's timeout.
@@ -429,9 +452,10 @@ class Worker:
         running.settling = True
         lease = claimed.lease
         now = self.clock()
+        outcome: SettleOutcome
         if failure is None:
             held = await self._ack(batcher, lease)
-            outcome = "succeeded"
+            outcome = "acked"
         else:
             retry_at = batcher.retry_at(claimed.attempt, now) if failure.retryable else None
             held = await self._call(
@@ -455,8 +479,10 @@ class Worker:
                 lease.key,
                 outcome,
             )
+            self._hook(self.hooks.batch_settled, batcher, claimed, "refused")
             return
-        if outcome == "succeeded":
+        self._hook(self.hooks.batch_settled, batcher, claimed, outcome)
+        if outcome == "acked":
             self.counters.succeeded += 1
         elif outcome == "retried":
             self.counters.retried += 1
@@ -517,6 +543,7 @@ class Worker:
                             batcher.name,
                             run.claimed.lease.key,
                         )
+                        self._hook(self.hooks.lease_lost, batcher, run.claimed)
 
     async def _janitor_loop(self) -> None:
         while True:
@@ -540,6 +567,15 @@ class Worker:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     # ------------------------------------------------------------------ helpers
+
+    def _hook(self, hook: Callable[P, None], *args: P.args, **kwargs: P.kwargs) -> None:
+        """Call a hook; its failure is logged, never a batch's failure nor the worker's end."""
+        try:
+            hook(*args, **kwargs)
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            raise  # the worker's own cancellation, or a real Ctrl-C on the loop's thread
+        except BaseException:
+            log.exception("worker hook %s failed", getattr(hook, "__name__", hook))
 
     def _loop_(self) -> asyncio.AbstractEventLoop:
         assert self._loop is not None

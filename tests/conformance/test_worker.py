@@ -16,8 +16,9 @@ import pytest
 
 import redbatch
 from redbatch import Batch, Batcher, Worker
+from redbatch.hooks import HandlerOutcome, SettleOutcome, WorkerHooks
 from redbatch.stores.base import Store
-from redbatch.types import Entry
+from redbatch.types import ClaimedBatch, Entry
 from tests.conftest import FakeClock
 
 DEADLINE = 30.0
@@ -546,3 +547,89 @@ def test_a_worker_with_one_batcher_claims_without_reading_deadlines_first(
         b.add("k", 1)
         wait_until(lambda: seen == [1], timeout=10)
     assert reads == []  # one store round trip per claim, as before
+
+
+class RecordingHooks(WorkerHooks):
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+
+    def batch_claimed(self, batcher: Batcher, claimed: ClaimedBatch) -> None:
+        self.events.append(("claimed", claimed.lease.key, claimed.attempt))
+
+    def handler_finished(
+        self,
+        batcher: Batcher,
+        claimed: ClaimedBatch,
+        duration: float,
+        outcome: HandlerOutcome,
+        error: BaseException | None,
+    ) -> None:
+        assert duration >= 0
+        self.events.append(("finished", claimed.lease.key, outcome, type(error).__name__))
+
+    def batch_settled(self, batcher: Batcher, claimed: ClaimedBatch, outcome: SettleOutcome) -> None:
+        self.events.append(("settled", claimed.lease.key, outcome))
+
+    def lease_lost(self, batcher: Batcher, claimed: ClaimedBatch) -> None:
+        self.events.append(("lost", claimed.lease.key))
+
+    def of(self, key: str) -> list[tuple[Any, ...]]:
+        return [event[:1] + event[2:] for event in list(self.events) if event[1] == key]
+
+
+def test_worker_hooks_see_claims_handler_runs_settlements_and_lost_leases(store: Store) -> None:
+    clock = FakeClock()  # heartbeats extend leases from this clock, which stands still
+    b = Batcher(store, "hooked", max_items=1, max_wait=0, max_attempts=2, backoff=0, lease=0.3, clock=clock)
+    started, release = threading.Event(), threading.Event()
+
+    @b.handler
+    def handle(batch: Batch) -> None:
+        if batch.key == "bad":
+            raise ValueError("no")
+        if batch.key == "stolen":
+            started.set()
+            release.wait(DEADLINE)
+
+    hooks = RecordingHooks()
+    with running(Worker(store, [b], clock=clock, hooks=hooks, handle_signals=False)):
+        b.add_many([("ok", 1), ("bad", 2), ("stolen", 3)])
+        try:
+            assert started.wait(DEADLINE)
+            wait_until(lambda: len(hooks.of("ok")) == 3 and len(hooks.of("bad")) == 6, timeout=10)
+            # Another worker, 10 s later by its clock, finds the lease lapsed and takes the batch.
+            (taken,) = store.claim_due(b.spec, clock.now + 10_000, 10)
+            assert taken.lease.key == "stolen"
+            wait_until(lambda: ("lost",) in hooks.of("stolen"), timeout=10)
+        finally:
+            release.set()
+        wait_until(lambda: len(hooks.of("stolen")) == 4, timeout=10)
+    assert hooks.of("ok") == [("claimed", 1), ("finished", "succeeded", "NoneType"), ("settled", "acked")]
+    assert hooks.of("bad") == [
+        ("claimed", 1), ("finished", "failed", "ValueError"), ("settled", "retried"),
+        ("claimed", 2), ("finished", "failed", "ValueError"), ("settled", "dead"),
+    ]  # fmt: skip
+    assert hooks.of("stolen") == [
+        ("claimed", 1), ("lost",), ("finished", "succeeded", "NoneType"), ("settled", "refused"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("error", [RuntimeError, SystemExit])
+def test_a_failing_hook_is_logged_and_the_batch_goes_on(
+    store: Store, error: type[BaseException], caplog: pytest.LogCaptureFixture
+) -> None:
+    class BrokenHooks(WorkerHooks):
+        def batch_claimed(self, batcher: Batcher, claimed: ClaimedBatch) -> None:
+            raise error("broken metrics")
+
+        def batch_settled(self, batcher: Batcher, claimed: ClaimedBatch, outcome: SettleOutcome) -> None:
+            raise error("broken metrics")
+
+    b = Batcher(store, "badly-hooked", max_items=1, max_wait=0)
+    seen: list[Any] = []
+    b.handler(lambda batch: seen.extend(batch.items))
+    with running(Worker(store, [b], hooks=BrokenHooks(), handle_signals=False)) as worker:
+        b.add("k", 1)
+        wait_until(lambda: b.stats().flushed_batches == 1, timeout=10)
+        wait_until(lambda: "hook batch_settled failed" in caplog.text, timeout=10)
+    assert seen == [1] and worker.counters.succeeded == 1
+    assert "hook batch_claimed failed" in caplog.text
