@@ -413,3 +413,58 @@ def test_worker_reports_a_missing_module(tmp_path: Path) -> None:
     code, output = invoke("worker", str(tmp_path / "missing.py"))
     assert code == 2
     assert "no such file" in output
+
+
+STUCK_MODULE = """
+import os
+import threading
+
+import redbatch
+
+store = redbatch.connect()
+stuck = redbatch.Batcher(store, "cli-stuck", max_items=1, max_wait=0, lease=2)
+
+
+@stuck.handler
+def hang(batch):
+    with open(os.environ["EVENTS"], "a") as out:
+        out.write("started\\n")
+    threading.Event().wait()  # a sync handler stuck for good
+
+
+stuck.add("k", "stuck")
+"""
+
+
+def test_a_second_sigterm_ends_a_worker_whose_sync_handler_is_stuck(
+    cli_env: tuple[str, dict[str, str], Store], tmp_path: Path
+) -> None:
+    url, env, store = cli_env
+    (tmp_path / "stuckapp.py").write_text(STUCK_MODULE)
+    events, output = tmp_path / "events.txt", tmp_path / "output.txt"
+    args = [sys.executable, "-m", "redbatch", "worker", "stuckapp", "--url", url]
+    with output.open("wb") as out:
+        proc = subprocess.Popen(
+            args,
+            cwd=tmp_path,
+            env={**os.environ, **env, "EVENTS": str(events), "COLUMNS": "200"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(lambda: events.exists() and events.read_text() == "started\n", "the handler to start")
+        proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: "finishing 1 in-flight" in output.read_text(), "the first SIGTERM to be handled")
+        assert proc.poll() is None, "one SIGTERM waits for the batch in flight"
+        if store.durable:
+            assert redbatch.Batcher(store, "cli-stuck").stats().in_flight == 1
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(DEADLINE)  # before the fix: alive for good, joining the handler's thread
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = output.read_text()
+    assert "abandoning 1 in-flight" in text, text
+    assert "1 abandoned to its lease" in text, text
+    assert "Traceback" not in text, text

@@ -10,6 +10,7 @@ from redbatch.errors import (
     RedbatchError,
     StoreUnavailable,
 )
+from redbatch.hooks import WorkerHooks
 from redbatch.stores import Store, connect
 from redbatch.types import Batch, BatcherStats, CorruptItem, DeadLetter, PendingItem
 from redbatch.worker import Worker
@@ -32,5 +33,6 @@ __all__ = [
     "Store",
     "StoreUnavailable",
     "Worker",
+    "WorkerHooks",
     "connect",
 ]

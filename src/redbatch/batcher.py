@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import inspect
 import logging
@@ -90,6 +91,18 @@ def decode_item(payload: bytes) -> Any:
         return orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
         return CorruptItem(payload, f"not JSON: {exc}")
+
+
+def is_async_callable(fn: object) -> bool:
+    """True for an ``async def`` function or method, a callable object whose ``__call__`` is
+    one, or a ``functools.partial`` of either."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.iscoroutinefunction(fn):
+        return True
+    if inspect.isroutine(fn) or isinstance(fn, type):
+        return False  # calling a class makes an instance, whatever its __call__ is
+    return inspect.iscoroutinefunction(type(fn).__call__)  # where a call looks it up
 
 
 def check_key(key: object) -> str:
@@ -228,7 +241,7 @@ class Batcher:
         if not callable(fn):
             raise ConfigError("a handler must be callable")
         self._handler = fn
-        self._handler_is_async = inspect.iscoroutinefunction(fn)
+        self._handler_is_async = is_async_callable(fn)
         return fn
 
     @property
@@ -237,6 +250,12 @@ class Batcher:
 
     @property
     def handler_is_async(self) -> bool:
+        """True when the handler runs on the worker's event loop rather than a thread.
+
+        A plain function that returns a coroutine (a lambda or decorator around an async
+        function) counts as sync: it is called on a handler thread and the worker awaits
+        what it returns on the loop, within the batcher's ``timeout``.
+        """
         return self._handler_is_async
 
     # ------------------------------------------------------------------ the rules

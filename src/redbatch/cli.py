@@ -244,10 +244,16 @@ def worker(
     runner = Worker(store, batchers, concurrency=concurrency)
     runner.run()
     counts = runner.counters
+    abandoned = ""
+    if counts.abandoned:
+        leases = "its lease" if counts.abandoned == 1 else "their leases"
+        abandoned = f", {counts.abandoned} abandoned to {leases}"
     err_console.print(
         f"stopped. Batches: {counts.succeeded} succeeded, {counts.retried} retried, "
-        f"{counts.dead_lettered} dead-lettered"
+        f"{counts.dead_lettered} dead-lettered{abandoned}"
     )
+    # Handlers stuck in sync code may still run in their (daemon) threads: returning ends
+    # the process, so they cannot run beside another worker that reclaims their batches.
 
 
 # ---------------------------------------------------------------- stats and inspect

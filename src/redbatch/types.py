@@ -153,6 +153,8 @@ class Batch:
     """The items of one key handed to a handler in one call.
 
     ``id`` is stable across retries and reclaims, so sinks can be idempotent on it.
+    ``items`` is the handler's own list: changing it changes nothing stored, and the indexes
+    of an ``ItemsFailed`` always refer to the items as they were handed over.
     Times are Unix seconds.
     """
 

@@ -2,10 +2,11 @@
 leases by heartbeat, and acknowledge, retry or dead-letter each one.
 
 One asyncio loop does the scheduling. Store calls are blocking and run on a small thread
-pool; sync handlers run on a pool of ``concurrency`` threads, async handlers on the loop.
+pool; sync handlers run on ``concurrency`` daemon threads, async handlers on the loop.
 The loop sleeps until the earliest deadline in the store, a producer's wake-up, a finished
 handler or a stop request, never on a fixed poll interval (a two second cap only guards
-against a lost wake-up message).
+against a lost wake-up message). Free slots go to due batches earliest deadline first,
+across every batcher the worker serves.
 """
 
 from __future__ import annotations
@@ -13,19 +14,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import heapq
+import inspect
 import logging
 import signal
 import threading
+import time
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar
 
 import orjson
 
 from redbatch.batcher import Batcher
+from redbatch.daemon_pool import DaemonThreadPool
 from redbatch.errors import ConfigError, ItemsFailed, StoreUnavailable
+from redbatch.hooks import HandlerOutcome, SettleOutcome, WorkerHooks
 from redbatch.stores.base import Store, Waiter
 from redbatch.types import Batch, ClaimedBatch, Clock, Lease, system_clock
 
@@ -69,13 +76,28 @@ class WorkerCounters:
     retried: int = 0
     dead_lettered: int = 0
     refused: int = 0  # acknowledgements refused because the lease was lost
+    abandoned: int = 0  # given up by stop(abandon=True) or a second signal, left to their leases
 
 
 class Worker:
     """Runs the handlers of ``batchers`` until stopped (SIGTERM/SIGINT, or ``stop()``).
 
-    On stop it claims nothing new and lets in-flight batches finish; a second signal
-    abandons them (their leases lapse and another worker reclaims them).
+    On stop it claims nothing new and lets in-flight batches finish; a second signal (or
+    ``stop(abandon=True)``) abandons them: ``run()`` returns at once, and their leases lapse
+    so another worker reclaims them. Python cannot stop a thread, so a sync handler may
+    still be running then; handler threads are daemon threads and do not hold the process
+    open, but nothing heartbeats their batches any more, so end the process soon after
+    ``run()`` returns, as ``redbatch worker`` does.
+
+    Args:
+        store: the store every batcher uses.
+        batchers: the batchers to serve, each with a handler and a unique name. Free slots
+            go to their due batches earliest deadline first.
+        concurrency: how many batches run at once (sync handlers each take a thread).
+        clock: integer epoch milliseconds; tests inject a fake one.
+        handle_signals: install SIGTERM/SIGINT handlers (main thread only).
+        hooks: a ``WorkerHooks`` to hear of claims, handler runs, settlements and lost
+            leases, for metrics and tracing.
     """
 
     def __init__(
@@ -86,6 +108,7 @@ class Worker:
         concurrency: int = 16,
         clock: Clock = system_clock,
         handle_signals: bool = True,
+        hooks: WorkerHooks | None = None,
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigError(f"concurrency must be an integer >= 1, not {concurrency!r}")
@@ -104,6 +127,7 @@ class Worker:
         self.concurrency = concurrency
         self.clock = clock
         self.handle_signals = handle_signals
+        self.hooks = hooks if hooks is not None else WorkerHooks()
         self.counters = WorkerCounters()
         self._running: dict[str, _Running] = {}  # by batch id
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -111,6 +135,7 @@ class Worker:
         self._stop_event: asyncio.Event | None = None
         self._changed: asyncio.Event | None = None
         self._signals = 0
+        self._abandoning = False
         self._acks: dict[str, list[tuple[Lease, asyncio.Future[bool]]]] = {}
         self._ackers: dict[str, asyncio.Task[None]] = {}
         self._published: set[str] = set()  # batchers whose rules this worker published
@@ -122,13 +147,25 @@ class Worker:
         """Run until stopped. Blocks; call from a process's main thread to get signals."""
         asyncio.run(self.run_async())
 
-    def stop(self) -> None:
-        """Ask the worker to stop: no new claims, in-flight batches finish. Thread-safe."""
+    def stop(self, *, abandon: bool = False) -> None:
+        """Ask the worker to stop: no new claims, in-flight batches finish. Thread-safe.
+
+        With ``abandon``, in-flight batches are given up instead and ``run()`` returns at
+        once (see the class docstring).
+        """
         self._stop_requested.set()
         loop, event = self._loop, self._stop_event
         if loop is not None and event is not None:
             with contextlib.suppress(RuntimeError):  # the loop already closed: run() returned
                 loop.call_soon_threadsafe(event.set)
+                if abandon:
+                    loop.call_soon_threadsafe(self._abandon)
+
+    def _abandon(self) -> None:
+        self._abandoning = True
+        for running in self._running.values():
+            if running.task is not None:
+                running.task.cancel()
 
     async def run_async(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -137,7 +174,7 @@ class Worker:
         if self._stop_requested.is_set():
             self._stop_event.set()
         self._store_pool = ThreadPoolExecutor(6, thread_name_prefix="redbatch-store")
-        self._handler_pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="redbatch-handler")
+        self._handler_pool = DaemonThreadPool(self.concurrency, thread_name_prefix="redbatch-handler")
         self._wake_pool = ThreadPoolExecutor(1, thread_name_prefix="redbatch-wake")
         self._install_signal_handlers()
         await self._sync_rules()  # before serving: claims and producers then follow these rules
@@ -189,9 +226,7 @@ class Worker:
             self.stop()
             return
         log.warning("%s again: abandoning %d in-flight batches to their leases", sig.name, len(self._running))
-        for running in self._running.values():
-            if running.task is not None:
-                running.task.cancel()
+        self.stop(abandon=True)
 
     # ------------------------------------------------------------------ scheduling
 
@@ -225,16 +260,17 @@ class Worker:
         return self.concurrency - len(self._running)
 
     async def _claim_round(self, rotation: int) -> int:
+        free = self._free_slots()
+        if free <= 0:
+            return 0
+        if len(self.batchers) == 1:
+            shares = [(self.batchers[0], free)]  # the store serves its keys in deadline order
+        else:
+            shares = await self._shares(free, rotation)
         claimed = 0
-        order = (
-            self.batchers[rotation % len(self.batchers) :] + self.batchers[: rotation % len(self.batchers)]
-        )
-        for batcher in order:
-            free = self._free_slots()
-            if free <= 0:
-                break
+        for batcher, share in shares:
             try:
-                batches = await self._call(self.store.claim_due, batcher.spec, self.clock(), free)
+                batches = await self._call(self.store.claim_due, batcher.spec, self.clock(), share)
             except Exception as exc:  # noqa: BLE001 - a store failure never kills the worker
                 log.error("claiming from %s failed: %s", batcher.name, exc)
                 await asyncio.sleep(STORE_ERROR_PAUSE)
@@ -243,6 +279,30 @@ class Worker:
                 self._start(batcher, batch)
             claimed += len(batches)
         return claimed
+
+    async def _shares(self, free: int, rotation: int) -> list[tuple[Batcher, int]]:
+        """Share ``free`` slots among the batchers earliest deadline first.
+
+        Each batcher gets as many slots as it holds of the ``free`` earliest due deadlines
+        across all of them, so when the worker cannot keep up, waits grow evenly and no
+        batcher starves behind another. Equal deadlines go to the batchers in turn.
+        """
+        now = self.clock()
+        try:
+            deadlines = await asyncio.gather(
+                *(self._call(self.store.due_deadlines, b.spec, now, free) for b in self.batchers)
+            )
+        except Exception as exc:  # noqa: BLE001 - a store failure never kills the worker
+            log.error("reading due deadlines failed: %s", exc)
+            await asyncio.sleep(STORE_ERROR_PAUSE)
+            return []
+        count = len(self.batchers)
+        earliest = heapq.nsmallest(
+            free,
+            ((due, (i - rotation) % count, i) for i, scores in enumerate(deadlines) for due in scores),
+        )
+        shares = Counter(i for *_, i in earliest)  # first seen first: the most overdue claims first
+        return [(self.batchers[i], share) for i, share in shares.items()]
 
     async def _time_to_next_due(self) -> float:
         if self._free_slots() <= 0:
@@ -264,6 +324,7 @@ class Worker:
 
     def _start(self, batcher: Batcher, claimed: ClaimedBatch) -> None:
         self.counters.claimed += 1
+        self._hook(self.hooks.batch_claimed, batcher, claimed)
         existing = self._running.get(claimed.lease.batch_id)
         if existing is not None and not existing.settling:
             # This worker lost the lease (a store outage stopped its heartbeats) and won it
@@ -282,6 +343,7 @@ class Worker:
             failure = await self._invoke(running)
             await self._settle(running, failure)
         except asyncio.CancelledError:
+            self.counters.abandoned += 1
             log.warning("batch %s abandoned; its lease will lapse", running.claimed.lease.batch_id)
         except StoreUnavailable as exc:  # the lease lapses and the batch is retried
             log.error("could not record the outcome of batch %s: %s", running.claimed.lease.batch_id, exc)
@@ -300,54 +362,94 @@ class Worker:
             batch = decode_batch(claimed)
         except ValueError as exc:  # retrying cannot repair it: straight to dead letters
             return _Failure(f"corrupt data: {exc}", retryable=False)
+        started = time.monotonic()
+        error: BaseException | None = None
+        outcome: HandlerOutcome = "succeeded"
+        try:
+            if await self._call_handler(running, batch):
+                outcome = "timed_out"
+        except asyncio.CancelledError as exc:
+            if _cancelled_by_worker():
+                raise
+            error = exc  # raised by the handler, not a cancellation of it
+        except BaseException as exc:  # noqa: BLE001 - a handler's failure never kills the worker
+            error = exc
+        if error is not None:
+            outcome = "failed"
+        self._hook(self.hooks.handler_finished, batcher, claimed, time.monotonic() - started, outcome, error)
+        if outcome == "timed_out":
+            return _Failure(f"handler timed out after {batcher.timeout} seconds")
+        if isinstance(error, ItemsFailed):
+            # Indexes name items of the batch as it was handed over: the handler's list is its
+            # own to change, the claimed payloads are what the store will shrink.
+            return _items_failed(error, len(claimed.payloads))
+        return None if error is None else _handler_failure(error)
+
+    async def _call_handler(self, running: _Running, batch: Batch) -> bool:
+        """Run the handler to its end; True when it ran past the batcher's timeout.
+
+        An async handler runs in this task. A sync one runs on a handler thread, and when
+        what it returns is awaitable (a lambda or a decorator's wrapper around an async
+        function) that is awaited here, on the loop, within what is left of the timeout.
+        """
+        batcher = running.batcher
         handler = batcher.handler_fn
         assert handler is not None
+        loop = self._loop_()
+        deadline = None if batcher.timeout is None else loop.time() + batcher.timeout
+        if batcher.handler_is_async:
+            result = handler(batch)
+        else:
+            call = loop.run_in_executor(self._handler_pool, handler, batch)
+            if await self._sync_timed_out(call, running, deadline):
+                return True
+            result = call.result()
+        if not inspect.isawaitable(result):
+            return False
+        # asyncio.timeout awaits in this task; asyncio.wait_for would wrap the handler in a
+        # task of its own, whose SystemExit or KeyboardInterrupt asyncio re-raises out of the
+        # event loop, ending the worker.
         try:
-            if batcher.handler_is_async:
-                coro = cast(Awaitable[None], handler(batch))
-                if batcher.timeout is None:
-                    await coro
-                else:
-                    await asyncio.wait_for(coro, batcher.timeout)  # cancels the handler
-            else:
-                sync_handler = cast(Callable[[Batch], None], handler)
-                call = self._loop_().run_in_executor(self._handler_pool, sync_handler, batch)
-                if await self._sync_timed_out(call, running):
-                    return _Failure(f"handler timed out after {batcher.timeout} seconds")
-        except ItemsFailed as exc:
-            return _items_failed(exc, len(batch.items))
+            async with asyncio.timeout_at(deadline) as scope:
+                await result
         except TimeoutError:
-            return _Failure(f"handler timed out after {batcher.timeout} seconds")
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # noqa: BLE001 - a handler's failure never kills the worker
-            return _Failure("".join(traceback.format_exception(exc))[-MAX_ERROR_LENGTH:])
-        return None
+            if scope.expired():
+                return True
+            raise  # the handler's own TimeoutError, not the batcher's timeout
+        return False
 
-    async def _sync_timed_out(self, call: asyncio.Future[None], running: _Running) -> bool:
-        """Wait for a sync handler; True when it ran past the batcher's timeout.
+    async def _sync_timed_out(
+        self, call: asyncio.Future[Any], running: _Running, deadline: float | None
+    ) -> bool:
+        """Wait for a sync handler's thread; True when it ran past the batcher's timeout.
 
         Python cannot stop a thread: a sync handler past its timeout keeps its key, its lease
         (heartbeats go on) and its worker slot until it returns, so no other batch of the
         key runs meanwhile and nothing queues behind its thread; then the attempt fails.
         Async handlers are cancelled at their timeout instead.
         """
-        timeout = running.batcher.timeout
-        if timeout is None:
+        if deadline is None:
             await call
             return False
-        done, _ = await asyncio.wait({call}, timeout=timeout)
+        done, _ = await asyncio.wait({call}, timeout=deadline - self._loop_().time())
         if done:
-            call.result()
             return False
         lease = running.claimed.lease
         log.warning(
             "sync handler of batch %s of %s/%s passed its %s s timeout; it cannot be interrupted, so "
             "the key stays leased until it returns, then the attempt fails",
-            lease.batch_id, running.batcher.name, lease.key, timeout,
+            lease.batch_id, running.batcher.name, lease.key, running.batcher.timeout,
         )  # fmt: skip
-        with contextlib.suppress(BaseException):
-            await call
+        try:
+            late = await call
+        except asyncio.CancelledError:
+            if _cancelled_by_worker():
+                raise  # abandoned: the lease lapses, the batch is not failed under a live handler
+        except BaseException:  # noqa: BLE001 - the attempt already failed: it timed out
+            pass
+        else:
+            if inspect.iscoroutine(late):
+                late.close()  # too late to run it
         return True
 
     async def _settle(self, running: _Running, failure: _Failure | None) -> None:
@@ -355,9 +457,10 @@ class Worker:
         running.settling = True
         lease = claimed.lease
         now = self.clock()
+        outcome: SettleOutcome
         if failure is None:
             held = await self._ack(batcher, lease)
-            outcome = "succeeded"
+            outcome = "acked"
         else:
             retry_at = batcher.retry_at(claimed.attempt, now) if failure.retryable else None
             held = await self._call(
@@ -381,8 +484,10 @@ class Worker:
                 lease.key,
                 outcome,
             )
+            self._hook(self.hooks.batch_settled, batcher, claimed, "refused")
             return
-        if outcome == "succeeded":
+        self._hook(self.hooks.batch_settled, batcher, claimed, outcome)
+        if outcome == "acked":
             self.counters.succeeded += 1
         elif outcome == "retried":
             self.counters.retried += 1
@@ -443,6 +548,7 @@ class Worker:
                             batcher.name,
                             run.claimed.lease.key,
                         )
+                        self._hook(self.hooks.lease_lost, batcher, run.claimed)
 
     async def _janitor_loop(self) -> None:
         while True:
@@ -498,11 +604,23 @@ class Worker:
 
     async def _drain(self) -> None:
         tasks = [r.task for r in list(self._running.values()) if r.task is not None]
+        if self._abandoning:  # some may have started after the abandon, in a last claim round
+            for task in tasks:
+                task.cancel()
         if tasks:
             log.info("waiting for %d in-flight batches", len(tasks))
             await asyncio.gather(*tasks, return_exceptions=True)
 
     # ------------------------------------------------------------------ helpers
+
+    def _hook(self, hook: Callable[P, None], *args: P.args, **kwargs: P.kwargs) -> None:
+        """Call a hook; its failure is logged, never a batch's failure nor the worker's end."""
+        try:
+            hook(*args, **kwargs)
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            raise  # the worker's own cancellation, or a real Ctrl-C on the loop's thread
+        except BaseException:
+            log.exception("worker hook %s failed", getattr(hook, "__name__", hook))
 
     def _loop_(self) -> asyncio.AbstractEventLoop:
         assert self._loop is not None
@@ -511,6 +629,17 @@ class Worker:
     async def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a blocking store call on the store pool; typed, so a protocol change shows."""
         return await self._loop_().run_in_executor(self._store_pool, functools.partial(fn, *args, **kwargs))
+
+
+def _cancelled_by_worker() -> bool:
+    """True when the running task is being cancelled (a second signal abandons its batch),
+    not merely handed a CancelledError that a handler raised or let escape."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _handler_failure(exc: BaseException) -> _Failure:
+    return _Failure("".join(traceback.format_exception(exc))[-MAX_ERROR_LENGTH:])
 
 
 def _items_failed(exc: ItemsFailed, size: int) -> _Failure | None:

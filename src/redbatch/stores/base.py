@@ -93,6 +93,14 @@ class Store(Protocol):
     def next_due_ms(self, spec: QueueSpec) -> int | None:
         """The earliest deadline in the index, or None when nothing is open."""
 
+    def due_deadlines(self, spec: QueueSpec, now_ms: int, limit: int) -> list[int]:
+        """The deadline-index scores of up to ``limit`` keys due at ``now_ms``, ascending.
+
+        A read, O(log n + limit): a worker serving several batchers shares its free slots
+        among them earliest deadline first. A key listed here may still yield no batch
+        when claimed (it is buried, or has nothing left), so it is an upper bound.
+        """
+
     def heartbeat(self, spec: QueueSpec, leases: Sequence[Lease], lease_until_ms: int) -> list[bool]:
         """Extend leases that are still held; False for each one lost to another worker."""
 

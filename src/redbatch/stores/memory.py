@@ -66,6 +66,28 @@ class _Queue:
             self.heap = [(s, k) for k, s in self.due.items()]
             heapq.heapify(self.heap)
 
+    def due_scores(self, now_ms: int, limit: int) -> list[int]:
+        """Scores of up to ``limit`` due keys, ascending, read from the lazy heap in place.
+
+        The heap is walked in order from its root (a frontier of candidate positions),
+        skipping entries ``due`` no longer holds: O((limit + stale) log) without popping.
+        """
+        heap = self.heap
+        scores: list[int] = []
+        seen: set[str] = set()
+        frontier = [(heap[0], 0)] if heap else []
+        while frontier and len(scores) < limit:
+            (score, key), at = heapq.heappop(frontier)
+            if score > now_ms:
+                break
+            if self.due.get(key) == score and key not in seen:  # a key may be pushed twice
+                seen.add(key)
+                scores.append(score)
+            for child in (2 * at + 1, 2 * at + 2):
+                if child < len(heap):
+                    heapq.heappush(frontier, (heap[child], child))
+        return scores
+
     def head(self) -> tuple[int, str] | None:
         while self.heap:
             score, key = self.heap[0]
@@ -246,6 +268,10 @@ class MemoryStore:
         with self._lock:
             head = self._queue(spec).head()
             return None if head is None else head[0]
+
+    def due_deadlines(self, spec: QueueSpec, now_ms: int, limit: int) -> list[int]:
+        with self._lock:
+            return self._queue(spec).due_scores(now_ms, limit)
 
     # ------------------------------------------------------------------ lease holders
 

@@ -437,6 +437,15 @@ class RedisStore:
         heads = [int(rows[0][1]) for rows in pipe.execute() if rows]
         return min(heads) if heads else None
 
+    @_unavailable
+    def due_deadlines(self, spec: QueueSpec, now_ms: int, limit: int) -> list[int]:
+        if limit <= 0:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for part in self._partitions(spec.name):
+            pipe.zrangebyscore(part.due, "-inf", now_ms, start=0, num=limit, withscores=True)
+        return sorted(int(score) for rows in pipe.execute() for _, score in rows)[:limit]
+
     # ------------------------------------------------------------------ lease holders
 
     def _per_partition(

@@ -131,6 +131,7 @@ SELECT_DUE = (
     " WHERE queue = ? AND due_at <= ? ORDER BY due_at, key LIMIT 1"
 )
 SELECT_NEXT_DUE = "SELECT MIN(due_at) FROM keys WHERE queue = ?"
+SELECT_DUE_DEADLINES = "SELECT due_at FROM keys WHERE queue = ? AND due_at <= ? ORDER BY due_at, key LIMIT ?"
 SELECT_OLDEST = "SELECT MIN(first_at) FROM keys WHERE queue = ? AND first_at IS NOT NULL"
 _BUMP = (
     "UPDATE queues SET "
@@ -883,6 +884,13 @@ class SQLiteStore:
     def next_due_ms(self, spec: QueueSpec) -> int | None:
         with self._read() as cur:
             return self._head(cur, spec.name)
+
+    def due_deadlines(self, spec: QueueSpec, now_ms: int, limit: int) -> list[int]:
+        if limit <= 0:  # LIMIT -1 would mean no limit
+            return []
+        with self._read() as cur:  # keys_due (queue, due_at, key) serves it in order
+            rows = cur.execute(SELECT_DUE_DEADLINES, (spec.name, now_ms, limit)).fetchall()
+            return [int(row[0]) for row in rows]
 
     # ------------------------------------------------------------------ lease holders
 
