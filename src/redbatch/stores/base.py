@@ -173,19 +173,6 @@ def replaced_rules(name: str, record: Mapping[str, Any] | None) -> QueueSpec | N
         return None
 
 
-def due_at(spec: QueueSpec, first_ms: int, last_ms: int, pending: int, now_ms: int) -> int:
-    """When a key with ``pending`` items (oldest at ``first_ms``, newest at ``last_ms``) is due.
-
-    This is the batching rule; the Lua scripts state it again because they run in Redis.
-    """
-    if pending >= spec.max_items:
-        return now_ms
-    deadline = first_ms + spec.max_wait_ms
-    if spec.idle_ms:
-        deadline = min(deadline, last_ms + spec.idle_ms)
-    return deadline
-
-
 def first_of_each(items: Sequence[T], digest_of: Callable[[T], str]) -> list[T]:
     """``items`` without those whose digest an earlier one has: what dedupe keeps of a replay.
 

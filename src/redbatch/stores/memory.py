@@ -9,11 +9,11 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from redbatch.engine import due_at
 from redbatch.stores.base import (
     LEASE_EXPIRED_ERROR,
     RulesChanged,
     Waiter,
-    due_at,
     first_of_each,
     new_batch_id,
     unknown_dead_letters,

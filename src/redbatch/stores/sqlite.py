@@ -31,12 +31,12 @@ from contextlib import contextmanager, suppress
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from redbatch.engine import due_at
 from redbatch.errors import ConfigError, StoreUnavailable
 from redbatch.stores.base import (
     LEASE_EXPIRED_ERROR,
     RulesChanged,
     Waiter,
-    due_at,
     first_of_each,
     mask_url,
     new_batch_id,
