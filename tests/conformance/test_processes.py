@@ -31,12 +31,15 @@ def durable(store_kind: str, store_factory: tuple[str, dict[str, str]]) -> tuple
 
 @pytest.fixture
 def spawn(durable: tuple[str, str], tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start worker processes; each one's stderr goes to a file (a pipe nobody reads would
+    block a worker that logs a lot), shown by ``wait_for`` as soon as a worker dies."""
     url, prefix = durable
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(record: str, *extra: str) -> subprocess.Popen[bytes]:
         args = [sys.executable, "-m", "tests.proc_worker", url, prefix, str(tmp_path / record), *extra]
-        proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        with open(tmp_path / f"{record}.stderr", "wb") as stderr:
+            proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
         procs.append(proc)
         return proc
 
@@ -45,8 +48,20 @@ def spawn(durable: tuple[str, str], tmp_path: Path) -> Iterator[Callable[..., su
         if proc.poll() is None:
             proc.kill()
         proc.wait(10)
-        if proc.stderr is not None:
-            proc.stderr.close()
+
+
+def wait_for(predicate: Callable[[], bool], tmp_path: Path, *expected_alive: subprocess.Popen[bytes]) -> None:
+    """``wait_until``, failing at once with its stderr when a worker that should run died."""
+
+    def done() -> bool:
+        for proc in expected_alive:
+            if proc.poll() is not None:
+                record = Path(proc.args[5]).name  # type: ignore[index]  # args as given: a list
+                stderr = (tmp_path / f"{record}.stderr").read_text(errors="replace")
+                pytest.fail(f"worker {record} exited with {proc.returncode}:\n{stderr[-4000:]}")
+        return predicate()
+
+    wait_until(done)
 
 
 def records(tmp_path: Path) -> list[dict[str, Any]]:
@@ -70,12 +85,12 @@ def test_several_worker_processes_share_the_work_once(
     durable: tuple[str, str], spawn: Callable[..., subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
     workers = [spawn(f"w{i}.jsonl") for i in range(2)]
-    wait_until(lambda: sum(r["event"] == "ready" for r in records(tmp_path)) == 2)
+    wait_for(lambda: sum(r["event"] == "ready" for r in records(tmp_path)) == 2, tmp_path, *workers)
     b = batcher(durable)
     total = 1500
     for start in range(0, total, 100):
         b.add_many([(f"key-{n % 60}", n) for n in range(start, start + 100)])
-    wait_until(lambda: sum(delivered(tmp_path).values()) >= total)
+    wait_for(lambda: sum(delivered(tmp_path).values()) >= total, tmp_path, *workers)
     for proc in workers:
         proc.send_signal(signal.SIGTERM)
     for proc in workers:
@@ -98,16 +113,16 @@ def test_a_killed_workers_batch_is_delivered_by_another_with_the_same_id(
     durable: tuple[str, str], spawn: Callable[..., subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
     victim = spawn("victim.jsonl", "--block-key", "doomed")
-    wait_until(lambda: any(r["event"] == "ready" for r in records(tmp_path)))
+    wait_for(lambda: any(r["event"] == "ready" for r in records(tmp_path)), tmp_path, victim)
     b = batcher(durable)
     b.add_many([("doomed", n) for n in range(5)])
-    wait_until(lambda: any(r.get("key") == "doomed" for r in records(tmp_path)))
+    wait_for(lambda: any(r.get("key") == "doomed" for r in records(tmp_path)), tmp_path, victim)
     b.add("doomed", "arrived mid-batch")
     victim.kill()  # SIGKILL: no cleanup, no acknowledgement
     assert victim.wait(DEADLINE) == -signal.SIGKILL
     killed_at = time.monotonic()
-    spawn("rescuer.jsonl")
-    wait_until(lambda: sum(1 for r in records(tmp_path) if r["event"] == "end") >= 2)
+    rescuer = spawn("rescuer.jsonl")
+    wait_for(lambda: sum(1 for r in records(tmp_path) if r["event"] == "end") >= 2, tmp_path, rescuer)
     recovery = time.monotonic() - killed_at
     (started,) = [r for r in records(tmp_path) if r["pid"] == victim.pid and r["event"] == "start"]
     ends = [r for r in records(tmp_path) if r["event"] == "end"]
