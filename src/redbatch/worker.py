@@ -58,35 +58,68 @@ class _Running:
 
 @dataclass
 class WorkerCounters:
-    """What this worker process did since it started."""
+    """What this worker did since it started (``Worker.counters``); the store's counters,
+    across every worker, are ``Batcher.stats()``.
+
+    Attributes:
+        claimed: Batches this worker leased (a batch it won back while still running it
+            counts again).
+        succeeded: Batches acknowledged as done.
+        retried: Failed attempts recorded with a retry to come.
+        dead_lettered: Batches this worker moved to dead letters (used up their attempts,
+            or held corrupt data).
+        refused: Outcomes the store refused because another worker had taken the lease.
+        abandoned: Batches given up by ``stop(abandon=True)`` or a second signal, left to
+            their leases.
+    """
 
     claimed: int = 0
     succeeded: int = 0
     retried: int = 0
     dead_lettered: int = 0
-    refused: int = 0  # acknowledgements refused because the lease was lost
-    abandoned: int = 0  # given up by stop(abandon=True) or a second signal, left to their leases
+    refused: int = 0
+    abandoned: int = 0
 
 
 class Worker:
     """Runs the handlers of ``batchers`` until stopped (SIGTERM/SIGINT, or ``stop()``).
+
+    When it starts, the worker publishes each batcher's configured rules to the store (the
+    last worker to start defines them), then claims due batches, runs their handlers and
+    records each outcome: acknowledged, retried with backoff, or dead-lettered. A store
+    failure is logged and retried; it never ends the worker, nor does a handler's.
 
     On stop it claims nothing new and lets in-flight batches finish; a second signal (or
     ``stop(abandon=True)``) abandons them: ``run()`` returns at once, and their leases lapse
     so another worker reclaims them. Python cannot stop a thread, so a sync handler may
     still be running then; handler threads are daemon threads and do not hold the process
     open, but nothing heartbeats their batches any more, so end the process soon after
-    ``run()`` returns, as ``redbatch worker`` does.
+    ``run()`` returns, as ``redbatch worker`` does. A worker runs once: once stopped, make
+    a new one. Constructing a Worker does no I/O.
 
     Args:
-        store: the store every batcher uses.
-        batchers: the batchers to serve, each with a handler and a unique name. Free slots
-            go to their due batches earliest deadline first.
-        concurrency: how many batches run at once (sync handlers each take a thread).
-        clock: integer epoch milliseconds; tests inject a fake one.
-        handle_signals: install SIGTERM/SIGINT handlers (main thread only).
-        hooks: a ``WorkerHooks`` to hear of claims, handler runs, settlements and lost
-            leases, for metrics and tracing.
+        store: The store every batcher uses: the very object each batcher was given.
+        batchers: The batchers to serve, at least one, each with a handler and a name of
+            its own. Free slots go to their due batches earliest deadline first.
+        concurrency: How many batches run at once, across all batchers; each sync handler
+            call takes one of this many handler threads. An integer, at least 1; default 16.
+        clock: The time in integer epoch milliseconds; tests inject a fake one. Default:
+            the system clock.
+        handle_signals: Install SIGTERM and SIGINT handlers while running: the first signal
+            stops the worker, the second abandons in-flight batches. Only possible on the
+            main thread; elsewhere it is turned off. Default True.
+        hooks: A ``WorkerHooks`` to hear of claims, handler runs, settlements and lost
+            leases, for metrics and tracing; default none.
+
+    Attributes:
+        counters: A ``WorkerCounters`` of what this worker did.
+        started: A ``threading.Event`` set once the worker has published its rules and
+            serves; ``started.wait()`` from another thread waits for it.
+
+    Raises:
+        ConfigError: ``concurrency`` is not an integer of at least 1, ``batchers`` is empty,
+            two batchers share a name, a batcher has no handler, or a batcher uses another
+            store than ``store``.
     """
 
     def __init__(
@@ -133,14 +166,26 @@ class Worker:
     # ------------------------------------------------------------------ lifecycle
 
     def run(self) -> None:
-        """Run until stopped. Blocks; call from a process's main thread to get signals."""
+        """Run until stopped. Blocks; call from a process's main thread to get signals.
+
+        Runs ``run_async`` in a new event loop (``asyncio.run``), so it cannot be called
+        from a thread whose event loop is running: await ``run_async`` there. Returns once
+        the worker stopped and its in-flight batches finished (or were abandoned). Store
+        failures are logged and retried, not raised.
+        """
         asyncio.run(self.run_async())
 
     def stop(self, *, abandon: bool = False) -> None:
         """Ask the worker to stop: no new claims, in-flight batches finish. Thread-safe.
 
-        With ``abandon``, in-flight batches are given up instead and ``run()`` returns at
-        once (see the class docstring).
+        Returns at once, without waiting for ``run()`` to return. Called before ``run()``,
+        the worker publishes its rules and returns without claiming anything. Safe from any
+        thread, a handler or a hook included.
+
+        Args:
+            abandon: Give in-flight batches up instead of letting them finish: ``run()``
+                returns at once, and their leases lapse so another worker reclaims them (see
+                the class docstring). Default False.
         """
         self._stop_requested.set()
         loop, event = self._loop, self._stop_event
@@ -157,6 +202,17 @@ class Worker:
                 running.task.cancel()
 
     async def run_async(self) -> None:
+        """Run until stopped, on the running event loop: ``run`` for async applications.
+
+        Async handlers and hooks run on this loop, so nothing else on it may block for long
+        (a blocked loop stops heartbeats and loses leases). Store calls and sync handlers
+        run on the worker's own threads. Signal handlers are installed on this loop when
+        ``handle_signals`` is set and this is the main thread.
+
+        To stop it, call ``stop()`` and await it. Cancelling its task is no clean stop:
+        in-flight async handlers go on running on the loop, but their outcomes are not
+        recorded, so their batches run again once their leases lapse.
+        """
         self._loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
         self._changed = asyncio.Event()
