@@ -158,7 +158,61 @@ class Batcher:
     Those six settings are the batcher's *rules*, and the store holds one set per name:
     a worker publishes its own when it starts, and a producer whose settings differ adopts
     the store's at its next ``add`` (with a warning). ``configured`` is what this process
-    asked for, ``spec`` the rules in effect. Constructing a Batcher does no I/O.
+    asked for, ``spec`` the rules in effect. The other settings (``backoff``,
+    ``max_backoff``, ``timeout``, ``dead_letter_ttl``, ``max_item_bytes``) are each
+    process's own. Constructing a Batcher does no I/O.
+
+    Durations are seconds (an int or a float), kept to the millisecond, at most 100 years.
+
+    Args:
+        store: The store that holds the batcher's items, from ``connect``. A worker serving
+            this batcher must be given the same store object.
+        name: The batcher's name in the store: 1 to 64 letters, digits, ``_``, ``.`` or
+            ``-``, starting with a letter or digit. Every process using the name shares its
+            items and its rules.
+        max_items: A rule. A key holding this many items is handed over at once, and a
+            batch holds at most this many. An integer, at least 1; default 100.
+        max_wait: A rule. The longest an item waits, in seconds, counted from its own
+            arrival: a key is handed over when its oldest item has waited this long.
+            0 hands every item over at once. Default 60.
+        idle: A rule. Debounce, in seconds: a key is also handed over once nothing was added
+            to it for this long. None (the default) or 0 turns it off.
+        dedupe: A rule. Collapse equal items (equal JSON, key order ignored) while they wait
+            under a key: an item equal to one already waiting there is not stored again.
+            Replayed dead letters are included (the one in front stays). Default off.
+        max_attempts: A rule. How many attempts a batch gets (handler errors, timeouts and
+            lost workers all count) before it goes to dead letters. 1 means no retry.
+            An integer, at least 1; default 5.
+        backoff: Seconds before the first retry. The delay after attempt ``n`` fails is
+            ``min(max_backoff, backoff * 2 ** (n - 1))``, half of it fixed and half random
+            (see ``retry_at``). At least 0; default 1.
+        max_backoff: The longest delay before a retry, in seconds. At least 0; default 300.
+        lease: A rule. How long a worker owns a batch without a heartbeat, in seconds; the
+            time to recover a crashed worker's batch. Workers heartbeat every ``lease / 3``.
+            At least 0.1; default 30.
+        timeout: Seconds a handler may run before its attempt fails; None (the default) for
+            no limit. An async handler is cancelled at its timeout. A sync one cannot be
+            stopped: its key stays leased and its worker slot taken until it returns, then
+            the attempt fails. Greater than 0.
+        dead_letter_ttl: Seconds a dead letter is kept before workers purge it (they look
+            once a minute); None keeps dead letters until ``purge_dead``. Greater than 0;
+            default 7 days.
+        max_item_bytes: The largest item, in bytes of its JSON encoding; a larger one is
+            refused with ``InvalidItem``. An integer, at least 1; default 1 MiB.
+        clock: The time, in integer milliseconds since the Unix epoch; tests inject a fake
+            one. Default: the system clock.
+
+    Attributes:
+        store: The store given.
+        name: The batcher's name.
+        configured: The rules this process asked for (a ``QueueSpec``; durations in
+            milliseconds).
+        spec: The rules in effect: the store's, once this process has seen them.
+        timeout: The handler timeout in seconds (rounded to the millisecond), or None.
+
+    Raises:
+        ConfigError: A setting is out of range or of the wrong type (``True`` is not a
+            number here), or the name is not a valid batcher name.
     """
 
     def __init__(
@@ -213,8 +267,23 @@ class Batcher:
     def open(cls, store: Store, name: str, *, clock: Clock = system_clock) -> Batcher:
         """The batcher ``name`` with the rules ``store`` holds for it, for tools and operators.
 
-        Raises NotFound when the store holds none: nothing was ever added to it and no worker
-        ever ran it. Settings that are not rules (``backoff``, ``timeout``, ...) are defaults.
+        Settings that are not rules (``backoff``, ``timeout``, ...) are the defaults. This
+        reads the store once.
+
+        Args:
+            store: The store to look in.
+            name: The batcher's name.
+            clock: The time in integer epoch milliseconds; default the system clock.
+
+        Returns:
+            A Batcher whose ``configured`` and ``spec`` are the stored rules.
+
+        Raises:
+            NotFound: The store holds no rules for ``name``: nothing was ever added to it and
+                no worker ever ran it.
+            ConfigError: ``name`` is not a valid batcher name, or the store's record of the
+                rules is unreadable (edited by hand; a worker's start publishes them again).
+            StoreUnavailable: The store could not be reached in time.
         """
         rules = store.stored_rules(check_name(name))
         if rules is None:
@@ -237,7 +306,28 @@ class Batcher:
     # ------------------------------------------------------------------ handler
 
     def handler(self, fn: Handler) -> Handler:
-        """Register the function (sync or async) that receives this batcher's batches."""
+        """Register the function (sync or async) that receives this batcher's batches.
+
+        Use it as a decorator (``@batcher.handler``); registering again replaces the handler.
+        The handler is called with one ``Batch``; what it returns is ignored. Returning
+        means every item is done; raising fails the attempt (retried, then dead-lettered),
+        and raising ``ItemsFailed`` fails only the items it names.
+
+        An ``async def`` function, an object whose ``__call__`` is ``async def``, or a
+        ``functools.partial`` of either runs on the worker's event loop, so it must not
+        block. Anything else runs on one of the worker's handler threads; if it returns an
+        awaitable (a lambda or a decorator around an async function), the worker awaits that
+        on the loop, within the batcher's ``timeout``.
+
+        Args:
+            fn: The handler.
+
+        Returns:
+            ``fn`` itself, so the decorated name still names the function.
+
+        Raises:
+            ConfigError: ``fn`` is not callable.
+        """
         if not callable(fn):
             raise ConfigError("a handler must be callable")
         self._handler = fn
@@ -246,6 +336,7 @@ class Batcher:
 
     @property
     def handler_fn(self) -> Handler | None:
+        """The registered handler, or None before ``handler`` is called."""
         return self._handler
 
     @property
@@ -264,7 +355,12 @@ class Batcher:
         """Apply ``rules``, the store's, from now on; warn when they are not this process's.
 
         Producers adopt them by themselves when the store refuses an append; workers call
-        this when they find that another worker published other rules.
+        this when they find that another worker published other rules. Applications need not
+        call it. It writes nothing to the store: ``configured`` is unchanged, ``spec`` becomes
+        ``rules``, and a warning is logged when they differ from ``configured``.
+
+        Args:
+            rules: The rules the store holds for this batcher's name.
         """
         with self._rules_lock:
             if rules.version == self.spec.version:
@@ -311,21 +407,72 @@ class Batcher:
         return Entry(key, payload, item_digest(item) if self.spec.dedupe else "")
 
     def add(self, key: str, item: Any) -> None:
-        """Add one item under ``key``; it is durable (as the store allows) when this returns."""
+        """Add one item under ``key``; it is durable (as the store allows) when this returns.
+
+        One store call, made under the rules in effect. When the store holds other rules (a
+        worker published new ones), nothing is stored: the batcher adopts the store's rules,
+        logs a warning, and adds again under them.
+
+        Args:
+            key: What the item is grouped by (a chat, an agent, a profile): a non-empty
+                ``str`` of at most 512 characters that UTF-8 can encode (no lone surrogates).
+            item: A JSON value: a dict with str keys, a list or tuple, a str, an int within
+                64 bits, a finite float, a bool or None, at most ``max_item_bytes`` encoded.
+                The handler receives it decoded from JSON, so a tuple comes back as a list.
+                (orjson also takes a ``uuid.UUID``, sent as its string, and an enum member,
+                sent as its value.)
+
+        Raises:
+            InvalidKey: ``key`` is not a valid key. Nothing was stored.
+            InvalidItem: ``item`` is not a JSON value (a set, bytes, a dataclass, a datetime,
+                a subclass of str or int, NaN or an infinity, ...) or is too large. Nothing
+                was stored.
+            StoreUnavailable: The store could not be reached in time, or refused the write
+                (a read-only replica during a failover, out of memory). Nothing was stored,
+                unless the store timed out after receiving the command (a Redis command that
+                timed out may have run): then adding again may store the item twice.
+            RedbatchError: Any other error the store reported (a Redis error); or the store's
+                rules changed under three tries in a row (``RulesChanged``). Nothing was
+                stored.
+        """
         self._append([self._entry(key, item)], self.clock())
 
     def add_many(self, items: Iterable[tuple[str, Any]]) -> int:
-        """Add many (key, item) pairs in one round trip, all or none; return how many."""
+        """Add many (key, item) pairs in one round trip, all or none; return how many.
+
+        Every pair is checked before anything is sent, so one bad pair stores nothing. An
+        empty iterable makes no store call.
+
+        Args:
+            items: (key, item) pairs, each as ``add`` takes them; consumed once.
+
+        Returns:
+            How many items were added.
+
+        Raises:
+            InvalidKey: A key is not a valid key. Nothing was stored.
+            InvalidItem: An item is not a JSON value or is too large. Nothing was stored.
+            StoreUnavailable: As for ``add``: nothing was stored, unless the store timed out
+                after receiving the command (then all may have been).
+            RedbatchError: As for ``add``. Nothing was stored.
+        """
         entries = [self._entry(key, item) for key, item in items]
         if entries:
             self._append(entries, self.clock())
         return len(entries)
 
     async def add_async(self, key: str, item: Any) -> None:
+        """``add`` for async code: the item is checked here, the store call runs on a thread.
+
+        The arrival time is read when this is called. It raises what ``add`` raises, with
+        the same meaning; ``InvalidKey`` and ``InvalidItem`` before anything is sent.
+        """
         entry = self._entry(key, item)
         await asyncio.to_thread(self._append, [entry], self.clock())
 
     async def add_many_async(self, items: Iterable[tuple[str, Any]]) -> int:
+        """``add_many`` for async code: the pairs are checked here, the store call runs on a
+        thread. Returns and raises what ``add_many`` does."""
         entries = [self._entry(key, item) for key, item in items]
         if entries:
             await asyncio.to_thread(self._append, entries, self.clock())
@@ -337,7 +484,18 @@ class Batcher:
         """When to retry after ``attempt`` failed, or None when attempts are used up.
 
         Exponential backoff capped at ``max_backoff``, with "equal jitter": half the delay
-        is fixed, half random, so retries spread out but never come sooner than half.
+        is fixed, half random, so retries spread out but never come sooner than half. The
+        worker calls this when a handler fails; it reads and writes nothing.
+
+        Args:
+            attempt: The attempt that failed, counting from 1.
+            now_ms: The time of the failure, in integer epoch milliseconds.
+            rng: Where the jitter comes from; default the ``random`` module.
+
+        Returns:
+            The retry time in integer epoch milliseconds, ``now_ms`` plus between half and
+            all of ``min(max_backoff, backoff * 2 ** (attempt - 1))``; None when ``attempt``
+            is the last of the ``max_attempts`` in effect (the batch goes to dead letters).
         """
         if attempt >= self.spec.max_attempts:
             return None
@@ -348,6 +506,14 @@ class Batcher:
     # ------------------------------------------------------------------ operators
 
     def stats(self) -> BatcherStats:
+        """The batcher's counters as the store keeps them, across every worker and producer.
+
+        One read; ages are measured with this batcher's clock. A name the store never saw
+        has all counters at zero.
+
+        Raises:
+            StoreUnavailable: The store could not be reached in time.
+        """
         counters = self.store.counters(self.spec)
         now = self.clock()
         age = None if counters.oldest_arrival is None else max(0, now - counters.oldest_arrival) / 1000
@@ -367,19 +533,79 @@ class Batcher:
         )
 
     def peek(self, key: str, limit: int = 100) -> list[PendingItem]:
-        """The oldest ``limit`` items waiting under ``key`` (not those in a running batch)."""
+        """The oldest ``limit`` items waiting under ``key`` (not those in a running batch).
+
+        Items of the key's current batch, running or waiting to retry, are not listed. A read:
+        nothing changes.
+
+        Args:
+            key: The key, as ``add`` takes it.
+            limit: The most items to list, an integer of at least 1; default 100.
+
+        Returns:
+            The items in arrival order. One whose stored bytes do not decode is listed with a
+            ``CorruptItem`` as its value, rather than failing the listing.
+
+        Raises:
+            InvalidKey: ``key`` is not a valid key.
+            ConfigError: ``limit`` is not an integer of at least 1.
+            StoreUnavailable: The store could not be reached in time.
+        """
         rows = self.store.peek(self.spec, check_key(key), _positive_int("limit", limit))
         return [PendingItem(decode_item(p), None if a is None else a / 1000) for a, p in rows]
 
     def clear(self, key: str) -> int:
-        """Drop a key's waiting items (and a batch waiting to retry); a running batch finishes."""
+        """Drop a key's waiting items (and a batch waiting to retry); a running batch finishes.
+
+        One atomic step. The dropped items are gone: they are not dead-lettered.
+
+        Args:
+            key: The key, as ``add`` takes it.
+
+        Returns:
+            How many items were dropped, those of a batch waiting to retry included; 0 for a
+            key that holds nothing.
+
+        Raises:
+            InvalidKey: ``key`` is not a valid key. Nothing was changed.
+            StoreUnavailable: The store could not be reached in time, or refused the write.
+        """
         return self.store.clear(self.spec, check_key(key))
 
     def flush(self, key: str | None = None) -> int:
-        """Make ``key`` (or every idle key with items) due now; return how many keys."""
+        """Make ``key`` (or every idle key with items) due now; return how many keys.
+
+        A key is idle when it has no current batch (running or waiting to retry); a key that
+        is not idle, or holds no waiting items, is left alone. Workers are woken. One atomic
+        step.
+
+        Args:
+            key: The key to flush, as ``add`` takes it; None (the default) for every key.
+
+        Returns:
+            How many keys are due now (those that were due already included).
+
+        Raises:
+            InvalidKey: ``key`` is not a valid key. Nothing was changed.
+            StoreUnavailable: The store could not be reached in time, or refused the write.
+        """
         return self.store.flush(self.spec, None if key is None else check_key(key), self.clock())
 
     def dead_letters(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
+        """The batcher's dead letters, oldest first (by the time they died). A read.
+
+        Args:
+            limit: The most letters to list, an integer of at least 1; default 100.
+            offset: How many of the oldest to skip, for paging; a negative one counts as 0.
+
+        Returns:
+            The letters. An item whose stored bytes do not decode is a ``CorruptItem`` in
+            its letter's ``items``, rather than failing the listing.
+
+        Raises:
+            ConfigError: ``limit`` is not an integer of at least 1.
+            StoreUnavailable: The store could not be reached in time.
+        """
         records = self.store.dead_letters(self.spec, _positive_int("limit", limit), max(0, offset))
         return [
             DeadLetter(
@@ -398,11 +624,23 @@ class Batcher:
         """Put dead letters (these ids, or all) back at the front of their keys, due now.
 
         A key's letters go back in the order they died, their items in arrival order; with
-        ``dedupe``, a replayed item collapses with an equal one waiting behind it. Returns
-        how many items the letters held. Raises ``NotFound`` (naming them) when any of
-        ``ids`` is unknown, and then replays none. The store's rules are read first, so
-        replayed items are deduplicated when the store's rules say so, whatever this process
-        configured.
+        ``dedupe``, a replayed item collapses with an equal one waiting behind it. The
+        store's rules are read first, so replayed items are deduplicated when the store's
+        rules say so, whatever this process configured. A replayed batch is a new batch: its
+        attempts start again from 1.
+
+        Args:
+            ids: The ids (``DeadLetter.id``) of the letters to replay, as a list or tuple (a
+                lone str would be read as one id per character); None (the default) for all.
+
+        Returns:
+            How many items the replayed letters held (equal ones that collapsed included).
+
+        Raises:
+            NotFound: One of ``ids`` is unknown (the error names them). Nothing was replayed.
+            StoreUnavailable: The store could not be reached in time, or refused the write.
+                With ``ids``, nothing was replayed; replaying all on Redis goes a chunk of
+                letters at a time, so those before the failure were replayed.
         """
         stored = self.store.stored_rules(self.name)
         if stored is not None:
@@ -412,8 +650,22 @@ class Batcher:
     def purge_dead(self, ids: Sequence[str] | None = None, older_than: float | None = None) -> int:
         """Delete dead letters by id, or those older than ``older_than`` seconds, or all.
 
-        Returns how many were deleted. Raises ``NotFound`` (naming them) when any of ``ids``
-        is unknown, and then deletes none.
+        Args:
+            ids: The ids of the letters to delete, as a list or tuple. When given,
+                ``older_than`` is ignored.
+            older_than: Delete the letters that died more than this many seconds ago, by this
+                batcher's clock; at least 0. None with no ``ids`` deletes every letter.
+
+        Returns:
+            How many letters were deleted.
+
+        Raises:
+            NotFound: One of ``ids`` is unknown (the error names them). Nothing was deleted.
+            ConfigError: ``older_than`` is not a number of seconds from 0 to 100 years.
+                Nothing was deleted.
+            StoreUnavailable: The store could not be reached in time, or refused the write.
+                With ``ids``, nothing was deleted; deleting by age or all on Redis goes a
+                chunk of letters at a time, so those before the failure were deleted.
         """
         before = None if older_than is None else self.clock() - _seconds_to_ms("older_than", older_than)
         return self.store.purge_dead(self.spec, None if ids is None else list(ids), before)

@@ -1,14 +1,15 @@
 """The one exception hierarchy: every error redbatch raises on purpose is a ``RedbatchError``.
 
 Each is raised at the boundary, before anything is stored, so catching one means nothing
-partial was written::
+partial was written; the exception is a ``StoreUnavailable`` that comes after a write was
+sent (see its docstring)::
 
     RedbatchError
     ├── InvalidItem        (also a ValueError)   an item is not JSON, NaN/inf, or too large
     ├── InvalidKey         (also a ValueError)   a key is empty, too long, not a str, or not
     │                                            valid Unicode (a lone surrogate)
     ├── ConfigError        (also a ValueError)   a bad setting, store URL or URL option
-    ├── NotFound           (also a LookupError)  an unknown batcher, dead letter or job id
+    ├── NotFound           (also a LookupError)  an unknown batcher or dead-letter id
     ├── StoreUnavailable   (also a ConnectionError)  the store cannot be reached in the
     │                                            configured time, or refuses writes
     └── ItemsFailed        raised *by a handler*: only the named items failed
@@ -31,20 +32,31 @@ class InvalidItem(RedbatchError, ValueError):
 
 
 class InvalidKey(RedbatchError, ValueError):
-    """A key is not a non-empty string within the length limit; nothing was stored."""
+    """A key is not a non-empty string within the length limit that UTF-8 can encode;
+    nothing was stored."""
 
 
 class ConfigError(RedbatchError, ValueError):
-    """A setting is invalid (``max_items < 1``, a negative wait, a bad URL, ...)."""
+    """A setting is invalid (``max_items < 1``, a negative wait, a bad URL, ...); nothing was
+    stored."""
 
 
 class NotFound(RedbatchError, LookupError):
-    """An unknown batcher, key, job or dead letter was named."""
+    """An unknown batcher or dead letter was named; nothing was changed.
+
+    An unknown key is no error: it holds nothing (``peek`` lists nothing, ``clear`` drops 0).
+    """
 
 
 class StoreUnavailable(RedbatchError, ConnectionError):
     """The store could not be reached within the configured time, or refused to write
-    (a read-only replica during a failover, out of memory, still loading)."""
+    (a read-only replica during a failover, out of memory, still loading).
+
+    When the store refused, or could not be reached, nothing was written. When it timed out
+    after the command was sent (a Redis command past ``socket_timeout``), the command may
+    have run: an ``add`` may have stored its items. Replaying or purging every dead letter
+    on Redis goes a chunk at a time, so those before the failure are done.
+    """
 
 
 class ItemsFailed(RedbatchError):
@@ -52,6 +64,19 @@ class ItemsFailed(RedbatchError):
 
     The batch keeps its id and shrinks to the failed items, which are retried with backoff
     and, after ``max_attempts``, dead-lettered alone: a poison item does not sink its batch.
+
+    Naming every item fails the whole attempt, as any other exception would; naming none
+    counts as success. An index that is not an int within the batch fails the whole
+    attempt, with an error saying so.
+
+    Args:
+        indexes: Positions in ``Batch.items`` as the batch was handed over (whatever the
+            handler did to the list since); repeats count once.
+        reason: Why they failed; recorded as the attempt's error (``"ItemsFailed: ..."``).
+
+    Attributes:
+        indexes: The indexes given, as a tuple.
+        reason: The reason given.
     """
 
     def __init__(self, indexes: Iterable[int], reason: str = "some items failed") -> None:

@@ -156,6 +156,18 @@ class Batch:
     ``items`` is the handler's own list: changing it changes nothing stored, and the indexes
     of an ``ItemsFailed`` always refer to the items as they were handed over.
     Times are Unix seconds.
+
+    Attributes:
+        id: The batch's id, the same on every attempt (and as ``DeadLetter.id`` if it dies).
+        key: The key every item was added under.
+        items: The items, decoded from JSON, in arrival order; at most ``max_items``. After
+            an ``ItemsFailed``, later attempts hold only the items it named.
+        attempt: This attempt's number: 1 on the first call, one more on each retry or
+            reclaim after a lost worker.
+        created_at: When the batch was formed (its first claim), by the claiming worker's
+            clock; the same on every attempt.
+        arrived_at: When each item was added, by its producer's clock, in the order of
+            ``items``.
     """
 
     id: str
@@ -171,7 +183,9 @@ class CorruptItem:
     """Stands in for an item whose stored bytes do not decode (in ``DeadLetter.items`` and
     ``PendingItem.value``), so that one bad item hides nothing else.
 
-    ``raw`` is what the store holds; ``reason`` says why it could not be read.
+    Attributes:
+        raw: The bytes the store holds for the item.
+        reason: Why they could not be read (``"not JSON: ..."``).
     """
 
     raw: bytes
@@ -180,8 +194,13 @@ class CorruptItem:
 
 @dataclass(frozen=True, slots=True)
 class PendingItem:
-    """An item waiting under a key, as ``Batcher.peek`` shows it (a ``CorruptItem`` when its
-    bytes do not decode; ``arrived_at`` None when the store cannot read it either)."""
+    """An item waiting under a key, as ``Batcher.peek`` shows it.
+
+    Attributes:
+        value: The item, decoded from JSON; a ``CorruptItem`` when its bytes do not decode.
+        arrived_at: When it was added (Unix seconds, by its producer's clock); None when the
+            store cannot read it either (an entry written into Redis by hand).
+    """
 
     value: Any
     arrived_at: float | None
@@ -190,7 +209,21 @@ class PendingItem:
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     """A batch that used up its attempts (or was found corrupt), with the error of its last
-    one. An item whose bytes do not decode is a ``CorruptItem`` in ``items``."""
+    one. ``Batcher.dead_letters`` lists them; ``replay`` and ``purge_dead`` take their ids.
+    Times are Unix seconds.
+
+    Attributes:
+        id: The batch's id, as ``Batch.id`` was on every attempt.
+        key: The key its items were added under.
+        items: Its items, decoded, in arrival order (after an ``ItemsFailed``, only the
+            failed ones); an item whose bytes do not decode is a ``CorruptItem``.
+        attempts: How many attempts were made.
+        error: The last attempt's error: the end of the handler's traceback, or what the
+            worker saw (``"handler timed out after 5.0 seconds"``, ``"lease expired: ..."``
+            for a lost worker, ``"corrupt data: ..."``, ``"ItemsFailed: ..."``).
+        created_at: When the batch was formed (its first claim).
+        died_at: When it went to dead letters; ``dead_letter_ttl`` counts from here.
+    """
 
     id: str
     key: str
@@ -203,7 +236,29 @@ class DeadLetter:
 
 @dataclass(frozen=True, slots=True)
 class BatcherStats:
-    """What is happening in one batcher, across every worker and producer."""
+    """What is happening in one batcher, across every worker and producer.
+
+    ``Batcher.stats`` reads it from the store in one call. The counts of batches and items
+    flushed are kept by the store since the batcher was first used (for ``memory://``,
+    since the process started). Times are Unix seconds, durations seconds.
+
+    Attributes:
+        name: The batcher's name.
+        open_keys: Keys with items waiting or a current batch (running or waiting to retry).
+        buffered_items: Items waiting under their keys, not yet in a batch.
+        oldest_item_age: How long the oldest waiting item has waited; None when none waits.
+        in_flight: Batches leased to a worker now, those of a crashed worker included until
+            their leases lapse and they are reclaimed.
+        retrying: Batches waiting for their retry time.
+        dead: Dead letters held.
+        flushed_batches: Batches acknowledged as done.
+        flushed_items: Items done: those of acknowledged batches, and those an
+            ``ItemsFailed`` did not name.
+        last_flush_at: When a batch was last acknowledged (by that worker's clock); None
+            when none was.
+        seconds_since_last_flush: Time since ``last_flush_at``, by the reading process's
+            clock; None when no batch was acknowledged.
+    """
 
     name: str
     open_keys: int

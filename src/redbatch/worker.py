@@ -1,12 +1,13 @@
-"""The worker: claim due batches, run their handlers with bounded concurrency, keep their
-leases by heartbeat, and acknowledge, retry or dead-letter each one.
+"""The worker: claim due batches, run them with bounded concurrency, keep their leases by
+heartbeat, and acknowledge, retry or dead-letter each one.
 
 One asyncio loop does the scheduling. Store calls are blocking and run on a small thread
 pool; sync handlers run on ``concurrency`` daemon threads, async handlers on the loop.
 The loop sleeps until the earliest deadline in the store, a producer's wake-up, a finished
 handler or a stop request, never on a fixed poll interval (a two second cap only guards
 against a lost wake-up message). Free slots go to due batches earliest deadline first,
-across every batcher the worker serves.
+across every batcher the worker serves. Calling a handler and judging how the call ended
+(timeouts, ``ItemsFailed``, corrupt data) is ``redbatch.handlers``' job.
 """
 
 from __future__ import annotations
@@ -15,26 +16,22 @@ import asyncio
 import contextlib
 import functools
 import heapq
-import inspect
 import logging
 import signal
 import threading
-import time
-import traceback
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
-import orjson
-
 from redbatch.batcher import Batcher
 from redbatch.daemon_pool import DaemonThreadPool
-from redbatch.errors import ConfigError, ItemsFailed, StoreUnavailable
-from redbatch.hooks import HandlerOutcome, SettleOutcome, WorkerHooks
+from redbatch.errors import ConfigError, StoreUnavailable
+from redbatch.handlers import Failure, decode_batch, run_handler
+from redbatch.hooks import SettleOutcome, WorkerHooks
 from redbatch.stores.base import Store, Waiter
-from redbatch.types import Batch, ClaimedBatch, Clock, Lease, system_clock
+from redbatch.types import ClaimedBatch, Clock, Lease, system_clock
 
 log = logging.getLogger("redbatch.worker")
 
@@ -44,11 +41,10 @@ MAX_SLEEP = 2.0
 JANITOR_INTERVAL = 60.0
 RULES_REFRESH = 10.0
 """Seconds between looks at the rules the store holds, to adopt those another worker published."""
-MAX_ERROR_LENGTH = 4000
 ACK_GROUP = 512
-STORE_ERROR_PAUSE = (
-    0.5  # seconds before trying a failing store again  # most batches acknowledged in one store call
-)
+"""The most batches acknowledged in one store call."""
+STORE_ERROR_PAUSE = 0.5
+"""Seconds before trying a failing store again."""
 
 
 @dataclass(eq=False)
@@ -60,44 +56,70 @@ class _Running:
     settling: bool = False  # its outcome is being written: a refused heartbeat is no loss
 
 
-@dataclass(frozen=True)
-class _Failure:
-    error: str
-    retryable: bool = True
-    keep: tuple[int, ...] | None = None  # only these items failed
-
-
 @dataclass
 class WorkerCounters:
-    """What this worker process did since it started."""
+    """What this worker did since it started (``Worker.counters``); the store's counters,
+    across every worker, are ``Batcher.stats()``.
+
+    Attributes:
+        claimed: Batches this worker leased (a batch it won back while still running it
+            counts again).
+        succeeded: Batches acknowledged as done.
+        retried: Failed attempts recorded with a retry to come.
+        dead_lettered: Batches this worker moved to dead letters (used up their attempts,
+            or held corrupt data).
+        refused: Outcomes the store refused because another worker had taken the lease.
+        abandoned: Batches given up by ``stop(abandon=True)`` or a second signal, left to
+            their leases.
+    """
 
     claimed: int = 0
     succeeded: int = 0
     retried: int = 0
     dead_lettered: int = 0
-    refused: int = 0  # acknowledgements refused because the lease was lost
-    abandoned: int = 0  # given up by stop(abandon=True) or a second signal, left to their leases
+    refused: int = 0
+    abandoned: int = 0
 
 
 class Worker:
     """Runs the handlers of ``batchers`` until stopped (SIGTERM/SIGINT, or ``stop()``).
+
+    When it starts, the worker publishes each batcher's configured rules to the store (the
+    last worker to start defines them), then claims due batches, runs their handlers and
+    records each outcome: acknowledged, retried with backoff, or dead-lettered. A store
+    failure is logged and retried; it never ends the worker, nor does a handler's.
 
     On stop it claims nothing new and lets in-flight batches finish; a second signal (or
     ``stop(abandon=True)``) abandons them: ``run()`` returns at once, and their leases lapse
     so another worker reclaims them. Python cannot stop a thread, so a sync handler may
     still be running then; handler threads are daemon threads and do not hold the process
     open, but nothing heartbeats their batches any more, so end the process soon after
-    ``run()`` returns, as ``redbatch worker`` does.
+    ``run()`` returns, as ``redbatch worker`` does. A worker runs once: once stopped, make
+    a new one. Constructing a Worker does no I/O.
 
     Args:
-        store: the store every batcher uses.
-        batchers: the batchers to serve, each with a handler and a unique name. Free slots
-            go to their due batches earliest deadline first.
-        concurrency: how many batches run at once (sync handlers each take a thread).
-        clock: integer epoch milliseconds; tests inject a fake one.
-        handle_signals: install SIGTERM/SIGINT handlers (main thread only).
-        hooks: a ``WorkerHooks`` to hear of claims, handler runs, settlements and lost
-            leases, for metrics and tracing.
+        store: The store every batcher uses: the very object each batcher was given.
+        batchers: The batchers to serve, at least one, each with a handler and a name of
+            its own. Free slots go to their due batches earliest deadline first.
+        concurrency: How many batches run at once, across all batchers; each sync handler
+            call takes one of this many handler threads. An integer, at least 1; default 16.
+        clock: The time in integer epoch milliseconds; tests inject a fake one. Default:
+            the system clock.
+        handle_signals: Install SIGTERM and SIGINT handlers while running: the first signal
+            stops the worker, the second abandons in-flight batches. Only possible on the
+            main thread; elsewhere it is turned off. Default True.
+        hooks: A ``WorkerHooks`` to hear of claims, handler runs, settlements and lost
+            leases, for metrics and tracing; default none.
+
+    Attributes:
+        counters: A ``WorkerCounters`` of what this worker did.
+        started: A ``threading.Event`` set once the worker has published its rules and
+            serves; ``started.wait()`` from another thread waits for it.
+
+    Raises:
+        ConfigError: ``concurrency`` is not an integer of at least 1, ``batchers`` is empty,
+            two batchers share a name, a batcher has no handler, or a batcher uses another
+            store than ``store``.
     """
 
     def __init__(
@@ -144,14 +166,26 @@ class Worker:
     # ------------------------------------------------------------------ lifecycle
 
     def run(self) -> None:
-        """Run until stopped. Blocks; call from a process's main thread to get signals."""
+        """Run until stopped. Blocks; call from a process's main thread to get signals.
+
+        Runs ``run_async`` in a new event loop (``asyncio.run``), so it cannot be called
+        from a thread whose event loop is running: await ``run_async`` there. Returns once
+        the worker stopped and its in-flight batches finished (or were abandoned). Store
+        failures are logged and retried, not raised.
+        """
         asyncio.run(self.run_async())
 
     def stop(self, *, abandon: bool = False) -> None:
         """Ask the worker to stop: no new claims, in-flight batches finish. Thread-safe.
 
-        With ``abandon``, in-flight batches are given up instead and ``run()`` returns at
-        once (see the class docstring).
+        Returns at once, without waiting for ``run()`` to return. Called before ``run()``,
+        the worker publishes its rules and returns without claiming anything. Safe from any
+        thread, a handler or a hook included.
+
+        Args:
+            abandon: Give in-flight batches up instead of letting them finish: ``run()``
+                returns at once, and their leases lapse so another worker reclaims them (see
+                the class docstring). Default False.
         """
         self._stop_requested.set()
         loop, event = self._loop, self._stop_event
@@ -168,6 +202,17 @@ class Worker:
                 running.task.cancel()
 
     async def run_async(self) -> None:
+        """Run until stopped, on the running event loop: ``run`` for async applications.
+
+        Async handlers and hooks run on this loop, so nothing else on it may block for long
+        (a blocked loop stops heartbeats and loses leases). Store calls and sync handlers
+        run on the worker's own threads. Signal handlers are installed on this loop when
+        ``handle_signals`` is set and this is the main thread.
+
+        To stop it, call ``stop()`` and await it. Cancelling its task is no clean stop:
+        in-flight async handlers go on running on the loop, but their outcomes are not
+        recorded, so their batches run again once their leases lapse.
+        """
         self._loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
         self._changed = asyncio.Event()
@@ -355,104 +400,18 @@ class Worker:
             assert self._changed is not None
             self._changed.set()
 
-    async def _invoke(self, running: _Running) -> _Failure | None:
+    async def _invoke(self, running: _Running) -> Failure | None:
         """Run the handler; return None on success, else the failure to record."""
         batcher, claimed = running.batcher, running.claimed
         try:
             batch = decode_batch(claimed)
         except ValueError as exc:  # retrying cannot repair it: straight to dead letters
-            return _Failure(f"corrupt data: {exc}", retryable=False)
-        started = time.monotonic()
-        error: BaseException | None = None
-        outcome: HandlerOutcome = "succeeded"
-        try:
-            if await self._call_handler(running, batch):
-                outcome = "timed_out"
-        except asyncio.CancelledError as exc:
-            if _cancelled_by_worker():
-                raise
-            error = exc  # raised by the handler, not a cancellation of it
-        except BaseException as exc:  # noqa: BLE001 - a handler's failure never kills the worker
-            error = exc
-        if error is not None:
-            outcome = "failed"
-        self._hook(self.hooks.handler_finished, batcher, claimed, time.monotonic() - started, outcome, error)
-        if outcome == "timed_out":
-            return _Failure(f"handler timed out after {batcher.timeout} seconds")
-        if isinstance(error, ItemsFailed):
-            # Indexes name items of the batch as it was handed over: the handler's list is its
-            # own to change, the claimed payloads are what the store will shrink.
-            return _items_failed(error, len(claimed.payloads))
-        return None if error is None else _handler_failure(error)
+            return Failure(f"corrupt data: {exc}", retryable=False)
+        run = await run_handler(batcher, claimed, batch, self._handler_pool)
+        self._hook(self.hooks.handler_finished, batcher, claimed, run.duration, run.outcome, run.error)
+        return run.failure(batcher, len(claimed.payloads))
 
-    async def _call_handler(self, running: _Running, batch: Batch) -> bool:
-        """Run the handler to its end; True when it ran past the batcher's timeout.
-
-        An async handler runs in this task. A sync one runs on a handler thread, and when
-        what it returns is awaitable (a lambda or a decorator's wrapper around an async
-        function) that is awaited here, on the loop, within what is left of the timeout.
-        """
-        batcher = running.batcher
-        handler = batcher.handler_fn
-        assert handler is not None
-        loop = self._loop_()
-        deadline = None if batcher.timeout is None else loop.time() + batcher.timeout
-        if batcher.handler_is_async:
-            result = handler(batch)
-        else:
-            call = loop.run_in_executor(self._handler_pool, handler, batch)
-            if await self._sync_timed_out(call, running, deadline):
-                return True
-            result = call.result()
-        if not inspect.isawaitable(result):
-            return False
-        # asyncio.timeout awaits in this task; asyncio.wait_for would wrap the handler in a
-        # task of its own, whose SystemExit or KeyboardInterrupt asyncio re-raises out of the
-        # event loop, ending the worker.
-        try:
-            async with asyncio.timeout_at(deadline) as scope:
-                await result
-        except TimeoutError:
-            if scope.expired():
-                return True
-            raise  # the handler's own TimeoutError, not the batcher's timeout
-        return False
-
-    async def _sync_timed_out(
-        self, call: asyncio.Future[Any], running: _Running, deadline: float | None
-    ) -> bool:
-        """Wait for a sync handler's thread; True when it ran past the batcher's timeout.
-
-        Python cannot stop a thread: a sync handler past its timeout keeps its key, its lease
-        (heartbeats go on) and its worker slot until it returns, so no other batch of the
-        key runs meanwhile and nothing queues behind its thread; then the attempt fails.
-        Async handlers are cancelled at their timeout instead.
-        """
-        if deadline is None:
-            await call
-            return False
-        done, _ = await asyncio.wait({call}, timeout=deadline - self._loop_().time())
-        if done:
-            return False
-        lease = running.claimed.lease
-        log.warning(
-            "sync handler of batch %s of %s/%s passed its %s s timeout; it cannot be interrupted, so "
-            "the key stays leased until it returns, then the attempt fails",
-            lease.batch_id, running.batcher.name, lease.key, running.batcher.timeout,
-        )  # fmt: skip
-        try:
-            late = await call
-        except asyncio.CancelledError:
-            if _cancelled_by_worker():
-                raise  # abandoned: the lease lapses, the batch is not failed under a live handler
-        except BaseException:  # noqa: BLE001 - the attempt already failed: it timed out
-            pass
-        else:
-            if inspect.iscoroutine(late):
-                late.close()  # too late to run it
-        return True
-
-    async def _settle(self, running: _Running, failure: _Failure | None) -> None:
+    async def _settle(self, running: _Running, failure: Failure | None) -> None:
         batcher, claimed = running.batcher, running.claimed
         running.settling = True
         lease = claimed.lease
@@ -629,38 +588,3 @@ class Worker:
     async def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a blocking store call on the store pool; typed, so a protocol change shows."""
         return await self._loop_().run_in_executor(self._store_pool, functools.partial(fn, *args, **kwargs))
-
-
-def _cancelled_by_worker() -> bool:
-    """True when the running task is being cancelled (a second signal abandons its batch),
-    not merely handed a CancelledError that a handler raised or let escape."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
-def _handler_failure(exc: BaseException) -> _Failure:
-    return _Failure("".join(traceback.format_exception(exc))[-MAX_ERROR_LENGTH:])
-
-
-def _items_failed(exc: ItemsFailed, size: int) -> _Failure | None:
-    """The failure a handler reported for some items; None when it named none."""
-    indexes = sorted(set(exc.indexes))
-    if not indexes:
-        return None
-    if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < size for i in indexes):
-        return _Failure(f"ItemsFailed named indexes outside the batch of {size}: {indexes}; {exc.reason}")
-    if len(indexes) == size:
-        return _Failure(f"ItemsFailed: {exc.reason}")
-    return _Failure(f"ItemsFailed: {exc.reason}", keep=tuple(indexes))
-
-
-def decode_batch(claimed: ClaimedBatch) -> Batch:
-    """Turn a claimed batch into the handler's ``Batch``; ValueError on corrupt payloads."""
-    return Batch(
-        id=claimed.lease.batch_id,
-        key=claimed.lease.key,
-        items=[orjson.loads(p) for p in claimed.payloads],
-        attempt=claimed.attempt,
-        created_at=claimed.created_at / 1000,
-        arrived_at=tuple(a / 1000 for a in claimed.arrived_at),
-    )

@@ -51,6 +51,59 @@ def connect(url: str | None = None, *, check: bool = True, **overrides: object) 
     otherwise come from ``REDBATCH_*`` variables. ``check`` makes a round trip to the store so
     that an unreachable server fails here, within ``connect_timeout`` seconds, with
     ``StoreUnavailable``.
+
+    The URL forms (the README's "Stores and settings" has them as tables):
+
+    - ``sqlite:///relative/path.db`` (from the working directory) or
+      ``sqlite:////absolute/path.db``: one SQLite file in WAL mode, durable, shared by the
+      processes of one host. The file's folder is created when missing. No host, query
+      options or fragment; ``:memory:`` is refused (use ``memory://``).
+    - ``redis://[user:password@]host:port/db`` and ``rediss://...`` (TLS): Redis, for many
+      hosts. The database (the path) must be a number. Query options, each at most once:
+      ``partitions=N`` (1 to 1024: spread each batcher over N hash tags; it wins over the
+      ``partitions`` setting) and ``client_name=NAME``; with ``rediss://`` also
+      ``ssl_ca_certs``, ``ssl_ca_path``, ``ssl_certfile``, ``ssl_keyfile``,
+      ``ssl_cert_reqs`` (``none``, ``optional`` or ``required``) and
+      ``ssl_check_hostname`` (``true`` or ``false``). Any other option is refused.
+    - ``memory://``: this process's memory, for tests; not durable (it logs a warning).
+
+    Errors quote the URL with its password masked.
+
+    Args:
+        url: The store's URL; None (the default) reads ``REDBATCH_URL``, else uses
+            ``sqlite:///./redbatch.db``.
+        check: For Redis, send a PING now, so that an unreachable server fails here rather
+            than at the first ``add``. Default True. SQLite opens its file (and creates its
+            tables) here either way; ``memory://`` has nothing to check.
+        **overrides: Settings, each overriding its ``REDBATCH_*`` environment variable
+            (which overrides the default):
+
+            - ``prefix`` (``REDBATCH_PREFIX``, default ``"redbatch"``): the prefix of every
+              Redis key, 1 to 64 characters.
+            - ``partitions`` (``REDBATCH_PARTITIONS``, default 1): Redis partitions (hash
+              tags) per batcher, 1 to 1024; a URL's ``?partitions=`` wins over it.
+            - ``connect_timeout`` (``REDBATCH_CONNECT_TIMEOUT``, default 3): seconds to
+              reach Redis before ``StoreUnavailable``; over 0, at most 60.
+            - ``socket_timeout`` (``REDBATCH_SOCKET_TIMEOUT``, default 10): seconds one Redis
+              command may take before ``StoreUnavailable``; over 0, at most 300.
+            - ``sqlite_busy_timeout`` (``REDBATCH_SQLITE_BUSY_TIMEOUT``, default 5): seconds
+              a SQLite writer waits for another's lock before ``StoreUnavailable``; over 0,
+              at most 300.
+
+            Settings a store does not use are checked and ignored.
+
+    Returns:
+        The store: pass it to ``Batcher`` and ``Worker``; ``store.url`` is its URL with any
+        password masked.
+
+    Raises:
+        ConfigError: The URL is malformed, has an unknown scheme, or holds an unknown,
+            repeated, empty or out-of-range option; or an override is not a setting, or a
+            setting (given or read from the environment) is out of range.
+        StoreUnavailable: Redis (with ``check``) could not be reached within
+            ``connect_timeout`` plus ``socket_timeout`` seconds, refused the connection
+            (wrong credentials) or the PING; or the SQLite file, or its folder, could not
+            be opened or created, or was made by a newer redbatch.
     """
     settings = _settings(url, overrides)
     if not isinstance(settings.url, str) or not settings.url:

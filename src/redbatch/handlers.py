@@ -1,0 +1,195 @@
+"""Calling a batcher's handler on one claimed batch, and judging how the call ended.
+
+The worker (``worker.py``) decides when a batch runs and writes its outcome to the store;
+this module runs the handler once and says what to write: nothing (it succeeded) or a
+``Failure``. It decodes the stored payloads into the handler's ``Batch``, calls an async
+handler on the event loop or a sync one on a handler thread (and awaits, on the loop, what
+a sync-looking handler returns), enforces the batcher's ``timeout``, and reads the indexes
+of an ``ItemsFailed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+import traceback
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from redbatch.batcher import Batcher
+from redbatch.errors import ItemsFailed
+from redbatch.hooks import HandlerOutcome
+from redbatch.types import Batch, ClaimedBatch
+
+# The worker's logger, not one of this module's own: a handler past its timeout is news of
+# the worker, and operators (and tests) filter the worker's records by this name.
+log = logging.getLogger("redbatch.worker")
+
+MAX_ERROR_LENGTH = 4000
+"""How much of a handler's traceback (its last characters) a failure records."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What to record for a failed attempt.
+
+    ``retryable`` is False for data no retry can repair (straight to dead letters); ``keep``
+    holds the indexes of the only items that failed (an ``ItemsFailed``), None for all.
+    """
+
+    error: str
+    retryable: bool = True
+    keep: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class HandlerRun:
+    """How one handler call ended: the outcome, what it raised, and how long it took."""
+
+    outcome: HandlerOutcome
+    error: BaseException | None
+    duration: float  # seconds
+
+    def failure(self, batcher: Batcher, size: int) -> Failure | None:
+        """The failure to record for this call of a handler on ``size`` items; None when the
+        attempt succeeded (or an ``ItemsFailed`` named no item)."""
+        if self.outcome == "timed_out":
+            return Failure(f"handler timed out after {batcher.timeout} seconds")
+        if isinstance(self.error, ItemsFailed):
+            # Indexes name items of the batch as it was handed over: the handler's list is its
+            # own to change, the claimed payloads are what the store will shrink.
+            return items_failed(self.error, size)
+        return None if self.error is None else handler_failure(self.error)
+
+
+def decode_batch(claimed: ClaimedBatch) -> Batch:
+    """Turn a claimed batch into the handler's ``Batch``; ValueError on corrupt payloads."""
+    return Batch(
+        id=claimed.lease.batch_id,
+        key=claimed.lease.key,
+        items=[orjson.loads(p) for p in claimed.payloads],
+        attempt=claimed.attempt,
+        created_at=claimed.created_at / 1000,
+        arrived_at=tuple(a / 1000 for a in claimed.arrived_at),
+    )
+
+
+async def run_handler(batcher: Batcher, claimed: ClaimedBatch, batch: Batch, pool: Executor) -> HandlerRun:
+    """Call ``batcher``'s handler on ``batch`` to its end and say how it ended.
+
+    Whatever the handler raises, ``SystemExit`` and ``KeyboardInterrupt`` included, is a
+    failed call, never the worker's end. Only the worker's own cancellation of this task
+    (a second signal abandons the batch) propagates. ``pool`` runs sync handlers.
+    """
+    started = time.monotonic()
+    error: BaseException | None = None
+    outcome: HandlerOutcome = "succeeded"
+    try:
+        if await _call_handler(batcher, claimed, batch, pool):
+            outcome = "timed_out"
+    except asyncio.CancelledError as exc:
+        if cancelled_by_worker():
+            raise
+        error = exc  # raised by the handler, not a cancellation of it
+    except BaseException as exc:  # noqa: BLE001 - a handler's failure never kills the worker
+        error = exc
+    if error is not None:
+        outcome = "failed"
+    return HandlerRun(outcome, error, time.monotonic() - started)
+
+
+async def _call_handler(batcher: Batcher, claimed: ClaimedBatch, batch: Batch, pool: Executor) -> bool:
+    """Run the handler to its end; True when it ran past the batcher's timeout.
+
+    An async handler runs in this task. A sync one runs on a handler thread, and when
+    what it returns is awaitable (a lambda or a decorator's wrapper around an async
+    function) that is awaited here, on the loop, within what is left of the timeout.
+    """
+    handler = batcher.handler_fn
+    assert handler is not None
+    loop = asyncio.get_running_loop()
+    deadline = None if batcher.timeout is None else loop.time() + batcher.timeout
+    if batcher.handler_is_async:
+        result = handler(batch)
+    else:
+        call = loop.run_in_executor(pool, handler, batch)
+        if await _sync_timed_out(call, batcher, claimed, deadline):
+            return True
+        result = call.result()
+    if not inspect.isawaitable(result):
+        return False
+    # asyncio.timeout awaits in this task; asyncio.wait_for would wrap the handler in a
+    # task of its own, whose SystemExit or KeyboardInterrupt asyncio re-raises out of the
+    # event loop, ending the worker.
+    try:
+        async with asyncio.timeout_at(deadline) as scope:
+            await result
+    except TimeoutError:
+        if scope.expired():
+            return True
+        raise  # the handler's own TimeoutError, not the batcher's timeout
+    return False
+
+
+async def _sync_timed_out(
+    call: asyncio.Future[Any], batcher: Batcher, claimed: ClaimedBatch, deadline: float | None
+) -> bool:
+    """Wait for a sync handler's thread; True when it ran past the batcher's timeout.
+
+    Python cannot stop a thread: a sync handler past its timeout keeps its key, its lease
+    (heartbeats go on) and its worker slot until it returns, so no other batch of the
+    key runs meanwhile and nothing queues behind its thread; then the attempt fails.
+    Async handlers are cancelled at their timeout instead.
+    """
+    if deadline is None:
+        await call
+        return False
+    done, _ = await asyncio.wait({call}, timeout=deadline - asyncio.get_running_loop().time())
+    if done:
+        return False
+    lease = claimed.lease
+    log.warning(
+        "sync handler of batch %s of %s/%s passed its %s s timeout; it cannot be interrupted, so "
+        "the key stays leased until it returns, then the attempt fails",
+        lease.batch_id, batcher.name, lease.key, batcher.timeout,
+    )  # fmt: skip
+    try:
+        late = await call
+    except asyncio.CancelledError:
+        if cancelled_by_worker():
+            raise  # abandoned: the lease lapses, the batch is not failed under a live handler
+    except BaseException:  # noqa: BLE001 - the attempt already failed: it timed out
+        pass
+    else:
+        if inspect.iscoroutine(late):
+            late.close()  # too late to run it
+    return True
+
+
+def cancelled_by_worker() -> bool:
+    """True when the running task is being cancelled (a second signal abandons its batch),
+    not merely handed a CancelledError that a handler raised or let escape."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def handler_failure(exc: BaseException) -> Failure:
+    """The failure a handler's exception records: the end of its traceback."""
+    return Failure("".join(traceback.format_exception(exc))[-MAX_ERROR_LENGTH:])
+
+
+def items_failed(exc: ItemsFailed, size: int) -> Failure | None:
+    """The failure a handler reported for some items; None when it named none."""
+    indexes = sorted(set(exc.indexes))
+    if not indexes:
+        return None
+    if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < size for i in indexes):
+        return Failure(f"ItemsFailed named indexes outside the batch of {size}: {indexes}; {exc.reason}")
+    if len(indexes) == size:
+        return Failure(f"ItemsFailed: {exc.reason}")
+    return Failure(f"ItemsFailed: {exc.reason}", keep=tuple(indexes))
