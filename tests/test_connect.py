@@ -153,8 +153,9 @@ def test_acl_credentials_in_the_url(acl_server: RedisServer) -> None:
 
 
 def test_wrong_credentials_are_refused(acl_server: RedisServer) -> None:
-    with pytest.raises(redbatch.RedbatchError):
+    with pytest.raises(redbatch.StoreUnavailable) as caught:
         redbatch.connect(f"redis://app:wrong@127.0.0.1:{acl_server.port}/0")
+    assert "wrong" not in str(caught.value)
 
 
 def test_the_environment_names_the_default_store(
@@ -230,6 +231,9 @@ def test_the_readme_redis_url_with_partitions_works_on_a_real_server(redis_serve
     batcher.add_many([(f"k{n}", n) for n in range(8)])
     assert [p.value for p in batcher.peek("k5")] == [5]
     store.close()
+    assert redbatch.connect(url, partitions=4, check=False).partitions == 4  # type: ignore[attr-defined]
+    with pytest.raises(redbatch.ConfigError, match="disagrees"):
+        redbatch.connect(url, partitions=2, check=False)
 
 
 @pytest.mark.parametrize(

@@ -41,7 +41,7 @@ DEFAULT_MAX_ITEM_BYTES = 1 << 20
 MAX_DURATION = 100 * 365 * 24 * 3600
 """The longest duration setting, in seconds (100 years): its milliseconds, added to a time, fit
 every store's integers (SQLite's 64 bits, the doubles of Redis' scores and Lua)."""
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # Only JSON values: dataclasses, datetimes and subclasses of str/int/dict/list are refused
 # rather than silently converted into something the handler would not recognise.
 _DUMPS_OPTIONS = (
@@ -123,21 +123,31 @@ def check_key(key: object) -> str:
 
 
 def check_name(name: object) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ConfigError(f"a batcher name is 1-64 characters of letters, digits, '_', '.', '-': {name!r}")
     return name
 
 
-def _seconds_to_ms(name: str, value: float | None, *, allow_zero: bool = True) -> int:
-    if value is None:
-        return 0
+def _seconds_to_ms(name: str, value: float, *, allow_zero: bool = True) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ConfigError(f"{name} must be a number of seconds, not {value!r}")
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'} seconds, not {value}")
     if value > MAX_DURATION:
         raise ConfigError(f"{name} must be at most {MAX_DURATION} seconds (100 years), not {value}")
-    return round(value * 1000)
+    ms = round(value * 1000)
+    if ms == 0 and not allow_zero:  # a positive value that rounds to nothing would mean 0
+        raise ConfigError(f"{name} must be at least 0.001 seconds, not {value}")
+    return ms
+
+
+def _ids(ids: Sequence[str] | None) -> list[str] | None:
+    """Dead-letter ids as a list; a lone string is refused, not read one id per character."""
+    if ids is None:
+        return None
+    if isinstance(ids, str | bytes):
+        raise ConfigError(f"ids must be a list of dead-letter ids, not a lone string: [{ids!r}]?")
+    return list(ids)
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -239,7 +249,7 @@ class Batcher:
             name=self.name,
             max_items=_positive_int("max_items", max_items),
             max_wait_ms=_seconds_to_ms("max_wait", max_wait),
-            idle_ms=_seconds_to_ms("idle", idle),
+            idle_ms=0 if idle is None else _seconds_to_ms("idle", idle),
             dedupe=bool(dedupe),
             max_attempts=_positive_int("max_attempts", max_attempts),
             lease_ms=_seconds_to_ms("lease", lease, allow_zero=False),
@@ -638,6 +648,7 @@ class Batcher:
 
         Raises:
             NotFound: One of ``ids`` is unknown (the error names them). Nothing was replayed.
+            ConfigError: ``ids`` is a lone string, not a list of ids. Nothing was replayed.
             StoreUnavailable: The store could not be reached in time, or refused the write.
                 With ``ids``, nothing was replayed; replaying all on Redis goes a chunk of
                 letters at a time, so those before the failure were replayed.
@@ -645,14 +656,14 @@ class Batcher:
         stored = self.store.stored_rules(self.name)
         if stored is not None:
             self.adopt_rules(stored)
-        return self.store.replay(self.spec, None if ids is None else list(ids), self.clock())
+        return self.store.replay(self.spec, _ids(ids), self.clock())
 
     def purge_dead(self, ids: Sequence[str] | None = None, older_than: float | None = None) -> int:
         """Delete dead letters by id, or those older than ``older_than`` seconds, or all.
 
         Args:
-            ids: The ids of the letters to delete, as a list or tuple. When given,
-                ``older_than`` is ignored.
+            ids: The ids of the letters to delete, as a list or tuple (not with
+                ``older_than``).
             older_than: Delete the letters that died more than this many seconds ago, by this
                 batcher's clock; at least 0. None with no ``ids`` deletes every letter.
 
@@ -661,11 +672,14 @@ class Batcher:
 
         Raises:
             NotFound: One of ``ids`` is unknown (the error names them). Nothing was deleted.
-            ConfigError: ``older_than`` is not a number of seconds from 0 to 100 years.
+            ConfigError: ``older_than`` is not a number of seconds from 0 to 100 years, both
+                ``ids`` and ``older_than`` were given, or ``ids`` is a lone string.
                 Nothing was deleted.
             StoreUnavailable: The store could not be reached in time, or refused the write.
                 With ``ids``, nothing was deleted; deleting by age or all on Redis goes a
                 chunk of letters at a time, so those before the failure were deleted.
         """
+        if ids is not None and older_than is not None:
+            raise ConfigError("purge_dead takes ids or older_than, not both")
         before = None if older_than is None else self.clock() - _seconds_to_ms("older_than", older_than)
-        return self.store.purge_dead(self.spec, None if ids is None else list(ids), before)
+        return self.store.purge_dead(self.spec, _ids(ids), before)

@@ -37,8 +37,8 @@ class InvalidKey(RedbatchError, ValueError):
 
 
 class ConfigError(RedbatchError, ValueError):
-    """A setting is invalid (``max_items < 1``, a negative wait, a bad URL, ...); nothing was
-    stored."""
+    """A setting or argument is invalid (``max_items < 1``, a negative wait, a bad URL, a lone
+    string where a list of ids is expected, ...); nothing was stored."""
 
 
 class NotFound(RedbatchError, LookupError):

@@ -185,10 +185,14 @@ def handler_failure(exc: BaseException) -> Failure:
 
 def items_failed(exc: ItemsFailed, size: int) -> Failure | None:
     """The failure a handler reported for some items; None when it named none."""
+    if any(isinstance(i, bool) or not isinstance(i, int) for i in exc.indexes):
+        return Failure(
+            f"ItemsFailed named indexes that are not integers: {list(exc.indexes)!r}; {exc.reason}"
+        )
     indexes = sorted(set(exc.indexes))
     if not indexes:
         return None
-    if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < size for i in indexes):
+    if not 0 <= indexes[0] <= indexes[-1] < size:
         return Failure(f"ItemsFailed named indexes outside the batch of {size}: {indexes}; {exc.reason}")
     if len(indexes) == size:
         return Failure(f"ItemsFailed: {exc.reason}")

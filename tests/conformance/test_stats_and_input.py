@@ -158,6 +158,10 @@ def test_json_values_of_every_kind_round_trip(store: Store, clock: FakeClock) ->
             for name in ("max_wait", "idle", "backoff", "max_backoff", "lease", "timeout", "dead_letter_ttl")
         ),
         {"max_wait": MAX_DURATION + 1},
+        {"max_wait": None},  # None is no debounce for idle only; here it used to mean 0
+        {"backoff": None},
+        {"timeout": 0.0001},  # rounds to 0 ms: every handler would time out at once
+        {"dead_letter_ttl": 0.0004},  # rounds to 0 ms: every dead letter purged at once
     ],
 )
 def test_invalid_settings_are_refused(store: Store, options: dict[str, Any]) -> None:
@@ -178,10 +182,25 @@ def test_the_longest_durations_work_end_to_end(store: Store, clock: FakeClock) -
     assert b.stats().dead == 1
 
 
-@pytest.mark.parametrize("name", ["", "has space", "a{b}", "x" * 65, None])
+@pytest.mark.parametrize("name", ["", "has space", "a{b}", "x" * 65, None, "abc\n"])
 def test_invalid_batcher_names_are_refused(store: Store, name: Any) -> None:
     with pytest.raises(ConfigError):
         Batcher(store, name)
+
+
+def test_dead_letter_ids_must_be_a_list_and_purge_takes_ids_or_an_age(store: Store, clock: FakeClock) -> None:
+    b = make(store, clock)
+    b.add("k", 1)
+    b.flush("k")
+    claimed = claim_one(b)
+    assert fail(b, claimed, retry_in=None)
+    with pytest.raises(ConfigError, match="lone string"):
+        b.replay(claimed.lease.batch_id)  # type: ignore[arg-type]  # read as one id per letter
+    with pytest.raises(ConfigError, match="lone string"):
+        b.purge_dead(claimed.lease.batch_id)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="not both"):
+        b.purge_dead([claimed.lease.batch_id], older_than=3600)
+    assert [d.id for d in b.dead_letters()] == [claimed.lease.batch_id]  # nothing changed
 
 
 def test_every_error_is_a_redbatch_error() -> None:

@@ -299,6 +299,25 @@ def test_items_failed_indexes_refer_to_the_batch_as_handed_over(
     assert (stats.flushed_items, stats.buffered_items, stats.dead) == (3, 0, 0)
 
 
+@pytest.mark.parametrize("named", [["a", 1], [[1]], [1.0]], ids=["str", "unhashable", "float"])
+def test_items_failed_with_indexes_that_are_not_integers_fails_the_whole_attempt(
+    store: Store, named: list[Any]
+) -> None:
+    """Before, sorting or hashing them raised inside the worker: the outcome was never
+    recorded and the batch waited out its lease."""
+    b = Batcher(store, "bad-indexes", max_items=2, max_wait=60, max_attempts=1, lease=30)
+
+    @b.handler
+    def save(batch: Batch) -> None:
+        raise redbatch.ItemsFailed(named, "partly failed")
+
+    with running(Worker(store, [b], handle_signals=False)):
+        b.add_many([("k", "a"), ("k", "b")])  # full: due at once
+        wait_until(lambda: b.stats().dead == 1, timeout=10)
+    (dead,) = b.dead_letters()
+    assert dead.items == ["a", "b"] and "not integers" in dead.error
+
+
 @pytest.mark.parametrize("error", [SystemExit, KeyboardInterrupt])
 @pytest.mark.parametrize("kind", ["async-timeout", "async", "sync-timeout"])
 def test_a_handler_raising_a_base_exception_fails_its_batch_and_the_worker_lives(

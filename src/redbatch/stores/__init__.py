@@ -60,8 +60,9 @@ def connect(url: str | None = None, *, check: bool = True, **overrides: object) 
       options or fragment; ``:memory:`` is refused (use ``memory://``).
     - ``redis://[user:password@]host:port/db`` and ``rediss://...`` (TLS): Redis, for many
       hosts. The database (the path) must be a number. Query options, each at most once:
-      ``partitions=N`` (1 to 1024: spread each batcher over N hash tags; it wins over the
-      ``partitions`` setting) and ``client_name=NAME``; with ``rediss://`` also
+      ``partitions=N`` (1 to 1024: spread each batcher over N hash tags; it wins over
+      ``REDBATCH_PARTITIONS``, and a ``partitions=`` argument that disagrees is a
+      ConfigError) and ``client_name=NAME``; with ``rediss://`` also
       ``ssl_ca_certs``, ``ssl_ca_path``, ``ssl_certfile``, ``ssl_keyfile``,
       ``ssl_cert_reqs`` (``none``, ``optional`` or ``required``) and
       ``ssl_check_hostname`` (``true`` or ``false``). Any other option is refused.
@@ -123,6 +124,11 @@ def connect(url: str | None = None, *, check: bool = True, **overrides: object) 
         from redbatch.stores.redis import RedisStore  # noqa: PLC0415 - load redis-py only when used
 
         redis_url, partitions = _redis_url(parts, masked, settings.partitions)
+        if "partitions" in overrides and settings.partitions != partitions:
+            raise ConfigError(
+                f"partitions={settings.partitions} disagrees with the URL's ?partitions={partitions}"
+                f" ({masked}); give it once"
+            )
         redis_store = RedisStore(
             redis_url,
             prefix=settings.prefix,
