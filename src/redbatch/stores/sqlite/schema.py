@@ -1,0 +1,136 @@
+"""What the SQLite store keeps on disk: its tables, their version, and the statements shared
+by the modules that read and write them (the tables are described in the package docstring).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from redbatch.errors import StoreUnavailable
+
+SCHEMA_VERSION = 2
+"""1: the batching tables. 2: adds ``rules``; a version-1 file gains it from the same
+``CREATE TABLE IF NOT EXISTS`` statements that create a new file, and keeps its data."""
+CHUNK = 500  # bound on ``?`` parameters per statement: old SQLite builds allow 999
+COUNTERS = ("open_keys", "buffered", "in_flight", "retrying", "dead", "flushed_batches", "flushed_items")
+"""The columns of ``queues`` that transactions move by a delta (see ``connection.Tx``)."""
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS queues (
+        name TEXT PRIMARY KEY,
+        open_keys INTEGER NOT NULL DEFAULT 0,
+        buffered INTEGER NOT NULL DEFAULT 0,
+        in_flight INTEGER NOT NULL DEFAULT 0,
+        retrying INTEGER NOT NULL DEFAULT 0,
+        dead INTEGER NOT NULL DEFAULT 0,
+        flushed_batches INTEGER NOT NULL DEFAULT 0,
+        flushed_items INTEGER NOT NULL DEFAULT 0,
+        last_flush_at INTEGER,
+        token_seq INTEGER NOT NULL DEFAULT 0)""",
+    """CREATE TABLE IF NOT EXISTS keys (
+        id INTEGER PRIMARY KEY,
+        queue TEXT NOT NULL,
+        key TEXT NOT NULL,
+        due_at INTEGER NOT NULL,
+        pending INTEGER NOT NULL DEFAULT 0,
+        first_at INTEGER,
+        last_at INTEGER NOT NULL,
+        batch_id TEXT,
+        running INTEGER NOT NULL DEFAULT 0,
+        attempt INTEGER NOT NULL DEFAULT 0,
+        fencing_token INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER,
+        batch_size INTEGER NOT NULL DEFAULT 0,
+        error TEXT NOT NULL DEFAULT '',
+        UNIQUE (queue, key))""",
+    # ``key`` breaks ties the way the memory store's heap does.
+    "CREATE INDEX IF NOT EXISTS keys_due ON keys (queue, due_at, key)",
+    "CREATE INDEX IF NOT EXISTS keys_age ON keys (queue, first_at) WHERE first_at IS NOT NULL",
+    # ``id`` is arrival order within a key; replayed items take ids below the smallest.
+    """CREATE TABLE IF NOT EXISTS pending (
+        id INTEGER PRIMARY KEY,
+        key_id INTEGER NOT NULL,
+        arrived_at INTEGER NOT NULL,
+        digest TEXT NOT NULL,
+        payload BLOB NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS pending_key ON pending (key_id, id)",
+    "CREATE INDEX IF NOT EXISTS pending_digest ON pending (key_id, digest) WHERE digest <> ''",
+    """CREATE TABLE IF NOT EXISTS batch_items (
+        id INTEGER PRIMARY KEY,
+        batch_id TEXT NOT NULL,
+        arrived_at INTEGER NOT NULL,
+        digest TEXT NOT NULL,
+        payload BLOB NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS batch_items_batch ON batch_items (batch_id, id)",
+    """CREATE TABLE IF NOT EXISTS dead_letters (
+        batch_id TEXT PRIMARY KEY,
+        queue TEXT NOT NULL,
+        key TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        error TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        died_at INTEGER NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS dead_letters_died ON dead_letters (queue, died_at, batch_id)",
+    # Since version 2.
+    """CREATE TABLE IF NOT EXISTS rules (
+        name TEXT PRIMARY KEY,
+        max_items INTEGER NOT NULL,
+        max_wait_ms INTEGER NOT NULL,
+        idle_ms INTEGER NOT NULL,
+        dedupe INTEGER NOT NULL,
+        max_attempts INTEGER NOT NULL,
+        lease_ms INTEGER NOT NULL,
+        version TEXT NOT NULL,
+        updated_at INTEGER NOT NULL)""",
+)
+
+# The deadline index, read through ``keys_due``; tests check that each is an index search.
+SELECT_DUE = (
+    "SELECT id, key, batch_id, running, attempt FROM keys"
+    " WHERE queue = ? AND due_at <= ? ORDER BY due_at, key LIMIT 1"
+)
+SELECT_NEXT_DUE = "SELECT MIN(due_at) FROM keys WHERE queue = ?"
+SELECT_DUE_DEADLINES = "SELECT due_at FROM keys WHERE queue = ? AND due_at <= ? ORDER BY due_at, key LIMIT ?"
+SELECT_OLDEST = "SELECT MIN(first_at) FROM keys WHERE queue = ? AND first_at IS NOT NULL"
+
+BUMP = (
+    "UPDATE queues SET "
+    + ", ".join(f"{name} = {name} + ?" for name in COUNTERS)
+    + ", last_flush_at = COALESCE(?, last_flush_at), token_seq = token_seq + ? WHERE name = ?"
+)
+END_BATCH = (
+    "UPDATE keys SET batch_id = NULL, running = 0, attempt = 0, fencing_token = 0,"
+    " created_at = NULL, batch_size = 0, error = '' WHERE id = ?"
+)
+
+
+def migrate(cur: sqlite3.Cursor, path: str) -> None:
+    """Bring the file to ``SCHEMA_VERSION``, in the caller's write transaction.
+
+    The version is read inside that transaction, so of several processes opening an old file
+    at once, the first to take the write lock migrates it and the others find it done.
+    """
+    version = cur.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StoreUnavailable(
+            f"SQLite store {path} has schema version {version}, newer than this "
+            f"redbatch's {SCHEMA_VERSION}; upgrade redbatch"
+        )
+    for statement in SCHEMA:
+        cur.execute(statement)
+    cur.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def blob(value: object) -> bytes:
+    """A payload as stored; anything but bytes was written by hand and decodes as corrupt."""
+    if isinstance(value, bytes):
+        return value
+    return value.encode() if isinstance(value, str) else b""
+
+
+def batch_items(cur: sqlite3.Cursor, batch_id: str) -> list[Any]:
+    """The items of a current or a dead batch, in arrival order: (arrived_at, digest, payload)."""
+    return cur.execute(
+        "SELECT arrived_at, digest, payload FROM batch_items WHERE batch_id = ? ORDER BY id", (batch_id,)
+    ).fetchall()
