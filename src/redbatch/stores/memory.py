@@ -18,6 +18,7 @@ from redbatch.stores.base import (
     new_batch_id,
     unknown_dead_letters,
 )
+from redbatch.stores.local import LocalWaiter, Wakeups
 from redbatch.types import ClaimedBatch, DeadRecord, Entry, Lease, QueueCounters, QueueSpec
 
 log = logging.getLogger("redbatch.store.memory")
@@ -97,26 +98,6 @@ class _Queue:
         return None
 
 
-class _MemoryWaiter:
-    def __init__(self, store: MemoryStore, names: Sequence[str]) -> None:
-        self._store = store
-        self._seen = store._wake_seq
-        self._closed = False
-
-    def wait(self, timeout: float) -> bool:
-        with self._store._wake:
-            changed = self._store._wake.wait_for(
-                lambda: self._closed or self._store._wake_seq != self._seen, timeout
-            )
-            self._seen = self._store._wake_seq
-            return changed and not self._closed
-
-    def close(self) -> None:
-        with self._store._wake:
-            self._closed = True
-            self._store._wake.notify_all()
-
-
 class MemoryStore:
     """Everything in one process's memory, guarded by one lock. Not durable."""
 
@@ -125,8 +106,7 @@ class MemoryStore:
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
         self._lock = threading.RLock()
-        self._wake = threading.Condition(self._lock)
-        self._wake_seq = 0
+        self._wakeups = Wakeups(self._lock)
         self._queues: dict[str, _Queue] = {}
         self._rules: dict[str, QueueSpec] = {}
         log.warning("memory:// store: nothing is durable, everything is lost when the process exits")
@@ -137,10 +117,6 @@ class MemoryStore:
             queue = self._queues[spec.name] = _Queue()
         return queue
 
-    def _notify(self) -> None:
-        self._wake_seq += 1
-        self._wake.notify_all()
-
     def _reschedule(self, spec: QueueSpec, queue: _Queue, key: str, state: _Key, now_ms: int) -> None:
         """After a key's current batch ended: schedule its pending items or forget the key."""
         if state.current is not None:
@@ -150,7 +126,7 @@ class MemoryStore:
             head = queue.head()
             queue.schedule(key, deadline)
             if head is None or deadline < head[0] or deadline <= now_ms:
-                self._notify()
+                self._wakeups.notify()
         else:
             queue.due.pop(key, None)
             del queue.keys[key]
@@ -194,7 +170,7 @@ class MemoryStore:
                 if state.current is None and state.pending and queue.due.get(key, now_ms) > now_ms:
                     first = state.pending[0][0]
                     queue.schedule(key, due_at(spec, first, state.last_ms, len(state.pending), now_ms))
-            self._notify()
+            self._wakeups.notify()
             return previous
 
     def stored_rules(self, name: str) -> QueueSpec | None:
@@ -379,7 +355,7 @@ class MemoryStore:
                     queue.schedule(name, now_ms)
                 made_due += 1
             if made_due:
-                self._notify()
+                self._wakeups.notify()
             return made_due
 
     def peek(self, spec: QueueSpec, key: str, limit: int) -> list[tuple[int, bytes]]:
@@ -425,7 +401,7 @@ class MemoryStore:
                 self._put_back(spec, queue, key, items, now_ms)
             replayed = sum(len(items) for items in by_key.values())
             if replayed:
-                self._notify()
+                self._wakeups.notify()
             return replayed
 
     @staticmethod
@@ -475,7 +451,7 @@ class MemoryStore:
             return len(doomed)
 
     def waiter(self, names: Sequence[str]) -> Waiter:
-        return _MemoryWaiter(self, names)
+        return LocalWaiter(self._wakeups)
 
     def close(self) -> None:
         pass

@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from redbatch.errors import ConfigError, StoreUnavailable
 from redbatch.stores.base import mask_url
+from redbatch.stores.local import Wakeups
 from redbatch.stores.sqlite.schema import BUMP, COUNTERS, SCHEMA_VERSION, migrate
 
 log = logging.getLogger("redbatch.store.sqlite")
@@ -168,8 +169,7 @@ class Database:
         self._pid = os.getpid()  # a fork is noticed by a change, see _forget_parent
         self._file_ids: tuple[FileId, FileId, FileId] = (None, None, None)  # see _create_schema
         self._reopen_lock = threading.RLock()
-        self._wake = threading.Condition()
-        self._wake_seq = 0
+        self._wakeups = Wakeups()  # this process's sleeping workers, see waiter.py
         self._create_schema()
 
     def _connect(self) -> Connection:
@@ -226,7 +226,7 @@ class Database:
         inherited = list(self._connections)
         self._pid = os.getpid()
         self._guard = threading.Lock()
-        self._wake = threading.Condition()
+        self._wakeups.after_fork()
         self._reopen_lock = threading.RLock()
         self._local = threading.local()
         self._connections = weakref.WeakSet()
@@ -367,7 +367,7 @@ class Database:
                     conn.execute("ROLLBACK")
                 raise
         if tx.wake:
-            self._notify()
+            self._wakeups.notify()
 
     def _begin_immediate(self, conn: Connection) -> None:
         """Take the write lock, waiting for it up to busy_timeout."""
@@ -421,11 +421,6 @@ class Database:
             raise
         except sqlite3.DatabaseError as exc:
             raise self._unavailable(exc) from exc
-
-    def _notify(self) -> None:
-        with self._wake:
-            self._wake_seq += 1
-            self._wake.notify_all()
 
     def close(self) -> None:
         """Close every connection; a later call opens fresh ones (as redis-py reconnects)."""

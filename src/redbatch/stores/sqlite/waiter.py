@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-import time
 
 from redbatch.errors import StoreUnavailable
+from redbatch.stores.local import LocalWaiter
 from redbatch.stores.sqlite.connection import Database
 
 log = logging.getLogger("redbatch.store.sqlite")
@@ -16,7 +16,7 @@ POLL_SECONDS = 0.01
 """How often a waiter looks for commits by other processes (SQLite cannot notify them)."""
 
 
-class SQLiteWaiter:
+class SQLiteWaiter(LocalWaiter):
     """Woken at once by this process's commits, and within ``POLL_SECONDS`` by any other's.
 
     Other processes are seen through ``PRAGMA data_version`` on a connection of the waiter's
@@ -25,36 +25,18 @@ class SQLiteWaiter:
     two index reads, and at most one happens per poll. ``close`` may come from another thread.
     """
 
+    poll_seconds = POLL_SECONDS
+
     def __init__(self, store: Database) -> None:
+        super().__init__(store._wakeups)
         self._store = store
-        self._closed = False
         self._warned = False
         self._lock = threading.Lock()  # between wait() and a close() from another thread
         self._generation = store._generation
         self._conn = store._connect()
-        self._seen_wake = store._wake_seq
         self._version = self._data_version()
 
-    def wait(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        wake = self._store._wake
-        while not self._closed:
-            remaining = deadline - time.monotonic()
-            with wake:
-                woke = wake.wait_for(self._woken, max(0.0, min(POLL_SECONDS, remaining)))
-                self._seen_wake = self._store._wake_seq
-            if self._closed:
-                break
-            if woke or self._changed():
-                return True
-            if remaining <= 0:
-                break
-        return False
-
-    def _woken(self) -> bool:
-        return self._closed or self._store._wake_seq != self._seen_wake
-
-    def _changed(self) -> bool:
+    def changed(self) -> bool:
         """Whether another connection committed since the last poll, or the file was replaced."""
         if self._store._replaced():
             try:
@@ -100,5 +82,4 @@ class SQLiteWaiter:
             self._closed = True
             with self._conn.in_use:
                 self._conn.close()
-        with self._store._wake:
-            self._store._wake.notify_all()
+        super().close()
