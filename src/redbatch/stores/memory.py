@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from redbatch.engine import due_at
+from redbatch.engine import due_at, wakes
 from redbatch.stores.base import (
     LEASE_EXPIRED_ERROR,
     RulesChanged,
@@ -125,7 +125,7 @@ class MemoryStore:
             deadline = due_at(spec, state.pending[0][0], state.last_ms, len(state.pending), now_ms)
             head = queue.head()
             queue.schedule(key, deadline)
-            if head is None or deadline < head[0] or deadline <= now_ms:
+            if wakes(deadline, None if head is None else head[0], now_ms):
                 self._wakeups.notify()
         else:
             queue.due.pop(key, None)

@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from redbatch.engine import due_at
+from redbatch.engine import due_at, wakes
 from redbatch.errors import ConfigError
 from redbatch.stores.base import LEASE_EXPIRED_ERROR, RulesChanged, Waiter, new_batch_id, replaced_rules
 from redbatch.stores.sqlite import dead_letters as letters
@@ -92,7 +92,7 @@ class SQLiteStore(Database):
         deadline = due_at(spec, row["first_at"], row["last_at"], row["pending"], now_ms)
         head = self._head(tx.cur, spec.name)
         tx.cur.execute("UPDATE keys SET due_at = ? WHERE id = ?", (deadline, key_id))
-        if head is None or deadline < head or deadline <= now_ms:
+        if wakes(deadline, head, now_ms):
             tx.wake = True
 
     # ------------------------------------------------------------------ rules
@@ -135,7 +135,7 @@ class SQLiteStore(Database):
             head = self._head(tx.cur, spec.name)
             for key, group in by_key.items():
                 deadline = self._append_key(tx, spec, key, group, now_ms)
-                if deadline is not None and (head is None or deadline < head or deadline <= now_ms):
+                if deadline is not None and wakes(deadline, head, now_ms):
                     tx.wake = True
 
     def _append_key(self, tx: Tx, spec: QueueSpec, key: str, group: list[Entry], now_ms: int) -> int | None:
