@@ -139,6 +139,7 @@ class MemoryStore:
                 raise RulesChanged(spec.name)
             queue = self._queue(spec)
             touched: dict[str, _Key] = {}
+            # transition: append
             for entry in entries:
                 state = queue.keys.get(entry.key)
                 if state is None:
@@ -199,21 +200,23 @@ class MemoryStore:
     ) -> ClaimedBatch | None:
         current = state.current
         if current is not None and current.running and current.attempt >= spec.max_attempts:
+            # transition: bury_lapsed
             queue.in_flight -= 1
             self._bury(queue, key, current, LEASE_EXPIRED_ERROR, now_ms)
             state.current = None
             self._reschedule(spec, queue, key, state, now_ms)
             return None
-        if current is None:
+        if current is None:  # transition: claim
             taken = [state.pending.popleft() for _ in range(min(spec.max_items, len(state.pending)))]
             for _, _, digest in taken:
                 state.digests.discard(digest)
             queue.buffered -= len(taken)
             current = state.current = _Current(new_batch_id(), tuple(taken), now_ms)
             queue.in_flight += 1
-        elif not current.running:
+        elif not current.running:  # transition: claim_retry
             queue.retrying -= 1
             queue.in_flight += 1
+        # transition: reclaim (a running batch whose lease lapsed), and the lease every claim takes
         queue.token_seq += 1
         current.attempt += 1
         current.fencing_token = queue.token_seq
@@ -270,7 +273,7 @@ class MemoryStore:
             held = []
             for lease in leases:
                 state = self._held(queue, lease)
-                if state is not None:
+                if state is not None:  # transition: heartbeat
                     queue.schedule(lease.key, lease_until_ms)
                 held.append(state is not None)
             return held
@@ -284,6 +287,7 @@ class MemoryStore:
                 held.append(state is not None and state.current is not None)
                 if state is None or state.current is None:
                     continue
+                # transition: ack
                 queue.in_flight -= 1
                 queue.flushed_batches += 1
                 queue.flushed_items += len(state.current.items)
@@ -313,11 +317,11 @@ class MemoryStore:
                 kept = tuple(current.items[i] for i in keep)
                 queue.flushed_items += len(current.items) - len(kept)
                 current.items = kept
-            if retry_at_ms is None:
+            if retry_at_ms is None:  # transition: fail_dead
                 self._bury(queue, lease.key, current, error, now_ms)
                 state.current = None
                 self._reschedule(spec, queue, lease.key, state, now_ms)
-            else:
+            else:  # transition: fail_retry
                 current.running = False
                 queue.retrying += 1
                 queue.schedule(lease.key, retry_at_ms)
@@ -331,6 +335,7 @@ class MemoryStore:
             state = queue.keys.get(key)
             if state is None:
                 return 0
+            # transition: clear
             dropped = len(state.pending)
             queue.buffered -= dropped
             state.pending.clear()
@@ -347,6 +352,7 @@ class MemoryStore:
             queue = self._queue(spec)
             keys = [key] if key is not None else list(queue.keys)
             made_due = 0
+            # transition: flush
             for name in keys:
                 state = queue.keys.get(name)
                 if state is None or state.current is not None or not state.pending:
@@ -390,6 +396,7 @@ class MemoryStore:
         with self._lock:
             queue = self._queue(spec)
             wanted = None if batch_ids is None else self._known(spec, queue, batch_ids)
+            # transition: replay
             # ``dead`` keeps the order letters died in: a key's letters go back in that order.
             by_key: dict[str, list[_Item]] = {}
             for batch_id in [i for i in queue.dead if wanted is None or i in wanted]:
@@ -445,6 +452,7 @@ class MemoryStore:
                 doomed = list(self._known(spec, queue, batch_ids))
             else:
                 doomed = [i for i, r in queue.dead.items() if before_ms is None or r.died_at < before_ms]
+            # transition: purge
             for batch_id in doomed:
                 del queue.dead[batch_id]
                 del queue.dead_digests[batch_id]

@@ -53,6 +53,7 @@ def _record(cur: sqlite3.Cursor, row: Any) -> DeadRecord:
 
 def replay(tx: Tx, spec: QueueSpec, batch_ids: Sequence[str] | None, now_ms: int) -> int:
     """Put dead letters (these ids, or all) back in front of their keys; return how many items."""
+    # transition: replay
     by_key: dict[str, list[str]] = {}
     for row in _dead_rows(tx.cur, spec, batch_ids):
         by_key.setdefault(row["key"], []).append(row["batch_id"])
@@ -142,6 +143,7 @@ def _drop_pending_like(tx: Tx, key_id: int, digests: list[str]) -> None:
 
 def purge(tx: Tx, spec: QueueSpec, batch_ids: Sequence[str] | None, before_ms: int | None) -> int:
     """Delete dead letters by id, or those that died before ``before_ms``, or all."""
+    # transition: purge
     if batch_ids is not None:
         ids = [row["batch_id"] for row in _dead_rows(tx.cur, spec, batch_ids)]
         chunks = [ids[i : i + CHUNK] for i in range(0, len(ids), CHUNK)]

@@ -133,6 +133,7 @@ class SQLiteStore(Database):
             elif row[0] != spec.version:
                 raise RulesChanged(spec.name)  # rolls the transaction back: nothing stored
             head = self._head(tx.cur, spec.name)
+            # transition: append
             for key, group in by_key.items():
                 deadline = self._append_key(tx, spec, key, group, now_ms)
                 if deadline is not None and wakes(deadline, head, now_ms):
@@ -215,19 +216,21 @@ class SQLiteStore(Database):
     def _lease(self, tx: Tx, spec: QueueSpec, row: Any, now_ms: int) -> ClaimedBatch | None:
         key_id, batch_id = row["id"], row["batch_id"]
         if batch_id is not None and row["running"] and row["attempt"] >= spec.max_attempts:
+            # transition: bury_lapsed
             tx.add(in_flight=-1)
             letters.bury(tx, key_id, LEASE_EXPIRED_ERROR, now_ms)
             self._reschedule(tx, spec, key_id, now_ms)
             return None
-        if batch_id is None:
+        if batch_id is None:  # transition: claim
             batch_id = self._take_pending(tx, spec, key_id, now_ms)
             if batch_id is None:
                 tx.cur.execute("DELETE FROM keys WHERE id = ?", (key_id,))
                 tx.add(open_keys=-1)
                 return None
             tx.add(in_flight=1)
-        elif not row["running"]:
+        elif not row["running"]:  # transition: claim_retry
             tx.add(retrying=-1, in_flight=1)
+        # transition: reclaim (a running batch whose lease lapsed), and the lease every claim takes
         token = tx.next_token(spec.name)
         tx.cur.execute(
             "UPDATE keys SET attempt = attempt + 1, running = 1, fencing_token = ?, due_at = ? WHERE id = ?",
@@ -292,6 +295,7 @@ class SQLiteStore(Database):
 
     def heartbeat(self, spec: QueueSpec, leases: Sequence[Lease], lease_until_ms: int) -> list[bool]:
         with self._write(spec.name) as tx:
+            # transition: heartbeat
             return [
                 tx.cur.execute(
                     "UPDATE keys SET due_at = ? WHERE queue = ? AND key = ? AND batch_id = ?"
@@ -311,6 +315,7 @@ class SQLiteStore(Database):
         row = self._held(tx, spec.name, lease)
         if row is None:
             return False
+        # transition: ack
         tx.cur.execute("DELETE FROM batch_items WHERE batch_id = ?", (lease.batch_id,))
         tx.add(in_flight=-1, flushed_batches=1, flushed_items=row["batch_size"])
         tx.last_flush = now_ms
@@ -335,10 +340,10 @@ class SQLiteStore(Database):
             tx.add(in_flight=-1)
             if keep is not None:
                 self._shrink(tx, row["id"], lease.batch_id, keep)
-            if retry_at_ms is None:
+            if retry_at_ms is None:  # transition: fail_dead
                 letters.bury(tx, row["id"], error, now_ms)
                 self._reschedule(tx, spec, row["id"], now_ms)
-            else:
+            else:  # transition: fail_retry
                 tx.cur.execute(
                     "UPDATE keys SET running = 0, error = ?, due_at = ? WHERE id = ?",
                     (error, retry_at_ms, row["id"]),
@@ -368,6 +373,7 @@ class SQLiteStore(Database):
             ).fetchone()
             if row is None:
                 return 0
+            # transition: clear
             dropped = tx.cur.execute("DELETE FROM pending WHERE key_id = ?", (row["id"],)).rowcount
             tx.cur.execute("UPDATE keys SET pending = 0, first_at = NULL WHERE id = ?", (row["id"],))
             tx.add(buffered=-dropped)
@@ -385,6 +391,7 @@ class SQLiteStore(Database):
         where = "queue = ? AND batch_id IS NULL AND pending > 0" + ("" if key is None else " AND key = ?")
         params = (spec.name,) if key is None else (spec.name, key)
         with self._write(spec.name) as tx:
+            # transition: flush
             made_due = int(tx.cur.execute(f"SELECT COUNT(*) FROM keys WHERE {where}", params).fetchone()[0])
             tx.cur.execute(
                 f"UPDATE keys SET due_at = ? WHERE {where} AND due_at > ?", (now_ms, *params, now_ms)
