@@ -47,12 +47,16 @@ class _Key:
 
 @dataclass(slots=True)
 class _Queue:
+    """One batcher's state. Counters carry the engine's names (``redbatch.engine``): the
+    event counters and the state counts in_flight and retrying are kept here, while
+    ``open_keys`` is ``len(due)`` and ``dead`` is ``len(dead)``."""
+
     keys: dict[str, _Key] = field(default_factory=dict)
     due: dict[str, int] = field(default_factory=dict)
     heap: list[tuple[int, str]] = field(default_factory=list)  # lazy: checked against due
     dead: dict[str, DeadRecord] = field(default_factory=dict)
     dead_digests: dict[str, tuple[str, ...]] = field(default_factory=dict)  # dedupe again on replay
-    buffered: int = 0
+    buffered_items: int = 0
     in_flight: int = 0
     retrying: int = 0
     flushed_batches: int = 0
@@ -150,7 +154,7 @@ class MemoryStore:
                     state.digests.add(entry.digest)
                 state.pending.append((now_ms, entry.payload, entry.digest))
                 state.last_ms = now_ms
-                queue.buffered += 1
+                queue.buffered_items += 1
                 touched[entry.key] = state
             for key, state in touched.items():
                 # A key already due (flushed, or overdue) stays due: more items never delay it.
@@ -210,7 +214,7 @@ class MemoryStore:
             taken = [state.pending.popleft() for _ in range(min(spec.max_items, len(state.pending)))]
             for _, _, digest in taken:
                 state.digests.discard(digest)
-            queue.buffered -= len(taken)
+            queue.buffered_items -= len(taken)
             current = state.current = _Current(new_batch_id(), tuple(taken), now_ms)
             queue.in_flight += 1
         elif not current.running:  # transition: claim_retry
@@ -337,7 +341,7 @@ class MemoryStore:
                 return 0
             # transition: clear
             dropped = len(state.pending)
-            queue.buffered -= dropped
+            queue.buffered_items -= dropped
             state.pending.clear()
             state.digests.clear()
             if state.current is not None and not state.current.running:
@@ -377,7 +381,7 @@ class MemoryStore:
             oldest = min((s.pending[0][0] for s in queue.keys.values() if s.pending), default=None)
             return QueueCounters(
                 open_keys=len(queue.due),
-                buffered_items=queue.buffered,
+                buffered_items=queue.buffered_items,
                 oldest_arrival=oldest,
                 in_flight=queue.in_flight,
                 retrying=queue.retrying,
@@ -428,11 +432,11 @@ class MemoryStore:
             replayed = {d for _, _, d in items if d}
             if not replayed.isdisjoint(state.digests):
                 kept = deque(item for item in state.pending if item[2] not in replayed)
-                queue.buffered -= len(state.pending) - len(kept)
+                queue.buffered_items -= len(state.pending) - len(kept)
                 state.pending = kept
             state.digests |= replayed
         state.pending.extendleft(reversed(items))
-        queue.buffered += len(items)
+        queue.buffered_items += len(items)
         if state.current is None:
             queue.schedule(key, now_ms)
 
