@@ -123,7 +123,7 @@ def _replay_key(tx: Tx, spec: QueueSpec, key: str, batch_ids: list[str], now_ms:
         " due_at = CASE WHEN batch_id IS NULL THEN ? ELSE due_at END WHERE id = ?",
         (len(items), items[0][0], now_ms, key_id),
     )
-    tx.add(buffered=len(items))
+    tx.add(buffered_items=len(items))
     return replayed
 
 
@@ -138,7 +138,7 @@ def _drop_pending_like(tx: Tx, key_id: int, digests: list[str]) -> None:
         ).rowcount
     if dropped:
         tx.cur.execute("UPDATE keys SET pending = pending - ? WHERE id = ?", (dropped, key_id))
-        tx.add(buffered=-dropped)
+        tx.add(buffered_items=-dropped)
 
 
 def purge(tx: Tx, spec: QueueSpec, batch_ids: Sequence[str] | None, before_ms: int | None) -> int:

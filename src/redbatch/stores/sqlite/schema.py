@@ -5,22 +5,38 @@ by the modules that read and write them (the tables are described in the package
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from redbatch.engine import Counter
 from redbatch.errors import StoreUnavailable
 
-SCHEMA_VERSION = 2
-"""1: the batching tables. 2: adds ``rules``; a version-1 file gains it from the same
-``CREATE TABLE IF NOT EXISTS`` statements that create a new file, and keeps its data."""
+SCHEMA_VERSION = 3
+"""1: the batching tables. 2: adds ``rules``. 3: ``queues.buffered`` is renamed
+``buffered_items``, the engine's name. An older file is migrated when it is opened, step by
+step (``MIGRATIONS``), and keeps its data."""
 CHUNK = 500  # bound on ``?`` parameters per statement: old SQLite builds allow 999
-COUNTERS = ("open_keys", "buffered", "in_flight", "retrying", "dead", "flushed_batches", "flushed_items")
-"""The columns of ``queues`` that transactions move by a delta (see ``connection.Tx``)."""
+COUNTERS: tuple[str, ...] = ("open_keys", "in_flight", "retrying", *(counter.value for counter in Counter))
+"""The columns of ``queues`` that transactions move by a delta (see ``connection.Tx``): the
+engine's state counts and event counters, by the engine's names."""
+
+# Since version 2.
+_RULES = """CREATE TABLE IF NOT EXISTS rules (
+        name TEXT PRIMARY KEY,
+        max_items INTEGER NOT NULL,
+        max_wait_ms INTEGER NOT NULL,
+        idle_ms INTEGER NOT NULL,
+        dedupe INTEGER NOT NULL,
+        max_attempts INTEGER NOT NULL,
+        lease_ms INTEGER NOT NULL,
+        version TEXT NOT NULL,
+        updated_at INTEGER NOT NULL)"""
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS queues (
         name TEXT PRIMARY KEY,
         open_keys INTEGER NOT NULL DEFAULT 0,
-        buffered INTEGER NOT NULL DEFAULT 0,
+        buffered_items INTEGER NOT NULL DEFAULT 0,
         in_flight INTEGER NOT NULL DEFAULT 0,
         retrying INTEGER NOT NULL DEFAULT 0,
         dead INTEGER NOT NULL DEFAULT 0,
@@ -72,18 +88,16 @@ SCHEMA = (
         created_at INTEGER NOT NULL,
         died_at INTEGER NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS dead_letters_died ON dead_letters (queue, died_at, batch_id)",
-    # Since version 2.
-    """CREATE TABLE IF NOT EXISTS rules (
-        name TEXT PRIMARY KEY,
-        max_items INTEGER NOT NULL,
-        max_wait_ms INTEGER NOT NULL,
-        idle_ms INTEGER NOT NULL,
-        dedupe INTEGER NOT NULL,
-        max_attempts INTEGER NOT NULL,
-        lease_ms INTEGER NOT NULL,
-        version TEXT NOT NULL,
-        updated_at INTEGER NOT NULL)""",
+    _RULES,
 )
+"""The statements that create a new file, at ``SCHEMA_VERSION``."""
+
+MIGRATIONS: Mapping[int, tuple[str, ...]] = {
+    1: (_RULES,),
+    2: ("ALTER TABLE queues RENAME COLUMN buffered TO buffered_items",),
+}
+"""``MIGRATIONS[v]``: the statements that take a version-``v`` file to version ``v + 1``."""
+_RENAME_COLUMN = (3, 25, 0)  # the first SQLite to know ALTER TABLE ... RENAME COLUMN
 
 # The deadline index, read through ``keys_due``; tests check that each is an index search.
 SELECT_DUE = (
@@ -106,10 +120,12 @@ END_BATCH = (
 
 
 def migrate(cur: sqlite3.Cursor, path: str) -> None:
-    """Bring the file to ``SCHEMA_VERSION``, in the caller's write transaction.
+    """Create the tables of a new file, or migrate an older one to ``SCHEMA_VERSION``, in the
+    caller's write transaction: all of it, or (on any error) none of it.
 
     The version is read inside that transaction, so of several processes opening an old file
-    at once, the first to take the write lock migrates it and the others find it done.
+    at once, the first to take the write lock migrates it and the others find it done (a
+    migration that ran twice would fail: the column it renames is gone).
     """
     version = cur.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
@@ -117,7 +133,18 @@ def migrate(cur: sqlite3.Cursor, path: str) -> None:
             f"SQLite store {path} has schema version {version}, newer than this "
             f"redbatch's {SCHEMA_VERSION}; upgrade redbatch"
         )
-    for statement in SCHEMA:
+    if version == SCHEMA_VERSION:
+        return
+    if version == 0:
+        steps: Sequence[str] = SCHEMA
+    else:
+        if version <= 2 and sqlite3.sqlite_version_info < _RENAME_COLUMN:
+            raise StoreUnavailable(
+                f"SQLite store {path} has schema version {version}; upgrading it needs SQLite "
+                f"3.25 or later, and this Python has SQLite {sqlite3.sqlite_version}"
+            )
+        steps = [statement for step in range(version, SCHEMA_VERSION) for statement in MIGRATIONS[step]]
+    for statement in steps:
         cur.execute(statement)
     cur.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 

@@ -170,7 +170,7 @@ class SQLiteStore(Database):
             "INSERT INTO pending (key_id, arrived_at, digest, payload) VALUES (?, ?, ?, ?)",
             [(key_id, now_ms, e.digest, e.payload) for e in group],
         )
-        tx.add(buffered=len(group))
+        tx.add(buffered_items=len(group))
         return deadline
 
     @staticmethod
@@ -268,7 +268,7 @@ class SQLiteStore(Database):
             " WHERE id = ?",
             (taken, key_id, batch_id, now_ms, taken, key_id),
         )
-        tx.add(buffered=-taken)
+        tx.add(buffered_items=-taken)
         return batch_id
 
     def next_due_ms(self, spec: QueueSpec) -> int | None:
@@ -376,7 +376,7 @@ class SQLiteStore(Database):
             # transition: clear
             dropped = tx.cur.execute("DELETE FROM pending WHERE key_id = ?", (row["id"],)).rowcount
             tx.cur.execute("UPDATE keys SET pending = 0, first_at = NULL WHERE id = ?", (row["id"],))
-            tx.add(buffered=-dropped)
+            tx.add(buffered_items=-dropped)
             if row["batch_id"] is not None and not row["running"]:
                 tx.cur.execute("DELETE FROM batch_items WHERE batch_id = ?", (row["batch_id"],))
                 dropped += row["batch_size"]
@@ -419,7 +419,7 @@ class SQLiteStore(Database):
         )
         return QueueCounters(
             open_keys=values["open_keys"],
-            buffered_items=values["buffered"],
+            buffered_items=values["buffered_items"],
             oldest_arrival=oldest,
             in_flight=values["in_flight"],
             retrying=values["retrying"],
