@@ -220,7 +220,7 @@ class MemoryStore:
         elif not current.running:  # transition: claim_retry
             queue.retrying -= 1
             queue.in_flight += 1
-        # transition: reclaim (a running batch whose lease lapsed), and the lease every claim takes
+        # transition: reclaim (its lease lapsed, attempts left); every claim ends here: a new lease
         queue.token_seq += 1
         current.attempt += 1
         current.fencing_token = queue.token_seq

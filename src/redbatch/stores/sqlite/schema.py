@@ -14,7 +14,9 @@ from redbatch.errors import StoreUnavailable
 SCHEMA_VERSION = 3
 """1: the batching tables. 2: adds ``rules``. 3: ``queues.buffered`` is renamed
 ``buffered_items``, the engine's name. An older file is migrated when it is opened, step by
-step (``MIGRATIONS``), and keeps its data."""
+step (``MIGRATIONS``), and keeps its data. A redbatch older than a file refuses to open it,
+and one already running on it fails its writes once it is migrated: upgrade every process
+that shares a file together."""
 CHUNK = 500  # bound on ``?`` parameters per statement: old SQLite builds allow 999
 COUNTERS: tuple[str, ...] = ("open_keys", "in_flight", "retrying", *(counter.value for counter in Counter))
 """The columns of ``queues`` that transactions move by a delta (see ``connection.Tx``): the

@@ -230,7 +230,7 @@ class SQLiteStore(Database):
             tx.add(in_flight=1)
         elif not row["running"]:  # transition: claim_retry
             tx.add(retrying=-1, in_flight=1)
-        # transition: reclaim (a running batch whose lease lapsed), and the lease every claim takes
+        # transition: reclaim (its lease lapsed, attempts left); every claim ends here: a new lease
         token = tx.next_token(spec.name)
         tx.cur.execute(
             "UPDATE keys SET attempt = attempt + 1, running = 1, fencing_token = ?, due_at = ? WHERE id = ?",
@@ -442,6 +442,7 @@ class SQLiteStore(Database):
             return letters.purge(tx, spec, batch_ids, before_ms)
 
     # ------------------------------------------------------------------ lifecycle
+    # close() is Database.close: every connection this process has open on the file.
 
     def waiter(self, names: Sequence[str]) -> Waiter:
         """Every batcher shares the file, so the waiter wakes on any commit, whatever ``names``."""
