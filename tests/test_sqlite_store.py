@@ -43,7 +43,7 @@ from redbatch.stores.sqlite import (
     SQLiteStore,
     sqlite_path,
 )
-from redbatch.types import ClaimedBatch, DeadRecord, Entry, Lease, QueueSpec
+from redbatch.types import ClaimedBatch, DeadRecord, Entry, Lease, QueueCounters, QueueSpec
 from tests.conformance.test_worker import DEADLINE, running, wait_until
 
 SPEC = QueueSpec("b", max_items=3, max_wait_ms=1000, idle_ms=0, dedupe=False, max_attempts=2, lease_ms=500)
@@ -106,6 +106,20 @@ SCHEMA_V1 = (
         created_at INTEGER NOT NULL,
         died_at INTEGER NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS dead_letters_died ON dead_letters (queue, died_at, batch_id)",
+)
+# The schema of version 2: version 1 and ``rules`` (``queues.buffered`` not yet ``buffered_items``).
+SCHEMA_V2 = (
+    *SCHEMA_V1,
+    """CREATE TABLE IF NOT EXISTS rules (
+        name TEXT PRIMARY KEY,
+        max_items INTEGER NOT NULL,
+        max_wait_ms INTEGER NOT NULL,
+        idle_ms INTEGER NOT NULL,
+        dedupe INTEGER NOT NULL,
+        max_attempts INTEGER NOT NULL,
+        lease_ms INTEGER NOT NULL,
+        version TEXT NOT NULL,
+        updated_at INTEGER NOT NULL)""",
 )
 
 
@@ -217,7 +231,7 @@ def test_a_file_from_a_newer_redbatch_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_version_1_file_gains_the_rules_table_and_keeps_its_data(tmp_path: Path) -> None:
-    """Version 1 (before rules were stored): the same tables, no ``rules``; its items stay."""
+    """Version 1 (before rules were stored): no ``rules``; its items and counters stay."""
     path = tmp_path / "v1.db"
     with sqlite3.connect(path) as conn:
         for statement in SCHEMA_V1:
@@ -231,12 +245,98 @@ def test_a_version_1_file_gains_the_rules_table_and_keeps_its_data(tmp_path: Pat
         conn.execute("PRAGMA user_version = 1")
     conn.close()
     store = SQLiteStore(str(path))
-    assert store._conn().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert store._conn().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     assert store.stored_rules("b") is None
     store.append(SPEC, entries("k", 2), 10)
     assert store.stored_rules("b") == SPEC
     assert store.peek(SPEC, "k", 10) == [(0, b"1"), (10, b"2")]
+    assert (store.counters(SPEC).open_keys, store.counters(SPEC).buffered_items) == (1, 2)
     store.close()
+
+
+def _version_2_file(path: Path) -> None:
+    """A version-2 file holding a pending key, a dead letter and every counter set."""
+    with sqlite3.connect(path) as conn:
+        for statement in SCHEMA_V2:
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO queues (name, open_keys, buffered, in_flight, retrying, dead, flushed_batches,"
+            " flushed_items, last_flush_at, token_seq) VALUES ('b', 1, 2, 0, 0, 1, 3, 7, 900, 5)"
+        )
+        conn.execute(
+            "INSERT INTO keys (id, queue, key, due_at, pending, first_at, last_at)"
+            " VALUES (1, 'b', 'k', 1000, 2, 0, 0)"
+        )
+        conn.executemany(
+            "INSERT INTO pending (key_id, arrived_at, digest, payload) VALUES (1, 0, '', ?)",
+            [(b"1",), (b"2",)],
+        )
+        conn.execute(
+            "INSERT INTO dead_letters (batch_id, queue, key, attempts, error, created_at, died_at)"
+            " VALUES ('gone', 'b', 'k', 2, 'it broke', 100, 800)"
+        )
+        conn.execute(
+            "INSERT INTO batch_items (batch_id, arrived_at, digest, payload) VALUES ('gone', 50, '', X'30')"
+        )
+        conn.execute("PRAGMA user_version = 2")
+    conn.close()
+
+
+def test_a_version_2_file_renames_its_buffered_column_and_keeps_its_counters(tmp_path: Path) -> None:
+    """Version 3 renamed ``queues.buffered`` to ``buffered_items``, the engine's name."""
+    path = tmp_path / "v2.db"
+    _version_2_file(path)
+    store = SQLiteStore(str(path))
+    conn = store._conn()
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(queues)")]
+    assert "buffered_items" in columns and "buffered" not in columns
+    assert store.counters(SPEC) == QueueCounters(
+        open_keys=1, buffered_items=2, oldest_arrival=0, in_flight=0, retrying=0,
+        dead=1, flushed_batches=3, flushed_items=7, last_flush_at=900,
+    )  # fmt: skip
+    (dead,) = store.dead_letters(SPEC, 10, 0)
+    assert (dead.batch_id, dead.payloads, dead.died_at) == ("gone", (b"0",), 800)
+    store.append(SPEC, entries("k", 3), 10)  # full: a batch of the three, under the next token
+    assert store.counters(SPEC).buffered_items == 3
+    (claimed,) = store.claim_due(SPEC, 10, 1)
+    assert (claimed.payloads, claimed.lease.fencing_token) == ((b"1", b"2", b"3"), 6)
+    assert store.counters(SPEC).buffered_items == 0
+    store.close()
+
+
+def _open_at_once(path: Path, openers: int) -> list[SQLiteStore]:
+    """Open the file from ``openers`` threads released together; every one must succeed."""
+    barrier = threading.Barrier(openers)
+    opened: list[SQLiteStore] = []
+    errors: list[BaseException] = []
+
+    def open_store() -> None:
+        barrier.wait(DEADLINE)
+        try:
+            opened.append(SQLiteStore(str(path)))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_store) for _ in range(openers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(DEADLINE)
+    assert not errors, errors
+    return opened
+
+
+def test_threads_opening_a_version_2_file_at_once_migrate_it_once(tmp_path: Path) -> None:
+    """Every opener reads version 2, but only the first to take the write lock migrates: the
+    others read the version again under the lock and find the column renamed already."""
+    for n in range(5):
+        path = tmp_path / f"v2-{n}.db"
+        _version_2_file(path)
+        stores = _open_at_once(path, 6)
+        assert [s.counters(SPEC).buffered_items for s in stores] == [2] * 6
+        for store in stores:
+            store.close()
 
 
 def test_a_hand_edited_rules_row_is_a_clear_error_until_a_worker_publishes(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from redbatch.engine import due_at
+from redbatch.engine import due_at, wakes
 from redbatch.stores.base import (
     LEASE_EXPIRED_ERROR,
     RulesChanged,
@@ -18,6 +18,7 @@ from redbatch.stores.base import (
     new_batch_id,
     unknown_dead_letters,
 )
+from redbatch.stores.local import LocalWaiter, Wakeups
 from redbatch.types import ClaimedBatch, DeadRecord, Entry, Lease, QueueCounters, QueueSpec
 
 log = logging.getLogger("redbatch.store.memory")
@@ -46,12 +47,16 @@ class _Key:
 
 @dataclass(slots=True)
 class _Queue:
+    """One batcher's state. Counters carry the engine's names (``redbatch.engine``): the
+    event counters and the state counts in_flight and retrying are kept here, while
+    ``open_keys`` is ``len(due)`` and ``dead`` is ``len(dead)``."""
+
     keys: dict[str, _Key] = field(default_factory=dict)
     due: dict[str, int] = field(default_factory=dict)
     heap: list[tuple[int, str]] = field(default_factory=list)  # lazy: checked against due
     dead: dict[str, DeadRecord] = field(default_factory=dict)
     dead_digests: dict[str, tuple[str, ...]] = field(default_factory=dict)  # dedupe again on replay
-    buffered: int = 0
+    buffered_items: int = 0
     in_flight: int = 0
     retrying: int = 0
     flushed_batches: int = 0
@@ -97,26 +102,6 @@ class _Queue:
         return None
 
 
-class _MemoryWaiter:
-    def __init__(self, store: MemoryStore, names: Sequence[str]) -> None:
-        self._store = store
-        self._seen = store._wake_seq
-        self._closed = False
-
-    def wait(self, timeout: float) -> bool:
-        with self._store._wake:
-            changed = self._store._wake.wait_for(
-                lambda: self._closed or self._store._wake_seq != self._seen, timeout
-            )
-            self._seen = self._store._wake_seq
-            return changed and not self._closed
-
-    def close(self) -> None:
-        with self._store._wake:
-            self._closed = True
-            self._store._wake.notify_all()
-
-
 class MemoryStore:
     """Everything in one process's memory, guarded by one lock. Not durable."""
 
@@ -125,8 +110,7 @@ class MemoryStore:
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
         self._lock = threading.RLock()
-        self._wake = threading.Condition(self._lock)
-        self._wake_seq = 0
+        self._wakeups = Wakeups(self._lock)
         self._queues: dict[str, _Queue] = {}
         self._rules: dict[str, QueueSpec] = {}
         log.warning("memory:// store: nothing is durable, everything is lost when the process exits")
@@ -137,10 +121,6 @@ class MemoryStore:
             queue = self._queues[spec.name] = _Queue()
         return queue
 
-    def _notify(self) -> None:
-        self._wake_seq += 1
-        self._wake.notify_all()
-
     def _reschedule(self, spec: QueueSpec, queue: _Queue, key: str, state: _Key, now_ms: int) -> None:
         """After a key's current batch ended: schedule its pending items or forget the key."""
         if state.current is not None:
@@ -149,8 +129,8 @@ class MemoryStore:
             deadline = due_at(spec, state.pending[0][0], state.last_ms, len(state.pending), now_ms)
             head = queue.head()
             queue.schedule(key, deadline)
-            if head is None or deadline < head[0] or deadline <= now_ms:
-                self._notify()
+            if wakes(deadline, None if head is None else head[0], now_ms):
+                self._wakeups.notify()
         else:
             queue.due.pop(key, None)
             del queue.keys[key]
@@ -163,6 +143,7 @@ class MemoryStore:
                 raise RulesChanged(spec.name)
             queue = self._queue(spec)
             touched: dict[str, _Key] = {}
+            # transition: append
             for entry in entries:
                 state = queue.keys.get(entry.key)
                 if state is None:
@@ -173,7 +154,7 @@ class MemoryStore:
                     state.digests.add(entry.digest)
                 state.pending.append((now_ms, entry.payload, entry.digest))
                 state.last_ms = now_ms
-                queue.buffered += 1
+                queue.buffered_items += 1
                 touched[entry.key] = state
             for key, state in touched.items():
                 # A key already due (flushed, or overdue) stays due: more items never delay it.
@@ -194,7 +175,7 @@ class MemoryStore:
                 if state.current is None and state.pending and queue.due.get(key, now_ms) > now_ms:
                     first = state.pending[0][0]
                     queue.schedule(key, due_at(spec, first, state.last_ms, len(state.pending), now_ms))
-            self._notify()
+            self._wakeups.notify()
             return previous
 
     def stored_rules(self, name: str) -> QueueSpec | None:
@@ -223,21 +204,23 @@ class MemoryStore:
     ) -> ClaimedBatch | None:
         current = state.current
         if current is not None and current.running and current.attempt >= spec.max_attempts:
+            # transition: bury_lapsed
             queue.in_flight -= 1
             self._bury(queue, key, current, LEASE_EXPIRED_ERROR, now_ms)
             state.current = None
             self._reschedule(spec, queue, key, state, now_ms)
             return None
-        if current is None:
+        if current is None:  # transition: claim
             taken = [state.pending.popleft() for _ in range(min(spec.max_items, len(state.pending)))]
             for _, _, digest in taken:
                 state.digests.discard(digest)
-            queue.buffered -= len(taken)
+            queue.buffered_items -= len(taken)
             current = state.current = _Current(new_batch_id(), tuple(taken), now_ms)
             queue.in_flight += 1
-        elif not current.running:
+        elif not current.running:  # transition: claim_retry
             queue.retrying -= 1
             queue.in_flight += 1
+        # transition: reclaim (its lease lapsed, attempts left); every claim ends here: a new lease
         queue.token_seq += 1
         current.attempt += 1
         current.fencing_token = queue.token_seq
@@ -294,7 +277,7 @@ class MemoryStore:
             held = []
             for lease in leases:
                 state = self._held(queue, lease)
-                if state is not None:
+                if state is not None:  # transition: heartbeat
                     queue.schedule(lease.key, lease_until_ms)
                 held.append(state is not None)
             return held
@@ -308,6 +291,7 @@ class MemoryStore:
                 held.append(state is not None and state.current is not None)
                 if state is None or state.current is None:
                     continue
+                # transition: ack
                 queue.in_flight -= 1
                 queue.flushed_batches += 1
                 queue.flushed_items += len(state.current.items)
@@ -337,11 +321,11 @@ class MemoryStore:
                 kept = tuple(current.items[i] for i in keep)
                 queue.flushed_items += len(current.items) - len(kept)
                 current.items = kept
-            if retry_at_ms is None:
+            if retry_at_ms is None:  # transition: fail_dead
                 self._bury(queue, lease.key, current, error, now_ms)
                 state.current = None
                 self._reschedule(spec, queue, lease.key, state, now_ms)
-            else:
+            else:  # transition: fail_retry
                 current.running = False
                 queue.retrying += 1
                 queue.schedule(lease.key, retry_at_ms)
@@ -355,8 +339,9 @@ class MemoryStore:
             state = queue.keys.get(key)
             if state is None:
                 return 0
+            # transition: clear
             dropped = len(state.pending)
-            queue.buffered -= dropped
+            queue.buffered_items -= dropped
             state.pending.clear()
             state.digests.clear()
             if state.current is not None and not state.current.running:
@@ -371,6 +356,7 @@ class MemoryStore:
             queue = self._queue(spec)
             keys = [key] if key is not None else list(queue.keys)
             made_due = 0
+            # transition: flush
             for name in keys:
                 state = queue.keys.get(name)
                 if state is None or state.current is not None or not state.pending:
@@ -379,7 +365,7 @@ class MemoryStore:
                     queue.schedule(name, now_ms)
                 made_due += 1
             if made_due:
-                self._notify()
+                self._wakeups.notify()
             return made_due
 
     def peek(self, spec: QueueSpec, key: str, limit: int) -> list[tuple[int, bytes]]:
@@ -395,7 +381,7 @@ class MemoryStore:
             oldest = min((s.pending[0][0] for s in queue.keys.values() if s.pending), default=None)
             return QueueCounters(
                 open_keys=len(queue.due),
-                buffered_items=queue.buffered,
+                buffered_items=queue.buffered_items,
                 oldest_arrival=oldest,
                 in_flight=queue.in_flight,
                 retrying=queue.retrying,
@@ -414,6 +400,7 @@ class MemoryStore:
         with self._lock:
             queue = self._queue(spec)
             wanted = None if batch_ids is None else self._known(spec, queue, batch_ids)
+            # transition: replay
             # ``dead`` keeps the order letters died in: a key's letters go back in that order.
             by_key: dict[str, list[_Item]] = {}
             for batch_id in [i for i in queue.dead if wanted is None or i in wanted]:
@@ -425,7 +412,7 @@ class MemoryStore:
                 self._put_back(spec, queue, key, items, now_ms)
             replayed = sum(len(items) for items in by_key.values())
             if replayed:
-                self._notify()
+                self._wakeups.notify()
             return replayed
 
     @staticmethod
@@ -445,11 +432,11 @@ class MemoryStore:
             replayed = {d for _, _, d in items if d}
             if not replayed.isdisjoint(state.digests):
                 kept = deque(item for item in state.pending if item[2] not in replayed)
-                queue.buffered -= len(state.pending) - len(kept)
+                queue.buffered_items -= len(state.pending) - len(kept)
                 state.pending = kept
             state.digests |= replayed
         state.pending.extendleft(reversed(items))
-        queue.buffered += len(items)
+        queue.buffered_items += len(items)
         if state.current is None:
             queue.schedule(key, now_ms)
 
@@ -469,13 +456,14 @@ class MemoryStore:
                 doomed = list(self._known(spec, queue, batch_ids))
             else:
                 doomed = [i for i, r in queue.dead.items() if before_ms is None or r.died_at < before_ms]
+            # transition: purge
             for batch_id in doomed:
                 del queue.dead[batch_id]
                 del queue.dead_digests[batch_id]
             return len(doomed)
 
     def waiter(self, names: Sequence[str]) -> Waiter:
-        return _MemoryWaiter(self, names)
+        return LocalWaiter(self._wakeups)
 
     def close(self) -> None:
         pass
