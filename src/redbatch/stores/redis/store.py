@@ -115,7 +115,7 @@ def _record(reply: Any) -> dict[str, bytes]:
 
 
 def _load_scripts(client: Any) -> dict[str, Any]:
-    lua = resources.files("redbatch.stores").joinpath("lua")
+    lua = resources.files("redbatch.stores.redis").joinpath("lua")
     prelude = lua.joinpath("lib.lua").read_text()
     return {
         name: client.register_script(prelude + "\n" + lua.joinpath(f"{name}.lua").read_text())
