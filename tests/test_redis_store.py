@@ -3,6 +3,7 @@ partitions. The conformance suite covers the behaviour every store shares."""
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import time
@@ -16,7 +17,9 @@ import pytest
 import redis
 
 import redbatch
+import redbatch.stores.redis
 from redbatch import Batcher, CorruptItem, RedbatchError, StoreUnavailable
+from redbatch.engine import TRANSITIONS
 from redbatch.stores.redis import RedisStore
 from tests.conformance.helpers import ack, claim, claim_one, fail, items, make
 from tests.conftest import FakeClock
@@ -33,6 +36,20 @@ def redis_key(store: RedisStore, batcher: Batcher, suffix: str, key: str) -> str
     """A key of the documented layout: ``{prefix:batcher:partition}:<suffix><key>``."""
     partition = zlib.crc32(key.encode()) % store.partitions
     return f"{{{store.prefix}:{batcher.name}:{partition}}}:{suffix}{key}"
+
+
+# ---------------------------------------------------------------- the state machine
+
+
+def test_every_transition_of_the_engine_is_cited_where_the_redis_store_makes_it() -> None:
+    """Each script names its transitions (``-- transition: ack``), as Python would (``#``)."""
+    package = Path(redbatch.stores.redis.__file__).parent
+    cited: dict[str, list[str]] = {}
+    for path in sorted([*package.rglob("*.lua"), *package.rglob("*.py")]):
+        for name in re.findall(r"^\s*(?:--|#) transition: (\w+)$", path.read_text(), re.MULTILINE):
+            cited.setdefault(name, []).append(path.name)
+    assert sorted(set(TRANSITIONS) - set(cited)) == [], "transitions no script or module cites"
+    assert sorted(set(cited) - set(TRANSITIONS)) == [], "cited names that are not transitions"
 
 
 # ---------------------------------------------------------------- entries written by hand

@@ -3,7 +3,9 @@
 Keys live under ``{prefix:batcher:partition}``, a hash tag, so that everything one script
 touches sits in one Redis Cluster slot and a batcher can be spread over partitions (and so
 over cluster nodes). Values are JSON, readable with redis-cli. The key layout is drawn at
-the top of lua/lib.lua; each script names the transitions of ``redbatch.engine`` it makes.
+the top of lua/lib.lua. Every transition of ``redbatch.engine`` is made by a script, whose
+header names it (``-- transition: ack``): the Python here only groups a call's keys by
+partition, builds the scripts' arguments and reads their replies.
 
 This module holds producing, claiming, the lease holders' steps and the operators' small
 ones; ``Rules`` (rules.py) and ``DeadLetters`` (dead_letters.py) hold the rest.

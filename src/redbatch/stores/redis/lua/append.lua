@@ -1,7 +1,8 @@
 -- append: add entries under their keys and reschedule each key, in every partition the
 -- entries fall in, all or none: each partition's recorded rules must be the ones the client
 -- used, and each key the call writes is checked first, so that one of the wrong type (written
--- by hand) fails the call before anything is written. Transition "append" of redbatch.engine.
+-- by hand) fails the call before anything is written.
+-- transition: append
 -- KEYS per partition, in the order of ARGV's partitions: due zset, age zset (first pending
 -- arrival per key), stats hash, rules hash (the batcher's recorded rules, see rules.lua)
 -- ARGV[1] now_ms, ARGV[2] max_items, ARGV[3] max_wait_ms, ARGV[4] idle_ms,

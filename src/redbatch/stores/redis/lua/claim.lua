@@ -1,4 +1,8 @@
 -- claim: lease up to `limit` due batches: retries, lapsed leases, or new batches.
+-- transition: claim
+-- transition: claim_retry
+-- transition: reclaim
+-- transition: bury_lapsed
 -- KEYS[1] due zset, KEYS[2] age zset, KEYS[3] stats hash, KEYS[4] dead zset, KEYS[5] token seq
 -- ARGV[1] base, ARGV[2] now_ms, ARGV[3] limit, ARGV[4] lease_ms, ARGV[5] max_items,
 -- ARGV[6] max_wait_ms, ARGV[7] idle_ms, ARGV[8] max_attempts, ARGV[9] dedupe '1'|'0',
@@ -63,15 +67,15 @@ while #result < limit and next_id <= #ARGV do
     local b = redis.call('HMGET', kh, 'st', 'attempt')
     local st = b[1]
     local leased = true
-    if st == 'run' and tonumber(b[2]) >= max_attempts then
+    if st == 'run' and tonumber(b[2]) >= max_attempts then -- bury_lapsed
       bury(base, dead, key, lost_error, now)
       redis.call('HINCRBY', stats, 'in_flight', -1)
       reschedule(base, due, key, now, max_items, max_wait, idle)
       leased = false
-    elseif st == 'wait' then
+    elseif st == 'wait' then -- claim_retry
       redis.call('HINCRBY', stats, 'retrying', -1)
       redis.call('HINCRBY', stats, 'in_flight', 1)
-    elseif not st then
+    elseif not st then -- claim
       if take_pending(key, kh) == 0 then
         redis.call('ZREM', due, key)
         redis.call('DEL', kh)
@@ -79,10 +83,10 @@ while #result < limit and next_id <= #ARGV do
       else
         redis.call('HINCRBY', stats, 'in_flight', 1)
       end
-    end
+    end -- else 'run' with attempts left: reclaim, a lost worker's batch leased again
     local entries = leased and redis.call('LRANGE', base .. 'b:' .. key, 0, -1)
     local corrupt = entries and corruption(entries)
-    if corrupt then
+    if corrupt then -- buried as by fail_dead, never leased
       bury(base, dead, key, corrupt, now)
       redis.call('HINCRBY', stats, 'in_flight', -1)
       reschedule(base, due, key, now, max_items, max_wait, idle)

@@ -1,4 +1,5 @@
 -- clear: drop a key's pending items and any batch waiting to retry; a running batch stays.
+-- transition: clear
 -- KEYS[1] due zset, KEYS[2] age zset, KEYS[3] stats hash
 -- ARGV[1] base, ARGV[2] key
 -- Returns the number of items dropped.

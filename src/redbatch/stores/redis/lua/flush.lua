@@ -1,4 +1,5 @@
 -- flush: make one key, or every key without a current batch, due now.
+-- transition: flush
 -- KEYS[1] due zset
 -- ARGV[1] base, ARGV[2] now_ms, ARGV[3] wake channel, ARGV[4] key, or '' for every key
 -- Returns the number of keys made due. Flushing every key is O(open keys): an operator's act.

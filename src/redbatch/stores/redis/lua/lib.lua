@@ -1,14 +1,43 @@
--- Shared prelude, prepended to every script by the Redis store.
--- A key's layout under the partition base B (which carries the cluster hash tag):
---   B..'i:'..key  list  pending entries "arrived_ms:digest:json", oldest first
---   B..'d:'..key  set   dedupe digests of pending entries
---   B..'k:'..key  hash  first, last (pending arrivals); bid, st ('run'|'wait'), attempt,
---                       tok (fencing token), created, n, err for the current batch
---   B..'b:'..key  list  entries of the current batch
---   B..'x:'..bid  hash  a dead letter: key, attempts, error, created, died, tok (the fencing
---                       token of its last attempt: a key's letters died in its order)
---   B..'xi:'..bid list  a dead letter's entries
---   B..'rules'    hash  the batcher's rules, a copy in every partition (see rules.lua)
+-- lib.lua: the prelude the Redis store puts in front of every script, and the key map.
+--
+-- A batcher's keys are spread over its partitions (one unless the store is opened with
+-- partitions=N; a key k lives in partition crc32(k) mod N). Every key of partition P of
+-- batcher NAME starts with the base B = '{PREFIX:NAME:P}:', whose braces are a Redis Cluster
+-- hash tag: everything one script touches sits in one slot. A script gets the partition's
+-- keys in KEYS and B in ARGV, and builds the per-key names below from B.
+--
+-- Per partition:
+--   B..'due'        zset    the deadline index: each open key, scored by the next moment it
+--                           needs attention (redbatch.engine: due_at while IDLE, lease_until
+--                           while RUNNING, retry_at while WAITING; an ABSENT key is no member)
+--   B..'age'        zset    each key with pending entries, scored by its oldest arrival
+--   B..'stats'      hash    counters: buffered, in_flight, retrying, flushed_batches,
+--                           flushed_items, last_flush (the time of the last ack)
+--   B..'dead'       zset    dead letters' batch ids, scored by their time of death
+--   B..'seq'        string  the last fencing token handed out (INCR)
+--   B..'rules'      hash    the batcher's rules, a copy in every partition (see rules.lua)
+-- Per key k:
+--   B..'i:'..k      list    pending entries, oldest first
+--   B..'d:'..k      set     dedupe digests of pending entries
+--   B..'k:'..k      hash    first, last (pending arrivals; 'last' is kept only while the
+--                           batcher debounces); bid, st, attempt, tok (fencing token),
+--                           created, n, err: the current batch, when there is one
+--   B..'b:'..k      list    entries of the current batch
+-- Per dead letter, by batch id:
+--   B..'x:'..bid    hash    key, attempts, error, created, died, tok (the fencing token of
+--                           its last attempt: a key's letters died in its order)
+--   B..'xi:'..bid   list    its entries
+-- Channels:
+--   PREFIX..':wake:'..NAME  a script PUBLISHes here when a key may be due sooner than any
+--                           worker expects (see wakes below); each waiter also listens on a
+--                           channel of its own, to be ended from another thread
+--
+-- An entry is "arrived_ms:digest:json" (digest '' when the batcher does not dedupe); one
+-- without that framing was pushed by hand. A key's state (redbatch.engine.KeyState) is
+-- read from B..'k:'..k's 'st' and its place in B..'due':
+--   ABSENT   not in due            IDLE     in due, no 'st'
+--   RUNNING  st = 'run'            WAITING  st = 'wait'
+
 local function arrival(entry)
   return tonumber(string.match(entry, '^(%d+):'))
 end
@@ -17,7 +46,7 @@ local function digest_of(entry)
   return string.match(entry, '^%d+:([^:]*):')
 end
 
--- The batching rule (stated in Python as stores.base.due_at).
+-- The batching rule, redbatch.engine.due_at stated again: it runs inside Redis.
 local function due_at(first, last, pending, now, max_items, max_wait, idle)
   if pending >= max_items then return now end
   local deadline = first + max_wait

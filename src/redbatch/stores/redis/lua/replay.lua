@@ -1,6 +1,7 @@
 -- replay: put dead letters' entries back in front of their keys' pending entries, due now.
 -- A key's letters go back in the order they died, each letter's entries in arrival order;
 -- with dedupe, an entry equal to one in front of it collapses into that one (see collapse).
+-- transition: replay
 -- KEYS[1] due zset, KEYS[2] age zset, KEYS[3] stats hash, KEYS[4] dead zset
 -- ARGV[1] base, ARGV[2] now_ms, ARGV[3] wake channel, ARGV[4] dedupe '1'|'0', ARGV[5] mode:
 --   'ids': ARGV[6..] batch ids: all of them replayed or, when one is unknown, none
