@@ -156,6 +156,7 @@ class RedisStore(Rules, DeadLetters):
             spec.max_attempts,
             int(spec.dedupe),
             LEASE_EXPIRED_ERROR,
+            self._channel(spec.name),
             *(new_batch_id() for _ in range(want + _SPARE_IDS)),
         ]
         return keys, args

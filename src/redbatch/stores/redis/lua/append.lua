@@ -87,9 +87,9 @@ local function add(part, key, from, to)
     local old = redis.call('ZSCORE', due, key)
     -- A key already due (flushed, or overdue) stays due: more items never delay it.
     if old == false or (tonumber(old) ~= deadline and tonumber(old) > now) then
-      local head = redis.call('ZRANGE', due, 0, 0, 'WITHSCORES')
+      local head = head_of(due)
       redis.call('ZADD', due, deadline, key)
-      if deadline <= now or head[2] == nil or deadline < tonumber(head[2]) then wake = true end
+      if wakes(deadline, head, now) then wake = true end
     end
   end
   return count

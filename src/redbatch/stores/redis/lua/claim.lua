@@ -6,7 +6,8 @@
 -- KEYS[1] due zset, KEYS[2] age zset, KEYS[3] stats hash, KEYS[4] dead zset, KEYS[5] token seq
 -- ARGV[1] base, ARGV[2] now_ms, ARGV[3] limit, ARGV[4] lease_ms, ARGV[5] max_items,
 -- ARGV[6] max_wait_ms, ARGV[7] idle_ms, ARGV[8] max_attempts, ARGV[9] dedupe '1'|'0',
--- ARGV[10] error recorded for a lost worker's last attempt, ARGV[11..] new batch ids (a few
+-- ARGV[10] error recorded for a lost worker's last attempt, ARGV[11] wake channel (a buried
+-- batch's key may be due sooner than other workers expect), ARGV[12..] new batch ids (a few
 -- more than limit: a batch buried as corrupt uses one up)
 -- Returns {key, batch id, attempt, fencing token, created_ms, entries} per leased batch.
 -- A batch holding an entry not framed "arrived_ms:digest:json" (pushed by hand) is not leased:
@@ -15,8 +16,8 @@ local due, age, stats, dead, seq = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local base, now, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local lease_ms, max_items = tonumber(ARGV[4]), tonumber(ARGV[5])
 local max_wait, idle, max_attempts = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local dedupe, lost_error = ARGV[9] == '1', ARGV[10]
-local result, next_id = {}, 11
+local dedupe, lost_error, channel = ARGV[9] == '1', ARGV[10], ARGV[11]
+local result, next_id, wake = {}, 12, false
 
 local function take_pending(key, kh)
   local items = base .. 'i:' .. key
@@ -70,7 +71,7 @@ while #result < limit and next_id <= #ARGV do
     if st == 'run' and tonumber(b[2]) >= max_attempts then -- bury_lapsed
       bury(base, dead, key, lost_error, now)
       redis.call('HINCRBY', stats, 'in_flight', -1)
-      reschedule(base, due, key, now, max_items, max_wait, idle)
+      if reschedule(base, due, key, now, max_items, max_wait, idle) then wake = true end
       leased = false
     elseif st == 'wait' then -- claim_retry
       redis.call('HINCRBY', stats, 'retrying', -1)
@@ -89,7 +90,7 @@ while #result < limit and next_id <= #ARGV do
     if corrupt then -- buried as by fail_dead, never leased
       bury(base, dead, key, corrupt, now)
       redis.call('HINCRBY', stats, 'in_flight', -1)
-      reschedule(base, due, key, now, max_items, max_wait, idle)
+      if reschedule(base, due, key, now, max_items, max_wait, idle) then wake = true end
     elseif leased then
       local token = redis.call('INCR', seq)
       local attempt = redis.call('HINCRBY', kh, 'attempt', 1)
@@ -100,4 +101,5 @@ while #result < limit and next_id <= #ARGV do
     end
   end
 end
+if wake then redis.call('PUBLISH', channel, '1') end
 return result

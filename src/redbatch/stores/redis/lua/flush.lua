@@ -15,5 +15,7 @@ for _, key in ipairs(keys) do
     made = made + 1
   end
 end
+-- Every key counted is due now, and a key due now wakes workers whatever the index head was
+-- (wakes in lib.lua), so the head is not read.
 if made > 0 then redis.call('PUBLISH', ARGV[3], '1') end
 return made

@@ -54,6 +54,20 @@ local function due_at(first, last, pending, now, max_items, max_wait, idle)
   return deadline
 end
 
+-- Whether a key's new deadline should wake sleeping workers: redbatch.engine.wakes, stated
+-- again. A worker sleeps until the head of the index it last read, so a step wakes workers
+-- when the key it scheduled is due now, or due before the head the index had before the
+-- step (head_before; nil when the index was empty).
+local function wakes(deadline, head_before, now)
+  return deadline <= now or head_before == nil or deadline < head_before
+end
+
+-- The score at the head of a deadline index, nil when it is empty: O(log n). Read it before
+-- the change whose wake-up it decides.
+local function head_of(due)
+  return tonumber(redis.call('ZRANGE', due, 0, 0, 'WITHSCORES')[2])
+end
+
 -- Push source[from..to] (default: all of it) in chunks, since unpack has a stack limit;
 -- returns the list's new length.
 local function push_all(list, source, left, from, to)
@@ -68,7 +82,7 @@ end
 local BATCH_FIELDS = {'bid', 'st', 'attempt', 'tok', 'created', 'n', 'err'}
 
 -- After a key's current batch ended: schedule its pending items or forget the key.
--- Returns true when the key is due now (a worker should be woken).
+-- Returns true when workers should be woken (see wakes).
 local function reschedule(base, due, key, now, max_items, max_wait, idle)
   local kh = base .. 'k:' .. key
   local pending = redis.call('LLEN', base .. 'i:' .. key)
@@ -81,8 +95,9 @@ local function reschedule(base, due, key, now, max_items, max_wait, idle)
   local first = tonumber(times[1])
   -- 'last' is only kept up to date for debounced batchers (idle > 0)
   local deadline = due_at(first, tonumber(times[2]) or first, pending, now, max_items, max_wait, idle)
+  local head = head_of(due)
   redis.call('ZADD', due, deadline, key)
-  return deadline <= now
+  return wakes(deadline, head, now)
 end
 
 -- Move the current batch of a key to dead letters with an error.

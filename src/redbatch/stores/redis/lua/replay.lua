@@ -92,7 +92,7 @@ local function collapse(key, items, entries)
   return kept
 end
 
-local replayed = 0
+local replayed, wake = 0, false
 for _, key in ipairs(keys) do
   local letters = by_key[key]
   table.sort(letters, died_before)
@@ -116,8 +116,13 @@ for _, key in ipairs(keys) do
     if redis.call('HEXISTS', kh, 'last') == 0 then redis.call('HSET', kh, 'last', now) end
     redis.call('ZADD', age, first, key)
     redis.call('HINCRBY', stats, 'buffered', #entries)
-    if redis.call('HEXISTS', kh, 'st') == 0 then redis.call('ZADD', due, now, key) end
+    -- A key with a current batch keeps its deadline: its items wait for the batch to end.
+    -- A key made due now wakes workers whatever the index head was (wakes in lib.lua).
+    if redis.call('HEXISTS', kh, 'st') == 0 then
+      redis.call('ZADD', due, now, key)
+      wake = true
+    end
   end
 end
-if replayed > 0 then redis.call('PUBLISH', ARGV[3], '1') end
+if wake then redis.call('PUBLISH', ARGV[3], '1') end
 return {replayed, #chosen, dropped, unknown}

@@ -29,8 +29,9 @@ for i = 1, #members, 2 do
       -- for keys already open, so they are handed over earlier, never later.
       local deadline = due_at(first, tonumber(times[2]) or first, pending, now, max_items, max_wait, idle)
       if deadline ~= score then
+        local head = head_of(due)
         redis.call('ZADD', due, deadline, key)
-        if deadline < score then wake = true end
+        if wakes(deadline, head, now) then wake = true end
       end
     end
   end
