@@ -21,6 +21,7 @@ from typing import Any
 
 import redis
 
+from redbatch import engine
 from redbatch.stores.base import LEASE_EXPIRED_ERROR, RulesChanged, Waiter, mask_url, new_batch_id
 from redbatch.stores.redis.client import load_scripts, new_client
 from redbatch.stores.redis.core import Partition, read_entry
@@ -34,6 +35,12 @@ log = logging.getLogger("redbatch.store.redis")
 
 _OTHER_RULES, _NO_RULES = -1, -2  # append.lua's refusals
 _SPARE_IDS = 2  # batch ids claim.lua may use on corrupt batches it buries, beyond its limit
+# The stats hash's fields are the engine's counter names; versions before wrote 'buffered'
+# and 'last_flush'. Data they left must still count, so counters() reads both: a count
+# under both names is their sum (a claim made since subtracts from the new name what the
+# old one added), a time the later of the two.
+_LEGACY_COUNTS = {"buffered": engine.Counter.BUFFERED_ITEMS.value}
+_LAST_FLUSH_FIELDS = ("last_flush_at", "last_flush")
 
 
 class RedisStore(Rules, DeadLetters):
@@ -301,10 +308,10 @@ class RedisStore(Rules, DeadLetters):
             stats, due_count, age_head, dead_count = replies[4 * i : 4 * i + 4]
             for field, value in stats.items():
                 name = field.decode()
-                if name == "last_flush":
+                if name in _LAST_FLUSH_FIELDS:
                     last_flush = max(last_flush or 0, int(value))
                 else:
-                    totals[name] += int(value)
+                    totals[_LEGACY_COUNTS.get(name, name)] += int(value)
             open_keys += due_count
             dead += dead_count
             if age_head:
@@ -312,13 +319,13 @@ class RedisStore(Rules, DeadLetters):
                 oldest = first if oldest is None else min(oldest, first)
         return QueueCounters(
             open_keys=open_keys,
-            buffered_items=totals["buffered"],
+            buffered_items=totals[engine.Counter.BUFFERED_ITEMS],
             oldest_arrival=oldest,
             in_flight=totals["in_flight"],
             retrying=totals["retrying"],
             dead=dead,
-            flushed_batches=totals["flushed_batches"],
-            flushed_items=totals["flushed_items"],
+            flushed_batches=totals[engine.Counter.FLUSHED_BATCHES],
+            flushed_items=totals[engine.Counter.FLUSHED_ITEMS],
             last_flush_at=last_flush,
         )
 

@@ -25,7 +25,7 @@ if batches > 0 then
   redis.call('HINCRBY', stats, 'in_flight', -batches)
   redis.call('HINCRBY', stats, 'flushed_batches', batches)
   redis.call('HINCRBY', stats, 'flushed_items', items)
-  redis.call('HSET', stats, 'last_flush', now)
+  redis.call('HSET', stats, 'last_flush_at', now)
 end
 if wake then redis.call('PUBLISH', ARGV[6], '1') end
 return held

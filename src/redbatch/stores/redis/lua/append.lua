@@ -99,7 +99,7 @@ local total = 0
 for _, part in ipairs(partitions) do
   local added = 0
   for _, key in ipairs(part.keys) do added = added + add(part, key.name, key.from, key.to) end
-  if added > 0 then redis.call('HINCRBY', part.stats, 'buffered', added) end
+  if added > 0 then redis.call('HINCRBY', part.stats, 'buffered_items', added) end
   total = total + added
 end
 if wake then redis.call('PUBLISH', channel, '1') end

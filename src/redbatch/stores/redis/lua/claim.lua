@@ -25,7 +25,7 @@ local function take_pending(key, kh)
   if #taken == 0 then return 0 end
   redis.call('LTRIM', items, #taken, -1)
   push_all(base .. 'b:' .. key, taken, false)
-  local counted = 0 -- entries append.lua wrote (and counted as buffered), not pushed by hand
+  local counted = 0 -- entries append.lua wrote (and counted in buffered_items), not pushed by hand
   for _, entry in ipairs(taken) do
     local digest = digest_of(entry)
     if digest then
@@ -42,7 +42,7 @@ local function take_pending(key, kh)
     redis.call('HDEL', kh, 'first', 'last')
     redis.call('ZREM', age, key)
   end
-  if counted > 0 then redis.call('HINCRBY', stats, 'buffered', -counted) end -- Lua's -0 is '-0'
+  if counted > 0 then redis.call('HINCRBY', stats, 'buffered_items', -counted) end -- Lua's -0 is '-0'
   redis.call('HSET', kh, 'bid', ARGV[next_id], 'attempt', 0, 'created', now, 'n', #taken)
   next_id = next_id + 1
   return #taken

@@ -9,7 +9,7 @@ local dropped = redis.call('LLEN', base .. 'i:' .. key)
 redis.call('DEL', base .. 'i:' .. key, base .. 'd:' .. key)
 redis.call('ZREM', age, key)
 redis.call('HDEL', kh, 'first', 'last')
-if dropped > 0 then redis.call('HINCRBY', stats, 'buffered', -dropped) end
+if dropped > 0 then redis.call('HINCRBY', stats, 'buffered_items', -dropped) end
 local st = redis.call('HGET', kh, 'st')
 if st == 'wait' then
   dropped = dropped + tonumber(redis.call('HGET', kh, 'n'))

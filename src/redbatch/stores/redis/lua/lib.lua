@@ -11,8 +11,10 @@
 --                           needs attention (redbatch.engine: due_at while IDLE, lease_until
 --                           while RUNNING, retry_at while WAITING; an ABSENT key is no member)
 --   B..'age'        zset    each key with pending entries, scored by its oldest arrival
---   B..'stats'      hash    counters: buffered, in_flight, retrying, flushed_batches,
---                           flushed_items, last_flush (the time of the last ack)
+--   B..'stats'      hash    counters, by redbatch.engine's names: buffered_items,
+--                           in_flight, retrying, flushed_batches, flushed_items and
+--                           last_flush_at (the time of the last ack); data written before
+--                           may hold buffered and last_flush too (read by counters())
 --   B..'dead'       zset    dead letters' batch ids, scored by their time of death
 --   B..'seq'        string  the last fencing token handed out (INCR)
 --   B..'rules'      hash    the batcher's rules, a copy in every partition (see rules.lua)

@@ -87,7 +87,7 @@ local function collapse(key, items, entries)
     end
     redis.call('DEL', items)
     push_all(items, rest, false)
-    redis.call('HINCRBY', stats, 'buffered', #rest - #waiting)
+    redis.call('HINCRBY', stats, 'buffered_items', #rest - #waiting)
   end
   return kept
 end
@@ -115,7 +115,7 @@ for _, key in ipairs(keys) do
     redis.call('HSET', kh, 'first', first)
     if redis.call('HEXISTS', kh, 'last') == 0 then redis.call('HSET', kh, 'last', now) end
     redis.call('ZADD', age, first, key)
-    redis.call('HINCRBY', stats, 'buffered', #entries)
+    redis.call('HINCRBY', stats, 'buffered_items', #entries)
     -- A key with a current batch keeps its deadline: its items wait for the batch to end.
     -- A key made due now wakes workers whatever the index head was (wakes in lib.lua).
     if redis.call('HEXISTS', kh, 'st') == 0 then
