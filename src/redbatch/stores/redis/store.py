@@ -44,7 +44,15 @@ _LAST_FLUSH_FIELDS = ("last_flush_at", "last_flush")
 
 
 class RedisStore(Rules, DeadLetters):
-    """Batching state in Redis (standalone; Sentinel and Cluster come later)."""
+    """Batching state in Redis (standalone; Sentinel and Cluster come later).
+
+    ``url``: ``redis://`` or ``rediss://`` (TLS); ``self.url`` is it with the password masked.
+    ``prefix``: the start of every key and wake-up channel, so that applications can share
+    a Redis. ``partitions``: how many partitions (hash tags) each batcher's keys are spread
+    over, a key's chosen by crc32. ``connect_timeout``, ``socket_timeout``: seconds to
+    connect, and to wait for any one reply (client.py). ``client``: a redis-py client to use
+    instead of one built from ``url``, with whatever timeouts it has.
+    """
 
     durable = True
 
