@@ -16,6 +16,7 @@ import pytest
 import redis
 
 import redbatch
+import redbatch.stores.redis
 from redbatch import Batcher, CorruptItem, RedbatchError, StoreUnavailable
 from redbatch.stores.redis import RedisStore
 from tests.conformance.helpers import ack, claim, claim_one, fail, items, make
@@ -33,6 +34,39 @@ def redis_key(store: RedisStore, batcher: Batcher, suffix: str, key: str) -> str
     """A key of the documented layout: ``{prefix:batcher:partition}:<suffix><key>``."""
     partition = zlib.crc32(key.encode()) % store.partitions
     return f"{{{store.prefix}:{batcher.name}:{partition}}}:{suffix}{key}"
+
+
+# ---------------------------------------------------------------- the state machine
+
+
+def test_counters_a_previous_version_wrote_under_its_field_names_still_count(
+    store: RedisStore, clock: FakeClock
+) -> None:
+    """Before the stats hash took the engine's names it held 'buffered' and 'last_flush'."""
+    b = make(store, clock, max_items=10, max_wait=1)
+    b.add_many([("k", 1), ("k", 2), ("j", 3)])
+    clock.advance(1)
+    k_batch, j_batch = sorted(claim(b), key=lambda c: c.lease.key, reverse=True)
+    assert ack(b, k_batch)
+    flushed_at = clock.now
+    b.add_many([("k", 4), ("k", 5)])
+    before = b.stats()
+    for part in store._partitions(b.name):  # the fields as the previous version left them
+        for new, old in (("buffered_items", "buffered"), ("last_flush_at", "last_flush")):
+            value = store.client.hget(part.stats, new)
+            if value is not None:
+                store.client.hdel(part.stats, new)
+                store.client.hset(part.stats, old, value)
+    assert not any(store.client.hexists(p.stats, "buffered_items") for p in store._partitions(b.name))
+    assert b.stats() == before
+    assert (before.buffered_items, before.in_flight, before.flushed_batches) == (2, 1, 1)
+
+    clock.advance(1)
+    (k_again,) = claim(b)  # takes k's 2 items: under the new name, from the old name's 2
+    assert ack(b, k_again) and ack(b, j_batch)
+    s = b.stats()
+    assert (s.buffered_items, s.in_flight, s.flushed_batches, s.flushed_items) == (0, 0, 3, 5)
+    assert s.last_flush_at == clock.now / 1000 > flushed_at / 1000  # the later of the two fields
 
 
 # ---------------------------------------------------------------- entries written by hand

@@ -52,7 +52,7 @@ def test_replay_of_many_dead_letters_keeps_each_keys_order(
     store: Store, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """More letters than one step of the Redis store takes, some dying in the same millisecond."""
-    monkeypatch.setattr("redbatch.stores.redis._CHUNK", 2)
+    monkeypatch.setattr("redbatch.stores.redis.dead_letters._CHUNK", 2)
     b = make(store, clock, max_wait=60, max_items=100)
     for n in range(7):
         bury(b, n)
@@ -184,7 +184,7 @@ def test_an_index_entry_whose_record_was_lost_is_dropped(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setattr("redbatch.stores.redis._CHUNK", 2)
+    monkeypatch.setattr("redbatch.stores.redis.dead_letters._CHUNK", 2)
     b = make(store, clock, max_wait=60, max_items=100)
     lost = bury(b, "lost", key="a")
     kept = [bury(b, f"kept-{n}", key=f"b{n}") for n in range(3)]

@@ -1,4 +1,5 @@
 -- rules: record a batcher's rules in one partition (every partition holds a copy).
+-- No transition of redbatch.engine: the rules are the batcher's, not a key's.
 -- KEYS[1] rules hash: max_items, max_wait_ms, idle_ms, dedupe, max_attempts, lease_ms,
 --         version, updated_at, settled (the version whose rescheduling finished)
 -- ARGV[1] 'publish' (record these rules) or 'record' (only when none are recorded),

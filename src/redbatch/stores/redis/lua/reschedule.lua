@@ -1,6 +1,7 @@
 -- reschedule: after a change of rules, recompute the deadlines of one chunk of a partition's
 -- keys. A ZSCAN step, not a page by rank: rescheduling reorders the zset, and only a scan
 -- visits every key present throughout at least once (twice is harmless).
+-- No transition of redbatch.engine: a change of rules moves deadlines, not states.
 -- KEYS[1] due zset, KEYS[2] rules hash
 -- ARGV[1] base, ARGV[2] now_ms, ARGV[3] version being applied, ARGV[4] ZSCAN cursor,
 -- ARGV[5] ZSCAN count, ARGV[6] wake channel
@@ -28,8 +29,9 @@ for i = 1, #members, 2 do
       -- for keys already open, so they are handed over earlier, never later.
       local deadline = due_at(first, tonumber(times[2]) or first, pending, now, max_items, max_wait, idle)
       if deadline ~= score then
+        local head = head_of(due)
         redis.call('ZADD', due, deadline, key)
-        if deadline < score then wake = true end
+        if wakes(deadline, head, now) then wake = true end
       end
     end
   end

@@ -1,4 +1,6 @@
 -- fail: schedule a running batch's retry, or move it to dead letters.
+-- transition: fail_retry
+-- transition: fail_dead
 -- KEYS[1] due zset, KEYS[2] stats hash, KEYS[3] dead zset
 -- ARGV[1] base, ARGV[2] now_ms, ARGV[3] max_items, ARGV[4] max_wait_ms, ARGV[5] idle_ms,
 -- ARGV[6] wake channel, ARGV[7] key, ARGV[8] batch id, ARGV[9] fencing token,
@@ -20,13 +22,13 @@ if ARGV[12] ~= '' then
   redis.call('HSET', kh, 'n', #kept)
   redis.call('HINCRBY', stats, 'flushed_items', #all - #kept)
 end
-if ARGV[11] ~= '' then
+if ARGV[11] ~= '' then -- fail_retry
   redis.call('HSET', kh, 'st', 'wait', 'err', error)
   redis.call('ZADD', due, ARGV[11], key)
   redis.call('HINCRBY', stats, 'retrying', 1)
   return 1
 end
-bury(base, dead, key, error, now)
+bury(base, dead, key, error, now) -- fail_dead
 if reschedule(base, due, key, now, tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])) then
   redis.call('PUBLISH', ARGV[6], '1')
 end

@@ -1,8 +1,13 @@
 -- claim: lease up to `limit` due batches: retries, lapsed leases, or new batches.
+-- transition: claim
+-- transition: claim_retry
+-- transition: reclaim
+-- transition: bury_lapsed
 -- KEYS[1] due zset, KEYS[2] age zset, KEYS[3] stats hash, KEYS[4] dead zset, KEYS[5] token seq
 -- ARGV[1] base, ARGV[2] now_ms, ARGV[3] limit, ARGV[4] lease_ms, ARGV[5] max_items,
 -- ARGV[6] max_wait_ms, ARGV[7] idle_ms, ARGV[8] max_attempts, ARGV[9] dedupe '1'|'0',
--- ARGV[10] error recorded for a lost worker's last attempt, ARGV[11..] new batch ids (a few
+-- ARGV[10] error recorded for a lost worker's last attempt, ARGV[11] wake channel (a buried
+-- batch's key may be due sooner than other workers expect), ARGV[12..] new batch ids (a few
 -- more than limit: a batch buried as corrupt uses one up)
 -- Returns {key, batch id, attempt, fencing token, created_ms, entries} per leased batch.
 -- A batch holding an entry not framed "arrived_ms:digest:json" (pushed by hand) is not leased:
@@ -11,8 +16,8 @@ local due, age, stats, dead, seq = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local base, now, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local lease_ms, max_items = tonumber(ARGV[4]), tonumber(ARGV[5])
 local max_wait, idle, max_attempts = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local dedupe, lost_error = ARGV[9] == '1', ARGV[10]
-local result, next_id = {}, 11
+local dedupe, lost_error, channel = ARGV[9] == '1', ARGV[10], ARGV[11]
+local result, next_id, wake = {}, 12, false
 
 local function take_pending(key, kh)
   local items = base .. 'i:' .. key
@@ -20,7 +25,7 @@ local function take_pending(key, kh)
   if #taken == 0 then return 0 end
   redis.call('LTRIM', items, #taken, -1)
   push_all(base .. 'b:' .. key, taken, false)
-  local counted = 0 -- entries append.lua wrote (and counted as buffered), not pushed by hand
+  local counted = 0 -- entries append.lua wrote (and counted in buffered_items), not pushed by hand
   for _, entry in ipairs(taken) do
     local digest = digest_of(entry)
     if digest then
@@ -37,7 +42,7 @@ local function take_pending(key, kh)
     redis.call('HDEL', kh, 'first', 'last')
     redis.call('ZREM', age, key)
   end
-  if counted > 0 then redis.call('HINCRBY', stats, 'buffered', -counted) end -- Lua's -0 is '-0'
+  if counted > 0 then redis.call('HINCRBY', stats, 'buffered_items', -counted) end -- Lua's -0 is '-0'
   redis.call('HSET', kh, 'bid', ARGV[next_id], 'attempt', 0, 'created', now, 'n', #taken)
   next_id = next_id + 1
   return #taken
@@ -63,15 +68,15 @@ while #result < limit and next_id <= #ARGV do
     local b = redis.call('HMGET', kh, 'st', 'attempt')
     local st = b[1]
     local leased = true
-    if st == 'run' and tonumber(b[2]) >= max_attempts then
+    if st == 'run' and tonumber(b[2]) >= max_attempts then -- bury_lapsed
       bury(base, dead, key, lost_error, now)
       redis.call('HINCRBY', stats, 'in_flight', -1)
-      reschedule(base, due, key, now, max_items, max_wait, idle)
+      if reschedule(base, due, key, now, max_items, max_wait, idle) then wake = true end
       leased = false
-    elseif st == 'wait' then
+    elseif st == 'wait' then -- claim_retry
       redis.call('HINCRBY', stats, 'retrying', -1)
       redis.call('HINCRBY', stats, 'in_flight', 1)
-    elseif not st then
+    elseif not st then -- claim
       if take_pending(key, kh) == 0 then
         redis.call('ZREM', due, key)
         redis.call('DEL', kh)
@@ -79,13 +84,13 @@ while #result < limit and next_id <= #ARGV do
       else
         redis.call('HINCRBY', stats, 'in_flight', 1)
       end
-    end
+    end -- else 'run' with attempts left: reclaim, a lost worker's batch leased again
     local entries = leased and redis.call('LRANGE', base .. 'b:' .. key, 0, -1)
     local corrupt = entries and corruption(entries)
-    if corrupt then
+    if corrupt then -- buried as by fail_dead, never leased
       bury(base, dead, key, corrupt, now)
       redis.call('HINCRBY', stats, 'in_flight', -1)
-      reschedule(base, due, key, now, max_items, max_wait, idle)
+      if reschedule(base, due, key, now, max_items, max_wait, idle) then wake = true end
     elseif leased then
       local token = redis.call('INCR', seq)
       local attempt = redis.call('HINCRBY', kh, 'attempt', 1)
@@ -96,4 +101,5 @@ while #result < limit and next_id <= #ARGV do
     end
   end
 end
+if wake then redis.call('PUBLISH', channel, '1') end
 return result

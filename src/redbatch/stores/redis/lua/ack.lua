@@ -1,4 +1,5 @@
 -- ack: finish running batches and schedule each key's next one.
+-- transition: ack
 -- KEYS[1] due zset, KEYS[2] stats hash
 -- ARGV[1] base, ARGV[2] now_ms, ARGV[3] max_items, ARGV[4] max_wait_ms, ARGV[5] idle_ms,
 -- ARGV[6] wake channel, then triples (key, batch id, fencing token)
@@ -24,7 +25,7 @@ if batches > 0 then
   redis.call('HINCRBY', stats, 'in_flight', -batches)
   redis.call('HINCRBY', stats, 'flushed_batches', batches)
   redis.call('HINCRBY', stats, 'flushed_items', items)
-  redis.call('HSET', stats, 'last_flush', now)
+  redis.call('HSET', stats, 'last_flush_at', now)
 end
 if wake then redis.call('PUBLISH', ARGV[6], '1') end
 return held

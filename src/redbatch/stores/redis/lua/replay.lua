@@ -1,6 +1,7 @@
 -- replay: put dead letters' entries back in front of their keys' pending entries, due now.
 -- A key's letters go back in the order they died, each letter's entries in arrival order;
 -- with dedupe, an entry equal to one in front of it collapses into that one (see collapse).
+-- transition: replay
 -- KEYS[1] due zset, KEYS[2] age zset, KEYS[3] stats hash, KEYS[4] dead zset
 -- ARGV[1] base, ARGV[2] now_ms, ARGV[3] wake channel, ARGV[4] dedupe '1'|'0', ARGV[5] mode:
 --   'ids': ARGV[6..] batch ids: all of them replayed or, when one is unknown, none
@@ -86,12 +87,12 @@ local function collapse(key, items, entries)
     end
     redis.call('DEL', items)
     push_all(items, rest, false)
-    redis.call('HINCRBY', stats, 'buffered', #rest - #waiting)
+    redis.call('HINCRBY', stats, 'buffered_items', #rest - #waiting)
   end
   return kept
 end
 
-local replayed = 0
+local replayed, wake = 0, false
 for _, key in ipairs(keys) do
   local letters = by_key[key]
   table.sort(letters, died_before)
@@ -114,9 +115,14 @@ for _, key in ipairs(keys) do
     redis.call('HSET', kh, 'first', first)
     if redis.call('HEXISTS', kh, 'last') == 0 then redis.call('HSET', kh, 'last', now) end
     redis.call('ZADD', age, first, key)
-    redis.call('HINCRBY', stats, 'buffered', #entries)
-    if redis.call('HEXISTS', kh, 'st') == 0 then redis.call('ZADD', due, now, key) end
+    redis.call('HINCRBY', stats, 'buffered_items', #entries)
+    -- A key with a current batch keeps its deadline: its items wait for the batch to end.
+    -- A key made due now wakes workers whatever the index head was (wakes in lib.lua).
+    if redis.call('HEXISTS', kh, 'st') == 0 then
+      redis.call('ZADD', due, now, key)
+      wake = true
+    end
   end
 end
-if replayed > 0 then redis.call('PUBLISH', ARGV[3], '1') end
+if wake then redis.call('PUBLISH', ARGV[3], '1') end
 return {replayed, #chosen, dropped, unknown}

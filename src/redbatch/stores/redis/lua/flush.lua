@@ -1,4 +1,5 @@
 -- flush: make one key, or every key without a current batch, due now.
+-- transition: flush
 -- KEYS[1] due zset
 -- ARGV[1] base, ARGV[2] now_ms, ARGV[3] wake channel, ARGV[4] key, or '' for every key
 -- Returns the number of keys made due. Flushing every key is O(open keys): an operator's act.
@@ -14,5 +15,7 @@ for _, key in ipairs(keys) do
     made = made + 1
   end
 end
+-- Every key counted is due now, and a key due now wakes workers whatever the index head was
+-- (wakes in lib.lua), so the head is not read.
 if made > 0 then redis.call('PUBLISH', ARGV[3], '1') end
 return made

@@ -1,4 +1,5 @@
 -- purge: delete dead letters: record, entries and index entry.
+-- transition: purge
 -- KEYS[1] dead zset
 -- ARGV[1] base, ARGV[2] mode:
 --   'ids': ARGV[3..] batch ids: all of them deleted or, when one is unknown, none

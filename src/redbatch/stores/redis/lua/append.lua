@@ -1,7 +1,8 @@
 -- append: add entries under their keys and reschedule each key, in every partition the
 -- entries fall in, all or none: each partition's recorded rules must be the ones the client
 -- used, and each key the call writes is checked first, so that one of the wrong type (written
--- by hand) fails the call before anything is written. Transition "append" of redbatch.engine.
+-- by hand) fails the call before anything is written.
+-- transition: append
 -- KEYS per partition, in the order of ARGV's partitions: due zset, age zset (first pending
 -- arrival per key), stats hash, rules hash (the batcher's recorded rules, see rules.lua)
 -- ARGV[1] now_ms, ARGV[2] max_items, ARGV[3] max_wait_ms, ARGV[4] idle_ms,
@@ -86,9 +87,9 @@ local function add(part, key, from, to)
     local old = redis.call('ZSCORE', due, key)
     -- A key already due (flushed, or overdue) stays due: more items never delay it.
     if old == false or (tonumber(old) ~= deadline and tonumber(old) > now) then
-      local head = redis.call('ZRANGE', due, 0, 0, 'WITHSCORES')
+      local head = head_of(due)
       redis.call('ZADD', due, deadline, key)
-      if deadline <= now or head[2] == nil or deadline < tonumber(head[2]) then wake = true end
+      if wakes(deadline, head, now) then wake = true end
     end
   end
   return count
@@ -98,7 +99,7 @@ local total = 0
 for _, part in ipairs(partitions) do
   local added = 0
   for _, key in ipairs(part.keys) do added = added + add(part, key.name, key.from, key.to) end
-  if added > 0 then redis.call('HINCRBY', part.stats, 'buffered', added) end
+  if added > 0 then redis.call('HINCRBY', part.stats, 'buffered_items', added) end
   total = total + added
 end
 if wake then redis.call('PUBLISH', channel, '1') end

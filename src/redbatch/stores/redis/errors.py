@@ -1,0 +1,65 @@
+"""Where redis-py's errors become redbatch's: ``unavailable``, worn by every store operation.
+
+redis.ConnectionError (the connection dropped)  retried once on a new connection
+redis.ConnectionError, redis.TimeoutError       StoreUnavailable
+redis.ResponseError with a refusal code         StoreUnavailable (Redis is up, but
+    (READONLY, OOM, LOADING, ...)               cannot take the command now)
+any other redis.ResponseError                   RedbatchError, with Redis's reply
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+import redis
+
+from redbatch.errors import RedbatchError, StoreUnavailable
+
+log = logging.getLogger("redbatch.store.redis")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# Error prefixes of a Redis that is up but cannot take writes now; OOM included: with
+# noeviction, Redis refuses writes until memory is freed.
+REFUSALS = {"READONLY", "OOM", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY", "NOREPLICAS"}
+
+
+def unavailable(fn: Callable[P, T]) -> Callable[P, T]:
+    """Turn redis-py's failures into redbatch errors: StoreUnavailable when Redis cannot be
+    reached or refuses writes (READONLY during a failover, OOM, LOADING, ...).
+
+    This is the one place a store operation is retried: once, when its connection turned
+    out to be dropped (reset, closed, refused: errors that show at once), so that the
+    first command after a Redis restart does not fail. A timeout is never retried: it
+    has spent its time already, and the command may have run. redis-py's own retries,
+    nested in each other (command, connect, socket connect, health check), are off:
+    they multiplied the bound the timeouts promise (see client.py).
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            try:
+                return fn(*args, **kwargs)
+            except redis.ConnectionError as exc:
+                if type(exc) is not redis.ConnectionError:  # authentication, LOADING, ...
+                    raise
+                log.info("Redis connection dropped (%s); trying once more on a new one", exc)
+                return fn(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+        except redis.ResponseError as exc:
+            # redis-py cuts the code off the replies it has a class for (READONLY, OOM, ...)
+            reply = str(exc)
+            code = exc.status_code or reply.split(" ", 1)[0]
+            if not reply.startswith(code):
+                reply = f"{code} {reply}"
+            if code in REFUSALS:
+                raise StoreUnavailable(f"Redis refused the command: {reply}") from exc
+            raise RedbatchError(f"Redis error: {reply}") from exc
+
+    return wrapper

@@ -1,0 +1,344 @@
+"""The Redis store: every multi-step change is one Lua script, called by SHA.
+
+Keys live under ``{prefix:batcher:partition}``, a hash tag, so that everything one script
+touches sits in one Redis Cluster slot and a batcher can be spread over partitions (and so
+over cluster nodes). Values are JSON, readable with redis-cli. The key layout is drawn at
+the top of lua/lib.lua. Every transition of ``redbatch.engine`` is made by a script, whose
+header names it (``-- transition: ack``): the Python here only groups a call's keys by
+partition, builds the scripts' arguments and reads their replies.
+
+This module holds producing, claiming, the lease holders' steps and the operators' small
+ones; ``Rules`` (rules.py) and ``DeadLetters`` (dead_letters.py) hold the rest.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis
+
+from redbatch import engine
+from redbatch.stores.base import LEASE_EXPIRED_ERROR, RulesChanged, Waiter, mask_url, new_batch_id
+from redbatch.stores.redis.client import load_scripts, new_client
+from redbatch.stores.redis.core import Partition, read_entry
+from redbatch.stores.redis.dead_letters import DeadLetters
+from redbatch.stores.redis.errors import unavailable
+from redbatch.stores.redis.rules import Rules
+from redbatch.stores.redis.waiter import RedisWaiter
+from redbatch.types import ClaimedBatch, Entry, Lease, QueueCounters, QueueSpec
+
+log = logging.getLogger("redbatch.store.redis")
+
+_OTHER_RULES, _NO_RULES = -1, -2  # append.lua's refusals
+_SPARE_IDS = 2  # batch ids claim.lua may use on corrupt batches it buries, beyond its limit
+# The stats hash's fields are the engine's counter names; versions before wrote 'buffered'
+# and 'last_flush'. Data they left must still count, so counters() reads both: a count
+# under both names is their sum (a claim made since subtracts from the new name what the
+# old one added), a time the later of the two.
+_LEGACY_COUNTS = {"buffered": engine.Counter.BUFFERED_ITEMS.value}
+_LAST_FLUSH_FIELDS = ("last_flush_at", "last_flush")
+
+
+class RedisStore(Rules, DeadLetters):
+    """Batching state in Redis (standalone; Sentinel and Cluster come later).
+
+    ``url``: ``redis://`` or ``rediss://`` (TLS); ``self.url`` is it with the password masked.
+    ``prefix``: the start of every key and wake-up channel, so that applications can share
+    a Redis. ``partitions``: how many partitions (hash tags) each batcher's keys are spread
+    over, a key's chosen by crc32. ``connect_timeout``, ``socket_timeout``: seconds to
+    connect, and to wait for any one reply (client.py). ``client``: a redis-py client to use
+    instead of one built from ``url``, with whatever timeouts it has.
+    """
+
+    durable = True
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = "redbatch",
+        partitions: int = 1,
+        connect_timeout: float = 3.0,
+        socket_timeout: float = 10.0,
+        client: redis.Redis | None = None,
+    ) -> None:
+        self.url = mask_url(url)
+        self.prefix = prefix
+        self.partitions = partitions
+        self.client = client or new_client(url, connect_timeout, socket_timeout)
+        self._scripts = load_scripts(self.client)
+        self._parts = {}
+
+    # ------------------------------------------------------------------ producing
+
+    @unavailable
+    def ping(self) -> None:
+        self.client.ping()
+
+    @unavailable
+    def append(self, spec: QueueSpec, entries: Sequence[Entry], now_ms: int) -> None:
+        by_part: dict[Partition, dict[str, list[Entry]]] = defaultdict(dict)
+        for entry in entries:
+            keyed = by_part[self._partition_of(spec.name, entry.key)]
+            group = keyed.get(entry.key)
+            if group is None:
+                keyed[entry.key] = [entry]
+            else:
+                group.append(entry)
+        # One script over every partition the entries fall in: all or none, one round trip.
+        keys: list[str] = []
+        args: list[Any] = [
+            now_ms, *self._rule_args(spec), int(spec.dedupe), self._channel(spec.name), spec.version
+        ]  # fmt: skip
+        stamp = b"%d:" % now_ms  # entries are "arrived_ms:digest:json", readable with redis-cli
+        for part, keyed in by_part.items():
+            keys += (part.due, part.age, part.stats, part.rules)
+            args += (part.base, len(keyed))
+            for key, group in keyed.items():
+                args += (key, len(group))
+                args += [b"%s%s:%s" % (stamp, e.digest.encode(), e.payload) for e in group]
+        result = int(self._eval("append", keys, args))
+        if result == _NO_RULES:  # the batcher's first append: record its rules, then retry
+            self._write_rules("record", spec, now_ms)
+            result = int(self._eval("append", keys, args))
+        if result < 0:
+            raise RulesChanged(spec.name)
+
+    # ------------------------------------------------------------------ claiming
+
+    @unavailable
+    def claim_due(self, spec: QueueSpec, now_ms: int, limit: int) -> list[ClaimedBatch]:
+        """Lease up to ``limit`` due batches, earliest deadline first across the batcher's
+        partitions: their due heads are read first, and each partition holding some of
+        the ``limit`` earliest claims that many, so no partition waits behind another."""
+        parts = self._partitions(spec.name)
+        if limit <= 0:
+            return []
+        if len(parts) == 1:
+            rows = self._eval("claim", *self._claim_call(spec, parts[0], now_ms, limit))
+            return self._claimed(spec, now_ms, rows)
+        pipe = self.client.pipeline(transaction=False)
+        for part in parts:
+            pipe.zrangebyscore(part.due, "-inf", now_ms, start=0, num=limit, withscores=True)
+        heads = heapq.nsmallest(
+            limit, ((score, key, i) for i, rows in enumerate(pipe.execute()) for key, score in rows)
+        )
+        claimed = self._claim_shares(
+            spec, now_ms, {parts[i]: n for i, n in Counter(i for *_, i in heads).items()}
+        )
+        rank = {key.decode(): n for n, (_, key, _) in enumerate(heads)}
+        claimed.sort(key=lambda c: rank.get(c.lease.key, len(rank)))
+        return claimed
+
+    def _claim_shares(self, spec: QueueSpec, now_ms: int, shares: dict[Partition, int]) -> list[ClaimedBatch]:
+        """Run claim.lua on each partition for its share, in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for part, share in shares.items():
+            keys, args = self._claim_call(spec, part, now_ms, share)
+            pipe.execute_command("EVALSHA", self._scripts["claim"].sha, len(keys), *keys, *args)
+        claimed: list[ClaimedBatch] = []
+        failure: Exception | None = None
+        for (part, share), reply in zip(shares.items(), pipe.execute(raise_on_error=False), strict=True):
+            rows = reply
+            if isinstance(reply, redis.exceptions.NoScriptError):  # SCRIPT FLUSH, a restart
+                rows = self._eval("claim", *self._claim_call(spec, part, now_ms, share))
+            elif isinstance(reply, Exception):
+                failure = reply
+                continue
+            claimed += self._claimed(spec, now_ms, rows)
+        if failure is not None:
+            if not claimed:
+                raise failure
+            # What was leased is handed out, not stranded; the next claim meets the failure again.
+            log.error("claiming from a partition of %s failed: %s", spec.name, failure)
+        return claimed
+
+    def _claim_call(
+        self, spec: QueueSpec, part: Partition, now_ms: int, want: int
+    ) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of claim.lua for ``want`` batches of one partition."""
+        keys = [part.due, part.age, part.stats, part.dead, part.seq]
+        args = [
+            part.base,
+            now_ms,
+            want,
+            spec.lease_ms,
+            *self._rule_args(spec),
+            spec.max_attempts,
+            int(spec.dedupe),
+            LEASE_EXPIRED_ERROR,
+            self._channel(spec.name),
+            *(new_batch_id() for _ in range(want + _SPARE_IDS)),
+        ]
+        return keys, args
+
+    def _claimed(self, spec: QueueSpec, now_ms: int, rows: Any) -> list[ClaimedBatch]:
+        """claim.lua's reply as batches."""
+        claimed = []
+        for key, batch_id, attempt, token, created, raw in rows:
+            lease = Lease(key.decode(), batch_id.decode(), int(token))
+            entries = [read_entry(e) for e in raw]
+            arrivals = tuple(a for a, _ in entries if a is not None)
+            if len(arrivals) < len(entries):  # claim.lua buries these: this is a safety net
+                why = "corrupt data: an entry is not framed as arrived_ms:digest:json"
+                self.fail(spec, lease, now_ms, why, None)
+                continue
+            payloads = tuple(p for _, p in entries)
+            claimed.append(ClaimedBatch(lease, int(attempt), int(created), payloads, arrivals))
+        return claimed
+
+    @unavailable
+    def next_due_ms(self, spec: QueueSpec) -> int | None:
+        pipe = self.client.pipeline(transaction=False)
+        for part in self._partitions(spec.name):
+            pipe.zrange(part.due, 0, 0, withscores=True)
+        heads = [int(rows[0][1]) for rows in pipe.execute() if rows]
+        return min(heads) if heads else None
+
+    @unavailable
+    def due_deadlines(self, spec: QueueSpec, now_ms: int, limit: int) -> list[int]:
+        if limit <= 0:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for part in self._partitions(spec.name):
+            pipe.zrangebyscore(part.due, "-inf", now_ms, start=0, num=limit, withscores=True)
+        return sorted(int(score) for rows in pipe.execute() for _, score in rows)[:limit]
+
+    # ------------------------------------------------------------------ lease holders
+
+    def _per_partition(
+        self,
+        spec: QueueSpec,
+        leases: Sequence[Lease],
+        script: str,
+        keys_of: Callable[[Partition], list[str]],
+        head_of: Callable[[Partition], list[Any]],
+    ) -> list[bool]:
+        """Run a lease script once per partition, with (key, batch id, token) triples after
+        its head arguments; return whether each lease was held, in the order given."""
+        by_part: dict[Partition, list[int]] = defaultdict(list)
+        for index, lease in enumerate(leases):
+            by_part[self._partition_of(spec.name, lease.key)].append(index)
+        held = [False] * len(leases)
+        for part, indexes in by_part.items():
+            args = head_of(part)
+            for index in indexes:
+                lease = leases[index]
+                args += (lease.key, lease.batch_id, lease.fencing_token)
+            results = self._eval(script, keys=keys_of(part), args=args)
+            for index, ok in zip(indexes, results, strict=True):
+                held[index] = bool(ok)
+        return held
+
+    @unavailable
+    def heartbeat(self, spec: QueueSpec, leases: Sequence[Lease], lease_until_ms: int) -> list[bool]:
+        return self._per_partition(
+            spec, leases, "heartbeat", lambda p: [p.due], lambda p: [p.base, lease_until_ms]
+        )
+
+    @unavailable
+    def ack(self, spec: QueueSpec, leases: Sequence[Lease], now_ms: int) -> list[bool]:
+        return self._per_partition(
+            spec,
+            leases,
+            "ack",
+            lambda p: [p.due, p.stats],
+            lambda p: [p.base, now_ms, *self._rule_args(spec), self._channel(spec.name)],
+        )
+
+    def _settle_args(self, spec: QueueSpec, part: Partition, lease: Lease, now_ms: int) -> list[Any]:
+        return [
+            part.base,
+            now_ms,
+            *self._rule_args(spec),
+            self._channel(spec.name),
+            lease.key,
+            lease.batch_id,
+            lease.fencing_token,
+        ]
+
+    @unavailable
+    def fail(
+        self,
+        spec: QueueSpec,
+        lease: Lease,
+        now_ms: int,
+        error: str,
+        retry_at_ms: int | None,
+        keep: Sequence[int] | None = None,
+    ) -> bool:
+        part = self._partition_of(spec.name, lease.key)
+        args = self._settle_args(spec, part, lease, now_ms)
+        args += (error, "" if retry_at_ms is None else retry_at_ms)
+        args.append("" if keep is None else ",".join(map(str, keep)))
+        return bool(self._eval("fail", keys=[part.due, part.stats, part.dead], args=args))
+
+    # ------------------------------------------------------------------ operators
+
+    @unavailable
+    def clear(self, spec: QueueSpec, key: str) -> int:
+        part = self._partition_of(spec.name, key)
+        return int(self._eval("clear", keys=[part.due, part.age, part.stats], args=[part.base, key]))
+
+    @unavailable
+    def flush(self, spec: QueueSpec, key: str | None, now_ms: int) -> int:
+        parts = self._partitions(spec.name) if key is None else [self._partition_of(spec.name, key)]
+        made = 0
+        for part in parts:
+            args = [part.base, now_ms, self._channel(spec.name), key or ""]
+            made += int(self._eval("flush", keys=[part.due], args=args))
+        return made
+
+    @unavailable
+    def peek(self, spec: QueueSpec, key: str, limit: int) -> list[tuple[int | None, bytes]]:
+        part = self._partition_of(spec.name, key)
+        return [read_entry(e) for e in self.client.lrange(f"{part.base}i:{key}", 0, limit - 1)]
+
+    @unavailable
+    def counters(self, spec: QueueSpec) -> QueueCounters:
+        pipe = self.client.pipeline(transaction=False)
+        parts = self._partitions(spec.name)
+        for part in parts:
+            pipe.hgetall(part.stats)
+            pipe.zcard(part.due)
+            pipe.zrange(part.age, 0, 0, withscores=True)
+            pipe.zcard(part.dead)
+        replies = pipe.execute()
+        totals: dict[str, int] = defaultdict(int)
+        open_keys = dead = 0
+        oldest: int | None = None
+        last_flush: int | None = None
+        for i in range(len(parts)):
+            stats, due_count, age_head, dead_count = replies[4 * i : 4 * i + 4]
+            for field, value in stats.items():
+                name = field.decode()
+                if name in _LAST_FLUSH_FIELDS:
+                    last_flush = max(last_flush or 0, int(value))
+                else:
+                    totals[_LEGACY_COUNTS.get(name, name)] += int(value)
+            open_keys += due_count
+            dead += dead_count
+            if age_head:
+                first = int(age_head[0][1])
+                oldest = first if oldest is None else min(oldest, first)
+        return QueueCounters(
+            open_keys=open_keys,
+            buffered_items=totals[engine.Counter.BUFFERED_ITEMS],
+            oldest_arrival=oldest,
+            in_flight=totals["in_flight"],
+            retrying=totals["retrying"],
+            dead=dead,
+            flushed_batches=totals[engine.Counter.FLUSHED_BATCHES],
+            flushed_items=totals[engine.Counter.FLUSHED_ITEMS],
+            last_flush_at=last_flush,
+        )
+
+    def waiter(self, names: Sequence[str]) -> Waiter:
+        return RedisWaiter(self.client, [self._channel(n) for n in names])
+
+    def close(self) -> None:
+        self.client.close()
