@@ -209,9 +209,11 @@ class Worker:
         run on the worker's own threads. Signal handlers are installed on this loop when
         ``handle_signals`` is set and this is the main thread.
 
-        To stop it, call ``stop()`` and await it. Cancelling its task is no clean stop:
-        in-flight async handlers go on running on the loop, but their outcomes are not
-        recorded, so their batches run again once their leases lapse.
+        To stop it, call ``stop()`` and await it. Cancelling its task (an application
+        shutting down) abandons in-flight batches, as ``stop(abandon=True)`` does: their
+        handlers are cancelled (a sync handler's thread cannot be, and runs on unrecorded),
+        their leases lapse and another worker runs them again; then the cancellation
+        propagates.
         """
         self._loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
@@ -239,6 +241,12 @@ class Worker:
         try:
             await self._serve(waiter)
             await self._drain()
+        except asyncio.CancelledError:
+            # Cancelled from outside: give in-flight batches up to their leases rather than
+            # leave their handlers running with no loop left to record their outcome.
+            self._abandon()
+            await self._drain()
+            raise
         finally:
             for task in background:
                 task.cancel()

@@ -491,6 +491,40 @@ def test_abandoning_returns_at_once_and_no_handler_thread_holds_the_process(stor
         release.set()
 
 
+def test_cancelling_run_async_abandons_in_flight_batches_to_their_leases(store: Store) -> None:
+    """An application shutting down cancels the worker's task: its async handlers are
+    cancelled with it (before, they ran on with nothing to record their outcome), the batch
+    is left to its lease for another worker, and the cancellation reaches the caller."""
+    b = Batcher(store, "cancelled", max_items=1, max_wait=0, lease=30)
+    started = threading.Event()
+    outcome: list[str] = []
+
+    @b.handler
+    async def slow(batch: Batch) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(DEADLINE)
+            outcome.append("finished")
+        except asyncio.CancelledError:
+            outcome.append("cancelled")
+            raise
+
+    async def main() -> None:
+        worker = Worker(store, [b], handle_signals=False)
+        task = asyncio.create_task(worker.run_async())
+        b.add("k", 1)
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert worker.counters.abandoned == 1
+
+    asyncio.run(asyncio.wait_for(main(), DEADLINE))
+    assert outcome == ["cancelled"]
+    assert b.stats().in_flight == 1  # left to its lease, for another worker to reclaim
+
+
 def deadline_ordered(store: Store, clock: FakeClock) -> tuple[list[Batcher], list[tuple[str, str]]]:
     """A busy and a quiet batcher with keys due one second apart; the keys in deadline order."""
     busy = Batcher(store, "busy", max_items=100, max_wait=10, clock=clock)
