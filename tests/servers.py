@@ -86,3 +86,99 @@ class RedisServer:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+
+
+@dataclass
+class SentinelGroup:
+    """A master with replicas and Sentinels watching it, each a redis-server on a free
+    loopback port: what ``redis+sentinel://`` URLs are tested against, failovers included."""
+
+    directory: Path
+    service: str = "mymaster"
+    replicas: int = 2
+    sentinels: int = 3
+    down_after_ms: int = 1000
+    servers: list[RedisServer] | None = None
+    sentinel_ports: list[int] | None = None
+    sentinel_procs: list[subprocess.Popen[bytes]] | None = None
+
+    def start(self, timeout: float = 20.0) -> SentinelGroup:
+        master = RedisServer(free_port(), self._folder("master")).start()
+        self.servers = [master]
+        for n in range(self.replicas):
+            replica = RedisServer(
+                free_port(), self._folder(f"replica{n}"), ("--replicaof", "127.0.0.1", str(master.port))
+            )
+            self.servers.append(replica.start())
+        self.sentinel_ports, self.sentinel_procs = [], []
+        binary = shutil.which("redis-server")
+        assert binary is not None
+        for n in range(self.sentinels):
+            port = free_port()
+            config = self._folder(f"sentinel{n}") / "sentinel.conf"
+            config.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {config.parent}\n"
+                f"sentinel monitor {self.service} 127.0.0.1 {master.port} 2\n"
+                f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {self.service} 5000\n"
+            )
+            proc = subprocess.Popen(
+                [binary, str(config), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            self.sentinel_ports.append(port)
+            self.sentinel_procs.append(proc)
+        deadline = time.monotonic() + timeout
+        while not self._ready():  # every Sentinel knows the master and its replicas
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the Sentinels did not come up")
+            time.sleep(0.05)
+        return self
+
+    def url(self, database: int = 0) -> str:
+        assert self.sentinel_ports is not None
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        return f"redis+sentinel://{hosts}/{self.service}/{database}"
+
+    def master_port(self) -> int:
+        """The port of the master the Sentinels name now."""
+        assert self.sentinel_ports is not None
+        for port in self.sentinel_ports:
+            try:
+                client = redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
+                _, master = client.sentinel_get_master_addr_by_name(self.service)
+                client.close()
+                return int(master)
+            except (redis.RedisError, TypeError, ValueError):
+                continue
+        raise RuntimeError("no Sentinel answered")
+
+    def server(self, port: int) -> RedisServer:
+        assert self.servers is not None
+        return next(s for s in self.servers if s.port == port)
+
+    def _ready(self) -> bool:
+        assert self.sentinel_ports is not None
+        for port in self.sentinel_ports:
+            try:
+                client = redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
+                fields = client.sentinel_master(self.service)  # parsed: names to numbers
+                client.close()
+            except redis.RedisError:
+                return False
+            if fields["num-slaves"] < self.replicas or fields["num-other-sentinels"] < self.sentinels - 1:
+                return False
+        return True
+
+    def _folder(self, name: str) -> Path:
+        folder = self.directory / name
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def stop(self) -> None:
+        for proc in self.sentinel_procs or []:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+        for server in self.servers or []:
+            server.stop()

@@ -22,7 +22,8 @@ from redbatch.stores.memory import MemoryStore
 
 __all__ = ["Store", "Waiter", "MemoryStore", "connect"]
 
-SCHEMES = ("sqlite", "redis", "rediss", "memory")
+SCHEMES = ("sqlite", "redis", "rediss", "redis+sentinel", "memory")
+SENTINEL_PORT = 26379
 REDIS_OPTIONS = ("partitions",)
 """redbatch's own options of a Redis URL."""
 REDIS_PY_OPTIONS = ("client_name",)
@@ -66,6 +67,10 @@ def connect(url: str | None = None, *, check: bool = True, **overrides: object) 
       ``ssl_ca_certs``, ``ssl_ca_path``, ``ssl_certfile``, ``ssl_keyfile``,
       ``ssl_cert_reqs`` (``none``, ``optional`` or ``required``) and
       ``ssl_check_hostname`` (``true`` or ``false``). Any other option is refused.
+    - ``redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]``: the Redis
+      master that these Sentinels (port 26379 by default) name for ``service``, followed
+      across failovers; the credentials are the master's. Options as for ``redis://``
+      (``partitions``, ``client_name``).
     - ``memory://``: this process's memory, for tests; not durable (it logs a warning).
 
     Errors quote the URL with its password masked.
@@ -124,11 +129,7 @@ def connect(url: str | None = None, *, check: bool = True, **overrides: object) 
         from redbatch.stores.redis import RedisStore  # noqa: PLC0415 - load redis-py only when used
 
         redis_url, partitions = _redis_url(parts, masked, settings.partitions)
-        if "partitions" in overrides and settings.partitions != partitions:
-            raise ConfigError(
-                f"partitions={settings.partitions} disagrees with the URL's ?partitions={partitions}"
-                f" ({masked}); give it once"
-            )
+        _same_partitions(overrides, settings.partitions, partitions, masked)
         redis_store = RedisStore(
             redis_url,
             prefix=settings.prefix,
@@ -139,6 +140,8 @@ def connect(url: str | None = None, *, check: bool = True, **overrides: object) 
         if check:
             redis_store.ping()
         return redis_store
+    if scheme == "redis+sentinel":
+        return _sentinel_store(settings, parts, masked, overrides, check)
     if scheme == "sqlite":
         from redbatch.stores.sqlite import SQLiteStore, sqlite_path  # noqa: PLC0415 - on demand
 
@@ -147,6 +150,61 @@ def connect(url: str | None = None, *, check: bool = True, **overrides: object) 
         )
         return sqlite_store
     raise ConfigError(f"unknown store URL scheme {parts.scheme!r} in {masked}; use one of {SCHEMES}")
+
+
+def _same_partitions(overrides: dict[str, object], setting: int, from_url: int, masked: str) -> None:
+    if "partitions" in overrides and setting != from_url:
+        raise ConfigError(
+            f"partitions={setting} disagrees with the URL's ?partitions={from_url} ({masked}); give it once"
+        )
+
+
+def _sentinel_store(
+    settings: Settings, parts: SplitResult, masked: str, overrides: dict[str, object], check: bool
+) -> Store:
+    """``redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]``."""
+    from redbatch.stores.redis import RedisStore  # noqa: PLC0415 - load redis-py only when used
+    from redbatch.stores.redis.client import new_sentinel_client  # noqa: PLC0415
+
+    if parts.fragment:
+        raise ConfigError(f"invalid Sentinel URL {masked}: it takes no fragment")
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    username, _, password = userinfo.partition(":")
+    sentinels = [_sentinel_address(host, masked) for host in hosts.split(",")]
+    service, _, database = parts.path.strip("/").partition("/")
+    if not service:
+        raise ConfigError(f"invalid Sentinel URL {masked}: name the master's service, as in .../mymaster")
+    if database and not database.isdigit():
+        raise ConfigError(f"invalid Sentinel URL {masked}: the database after the service must be a number")
+    options = _options(parts, masked, REDIS_OPTIONS + REDIS_PY_OPTIONS)
+    partitions = _partitions(options.get("partitions"), settings.partitions, masked)
+    _same_partitions(overrides, settings.partitions, partitions, masked)
+    client = new_sentinel_client(
+        sentinels,
+        unquote_plus(service),
+        username=unquote_plus(username) or None,
+        password=unquote_plus(password) if userinfo and ":" in userinfo else None,
+        db=int(database or 0),
+        client_name=options.get("client_name"),
+        connect_timeout=settings.connect_timeout,
+        socket_timeout=settings.socket_timeout,
+    )
+    store = RedisStore(settings.url, prefix=settings.prefix, partitions=partitions, client=client)
+    if check:
+        store.ping()
+    return store
+
+
+def _sentinel_address(host: str, masked: str) -> tuple[str, int]:
+    """One ``host:port`` of a Sentinel URL (``[v6]:port`` for IPv6; the port defaults to 26379)."""
+    if host.startswith("["):
+        name, _, rest = host[1:].partition("]")
+        port = rest.removeprefix(":")
+    else:
+        name, _, port = host.partition(":")
+    if not name or (port and not (port.isdigit() and 0 < int(port) < 65536)):
+        raise ConfigError(f"invalid Sentinel URL {masked}: {host!r} is not host:port")
+    return name, int(port or SENTINEL_PORT)
 
 
 def _settings(url: str | None, overrides: dict[str, object]) -> Settings:

@@ -9,6 +9,7 @@ from typing import Any
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 SCRIPTS = (
     "append", "claim", "heartbeat", "ack", "fail", "clear", "flush", "replay", "purge", "rules", "reschedule"
@@ -29,6 +30,43 @@ def new_client(url: str, connect_timeout: float, socket_timeout: float) -> redis
         socket_timeout=socket_timeout,
         retry=Retry(NoBackoff(), 0),
     )
+
+
+def new_sentinel_client(
+    sentinels: list[tuple[str, int]],
+    service: str,
+    *,
+    username: str | None,
+    password: str | None,
+    db: int,
+    client_name: str | None,
+    connect_timeout: float,
+    socket_timeout: float,
+) -> redis.Redis:
+    """A client for the master that the Sentinels of ``sentinels`` name for ``service``.
+
+    It follows failovers: a connection is made to whichever master the Sentinels name at
+    that moment, and one to a master that became a replica (READONLY) is dropped, so the
+    next command goes to the new master; meanwhile commands fail with StoreUnavailable.
+    Every wait is bounded as in ``new_client``; asking the Sentinels costs at most
+    connect_timeout plus socket_timeout for each one that does not answer. The URL's
+    credentials are the master's; the Sentinels are asked without any.
+    """
+    bounded: dict[str, Any] = {
+        "socket_connect_timeout": connect_timeout,
+        "socket_timeout": socket_timeout,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    sentinel = Sentinel(sentinels, sentinel_kwargs=dict(bounded), **bounded)  # type: ignore[no-untyped-call]
+    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        service,
+        username=username,
+        password=password,
+        db=db,
+        client_name=client_name,
+        **bounded,
+    )
+    return client
 
 
 def load_scripts(client: Any) -> dict[str, Any]:
