@@ -103,6 +103,14 @@ class SentinelGroup:
     sentinel_procs: list[subprocess.Popen[bytes]] | None = None
 
     def start(self, timeout: float = 20.0) -> SentinelGroup:
+        """Start every server; on any failure stop those already started, then raise."""
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, timeout: float) -> SentinelGroup:
         master = RedisServer(free_port(), self._folder("master")).start()
         self.servers = [master]
         for n in range(self.replicas):
@@ -130,7 +138,6 @@ class SentinelGroup:
         deadline = time.monotonic() + timeout
         while not self._ready():  # every Sentinel knows the master and its replicas
             if time.monotonic() > deadline:
-                self.stop()
                 raise RuntimeError("the Sentinels did not come up")
             time.sleep(0.05)
         return self
