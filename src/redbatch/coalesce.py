@@ -24,11 +24,12 @@ the new front request, whose caller leads the next call. So:
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from redbatch.errors import StoreUnavailable
 from redbatch.types import Entry
@@ -42,15 +43,17 @@ MAX_BYTES = 1 << 20
 class _Request:
     """One caller's entries, waiting in the queue; ``wakeup`` exists for callers that wait."""
 
-    __slots__ = ("done", "entries", "error", "size", "taken", "wakeup")
+    __slots__ = ("done", "entries", "error", "taken", "wakeup")
 
-    def __init__(self, entries: Sequence[Entry]) -> None:
+    def __init__(self, entries: list[Entry]) -> None:
         self.entries = entries
-        self.size = sum(len(e.payload) + len(e.key) for e in entries)
         self.taken = False  # in a group whose store call is on its way
         self.done = False
         self.error: BaseException | None = None
         self.wakeup: threading.Event | None = None
+
+    def size(self) -> int:
+        return sum(len(e.payload) + len(e.key) for e in self.entries)
 
 
 class Coalescer:
@@ -81,7 +84,7 @@ class Coalescer:
         """Requests in the queue: those of the call on its way, and those waiting for the next."""
         return len(self._queue)
 
-    def submit(self, entries: Sequence[Entry]) -> None:
+    def submit(self, entries: list[Entry]) -> None:
         """Store ``entries`` (all or none) with whatever else is waiting; return once stored.
 
         Raises what the store call carrying them raised; the same exception object reaches
@@ -117,7 +120,10 @@ class Coalescer:
     def _lead(self, request: _Request) -> None:
         """Make one store call for ``request`` and those queued behind it, then hand over."""
         group = self._take_group()
-        entries = [entry for member in group for entry in member.entries]
+        if len(group) == 1:
+            entries = request.entries
+        else:
+            entries = [entry for member in group for entry in member.entries]
         error: BaseException | None = None
         try:
             self._send(entries)
@@ -130,15 +136,18 @@ class Coalescer:
     def _take_group(self) -> list[_Request]:
         """The front requests, within the bounds (the first one whatever its size)."""
         with self._lock:
-            group: list[_Request] = []
-            entries = size = 0
-            for member in self._queue:
-                entries += len(member.entries)
-                size += member.size
-                if group and (entries > self.max_entries or size > self.max_bytes):
-                    break
-                member.taken = True
-                group.append(member)
+            first = self._queue[0]
+            first.taken = True
+            group = [first]
+            if len(self._queue) > 1:  # a lone caller skips the sums
+                entries, size = len(first.entries), first.size()
+                for member in itertools.islice(self._queue, 1, None):
+                    entries += len(member.entries)
+                    size += member.size()
+                    if entries > self.max_entries or size > self.max_bytes:
+                        break
+                    member.taken = True
+                    group.append(member)
             return group
 
     def _finish(self, group: list[_Request], error: BaseException | None) -> None:
