@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 import time
@@ -228,3 +229,16 @@ def test_arrival_is_never_before_the_add_started(store: Store) -> None:
     for item in b.peek("k", limit=1000):
         assert item.arrived_at is not None
         assert round(item.arrived_at * 1000) > started[item.value]
+
+
+def test_concurrent_add_async_calls_share_store_calls(store: Store) -> None:
+    counting = CountingStore(store, delay=0.05)
+    b = batcher_on(counting)
+
+    async def main() -> None:
+        await asyncio.gather(*(b.add_async("k", n) for n in range(THREADS)))
+        await b.add_many_async([("k", "many-1"), ("k", "many-2")])
+
+    asyncio.run(main())
+    assert sorted(map(str, pending(b, "k"))) == sorted([*map(str, range(THREADS)), "many-1", "many-2"])
+    assert len(counting.calls) < THREADS + 1, counting.calls
