@@ -11,8 +11,8 @@ encoded entries) at the back of one queue. The caller at the front is the *leade
 every request queued behind it, up to ``max_entries`` entries or ``max_bytes`` bytes (a request
 is never split, so an ``add_many`` stays all or none), and makes one store call with them on its
 own thread. Requests that arrive while that call is on its way wait; when it returns, the
-leader hands its outcome (nothing, or the exception) to each request it carried, then wakes
-the new front request, whose caller leads the next call. So:
+leader wakes the new front request, whose caller leads the next call, then hands its outcome
+(nothing, or the exception) to each request it carried. So:
 
 - a lone caller finds the queue empty and makes its call at once: a lock and a deque, no
   thread hop, no wait for company;
@@ -126,13 +126,12 @@ class Coalescer:
     def _lead(self, request: _Request) -> None:
         """Make one store call for ``request`` and those queued behind it, then hand over."""
         group = self._take_group()
-        if len(group) == 1:
-            entries = request.entries
-        else:
-            entries = [entry for member in group for entry in member.entries]
         error: BaseException | None = None
         try:
-            self._send(entries)
+            if len(group) == 1:
+                self._send(request.entries)
+            else:
+                self._send([entry for member in group for entry in member.entries])
         except BaseException as exc:
             error = exc
             raise
