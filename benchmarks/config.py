@@ -60,6 +60,10 @@ class Sizes:
     loss_max_items: int = 10
     loss_max_wait: float = 0.05
 
+    # 8. add from threads
+    add_threads: tuple[int, ...] = (1, 16, 64)
+    add_thread_items: int = 10_000
+
     # ceilings
     redis_benchmark_requests: int = 50_000
 
@@ -90,6 +94,7 @@ QUICK = Sizes(
     mem_items=10_000,
     mem_celery_items=2_000,
     loss_items=3_000,
+    add_thread_items=2_000,
     redis_benchmark_requests=20_000,
     step_timeout=60.0,
 )

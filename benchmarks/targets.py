@@ -8,6 +8,8 @@ from benchmarks.config import Sizes
 from benchmarks.results import Measurement, Target, format_value
 from benchmarks.subjects import CELERY, PER_ITEM, RAW, REDBATCH_SUBJECTS
 
+THREADS_SPEED_UP = 4.0
+"""16 threads of one producer add at least this many times one thread's items/s."""
 FLATNESS = 2.0
 """'Flat' for finding due work: the largest size costs at most this many times the smallest."""
 
@@ -50,6 +52,9 @@ def _check(ms: list[Measurement], sizes: Sizes) -> list[Target]:
 
     for m in (m for m in redbatch if m.figure.startswith("1.")):
         targets.append(_ratio_target("add vs per-item", m, _find(ms, "1.", PER_ITEM, m.case), 3, "per-item"))
+    for m in (m for m in redbatch if m.figure.startswith("8.") and m.case == "16 threads"):
+        one = _find(ms, "8.", m.subject, "1 thread")
+        targets.append(_ratio_target("add: 16 threads vs 1", m, one, THREADS_SPEED_UP, "1 thread"))
     for m in (m for m in redbatch if m.figure.startswith("2.")):
         targets.append(
             _ratio_target("add_many vs raw RPUSH", m, _find(ms, "2.", RAW, m.case), 0.5, "raw RPUSH")

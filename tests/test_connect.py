@@ -6,6 +6,7 @@ import logging
 import re
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -15,10 +16,11 @@ import pytest
 
 import redbatch
 from redbatch import ConfigError, StoreUnavailable
-from redbatch.stores import REDIS_OPTIONS, REDIS_PY_OPTIONS, REDIS_PY_TLS_OPTIONS
+from redbatch.stores import REDIS_OPTIONS, REDIS_PY_OPTIONS, REDIS_PY_TLS_OPTIONS, SQLITE_OPTIONS
 from redbatch.stores.base import mask_url
 from redbatch.stores.memory import MemoryStore
 from redbatch.stores.redis import RedisStore
+from redbatch.stores.sqlite import SQLiteStore
 from tests.servers import RedisServer, free_port
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -204,11 +206,18 @@ def readme_url_options() -> list[tuple[str, str, str]]:
 
 def test_the_readme_documents_every_url_option_and_no_other() -> None:
     documented = {name for _, name, _ in readme_url_options()}
-    assert documented == {*REDIS_OPTIONS, *REDIS_PY_OPTIONS, *REDIS_PY_TLS_OPTIONS}
+    assert documented == {*REDIS_OPTIONS, *REDIS_PY_OPTIONS, *REDIS_PY_TLS_OPTIONS, *SQLITE_OPTIONS}
 
 
 @pytest.mark.parametrize(("scheme", "name", "value"), readme_url_options())
-def test_every_documented_url_option_is_taken_as_written(scheme: str, name: str, value: str) -> None:
+def test_every_documented_url_option_is_taken_as_written(
+    scheme: str, name: str, value: str, tmp_path: Path
+) -> None:
+    if scheme == "sqlite":
+        store = redbatch.connect(f"sqlite:///{tmp_path / 'x.db'}?{name}={value}")
+        assert synchronous_of(store) == SYNCHRONOUS_VALUES[value]
+        store.close()
+        return
     store = redbatch.connect(f"{scheme}://127.0.0.1:{free_port()}/0?{name}={value}", check=False)
     assert isinstance(store, RedisStore)
     kwargs = store.client.connection_pool.connection_kwargs
@@ -264,3 +273,82 @@ def test_unknown_and_invalid_url_options_are_refused_by_name(url: str, complaint
 def test_an_unknown_setting_is_refused_by_name() -> None:
     with pytest.raises(ConfigError, match="unknown setting 'partitons'"):
         redbatch.connect("memory://", partitons=4)
+
+
+# ---------------------------------------------------------------- SQLite's synchronous mode
+
+SYNCHRONOUS_VALUES = {"normal": 1, "full": 2}
+"""What ``PRAGMA synchronous`` reads for each mode."""
+
+
+def synchronous_of(store: redbatch.Store) -> int:
+    """The mode of the connection the store writes through (this thread's)."""
+    assert isinstance(store, SQLiteStore)
+    with store._read() as cur:
+        return int(cur.execute("PRAGMA synchronous").fetchone()[0])
+
+
+@pytest.mark.parametrize(
+    ("query", "environment", "override", "expected"),
+    [
+        ("", None, None, "full"),
+        ("?synchronous=normal", None, None, "normal"),
+        ("?synchronous=FULL", None, None, "full"),
+        ("", "normal", None, "normal"),
+        ("", "NORMAL", None, "normal"),
+        ("?synchronous=full", "normal", None, "full"),  # the URL wins
+        ("", "full", "normal", "normal"),
+        ("?synchronous=normal", None, "normal", "normal"),
+    ],
+)
+def test_the_sqlite_synchronous_mode_reaches_the_connection(
+    query: str,
+    environment: str | None,
+    override: str | None,
+    expected: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if environment is not None:
+        monkeypatch.setenv("REDBATCH_SQLITE_SYNCHRONOUS", environment)
+    overrides = {} if override is None else {"sqlite_synchronous": override}
+    store = redbatch.connect(f"sqlite:///{tmp_path / 'x.db'}{query}", **overrides)
+    try:
+        assert synchronous_of(store) == SYNCHRONOUS_VALUES[expected]
+        redbatch.Batcher(store, "b").add("k", 1)  # a write, then a read on another thread
+        seen: list[int] = []
+        thread = threading.Thread(target=lambda: seen.append(synchronous_of(store)))
+        thread.start()
+        thread.join(10)
+        assert seen == [SYNCHRONOUS_VALUES[expected]]
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("query", "environment", "override", "complaint"),
+    [
+        ("?synchronous=off", None, None, "option 'synchronous' must be one of full, normal"),
+        ("?synchronous=extra", None, None, "option 'synchronous' must be one of full, normal"),
+        ("?synchronous=", None, None, "needs a value"),
+        ("?synchronous=full&synchronous=normal", None, None, "given twice"),
+        ("?synchronus=normal", None, None, "unknown option 'synchronus'"),
+        ("", "off", None, "sqlite_synchronous"),
+        ("", None, "0", "sqlite_synchronous"),
+        ("?synchronous=full", None, "normal", "disagrees"),
+    ],
+)
+def test_a_bad_sqlite_synchronous_mode_is_refused_by_name(
+    query: str,
+    environment: str | None,
+    override: str | None,
+    complaint: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if environment is not None:
+        monkeypatch.setenv("REDBATCH_SQLITE_SYNCHRONOUS", environment)
+    overrides = {} if override is None else {"sqlite_synchronous": override}
+    with pytest.raises(ConfigError, match=re.escape(complaint)):
+        redbatch.connect(f"sqlite:///{tmp_path / 'x.db'}{query}", **overrides)
+    assert not (tmp_path / "x.db").exists()  # refused before the file was made

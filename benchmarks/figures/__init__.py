@@ -17,6 +17,8 @@ NAMES: dict[str, str] = {
     "due": "benchmarks.figures.due_work",
     "memory": "benchmarks.figures.memory",
     "loss": "benchmarks.figures.loss",
+    "add_threads": "benchmarks.figures.add_threads",
+    "sqlite_sync": "benchmarks.figures.sqlite_sync",
 }
 
 

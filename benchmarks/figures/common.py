@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import subprocess
+import threading
 from typing import Any
 
 from benchmarks.baselines import celery_batches_app
@@ -42,6 +43,56 @@ def produce(
     spans = produce_in_processes(
         ctx, spec, processes=processes, total=total, keys=keys, start_seq=start_seq, warmup=warmup
     )
+    started = min(s.started for s in spans)
+    finished = max(s.finished for s in spans)
+    return sum(s.items for s in spans) / max(1e-9, finished - started)
+
+
+def produce_in_threads(
+    ctx: Context, spec: AdderSpec, *, threads: int, total: int, keys: int, warmup: int = 20
+) -> float:
+    """Add ``total`` items from ``threads`` threads of this process sharing one adder; items/s.
+
+    The threads build their items, then start together at a barrier; throughput is counted
+    from the first one's start to the last one's finish.
+    """
+    size = ctx.sizes.payload_bytes
+    share = total // threads
+    adder = make_adder(spec)
+    barrier = threading.Barrier(threads)
+    spans: list[Span] = []
+    errors: list[BaseException] = []
+
+    def body(index: int) -> None:
+        count = share if index < threads - 1 else total - share * (threads - 1)
+        try:
+            spans.append(
+                produce_with(
+                    adder,
+                    index * share,
+                    count,
+                    keys,
+                    size,
+                    warmup=warmup if index == 0 else 0,
+                    barrier=barrier,
+                )
+            )
+        except BaseException as exc:  # reported below; the others must not wait for ever
+            errors.append(exc)
+            barrier.abort()
+
+    try:
+        workers = [threading.Thread(target=body, args=(i,), daemon=True) for i in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(ctx.sizes.step_timeout)
+            if worker.is_alive():
+                raise StepFailed(f"a {spec.subject} producer thread did not finish in time")
+    finally:
+        adder.close()
+    if errors:
+        raise StepFailed(f"a {spec.subject} producer thread failed: {errors[0]!r}") from errors[0]
     started = min(s.started for s in spans)
     finished = max(s.finished for s in spans)
     return sum(s.items for s in spans) / max(1e-9, finished - started)

@@ -16,6 +16,7 @@ from typing import Any, TypeAlias
 
 import orjson
 
+from redbatch.coalesce import Coalescer
 from redbatch.errors import ConfigError, InvalidItem, InvalidKey, NotFound
 from redbatch.stores.base import RulesChanged, Store
 from redbatch.types import (
@@ -270,6 +271,7 @@ class Batcher:
         self.clock = clock
         self.configured = self.spec
         self._rules_lock = threading.Lock()
+        self._coalescer = Coalescer(self._append_now)
         self._handler: Handler | None = None
         self._handler_is_async = False
 
@@ -387,6 +389,10 @@ class Batcher:
                 rules.describe(),
             )
 
+    def _append_now(self, entries: list[Entry]) -> None:
+        """One store call for the adds the coalescer grouped; they arrive now, as it starts."""
+        self._append(entries, self.clock())
+
     def _append(self, entries: list[Entry], now_ms: int) -> None:
         """Append under the rules in effect; when the store holds others, adopt them, retry."""
         attempt = 1
@@ -419,7 +425,11 @@ class Batcher:
     def add(self, key: str, item: Any) -> None:
         """Add one item under ``key``; it is durable (as the store allows) when this returns.
 
-        One store call, made under the rules in effect. When the store holds other rules (a
+        One store call, made under the rules in effect. Adds (and ``add_many`` calls) made
+        by other threads of this process while a store call of this batcher is on its way
+        share the next one (group commit, see ``redbatch.coalesce``): the item is checked and
+        encoded here, then stored with theirs, and its arrival time is that call's start. A
+        lone add makes its call at once, on this thread. When the store holds other rules (a
         worker published new ones), nothing is stored: the batcher adopts the store's rules,
         logs a warning, and adds again under them.
 
@@ -440,18 +450,20 @@ class Batcher:
             StoreUnavailable: The store could not be reached in time, or refused the write
                 (a read-only replica during a failover, out of memory). Nothing was stored,
                 unless the store timed out after receiving the command (a Redis command that
-                timed out may have run): then adding again may store the item twice.
+                timed out may have run): then adding again may store the item twice. Every
+                add carried by that store call gets the same exception.
             RedbatchError: Any other error the store reported (a Redis error); or the store's
                 rules changed under three tries in a row (``RulesChanged``). Nothing was
                 stored.
         """
-        self._append([self._entry(key, item)], self.clock())
+        self._coalescer.submit([self._entry(key, item)])
 
     def add_many(self, items: Iterable[tuple[str, Any]]) -> int:
         """Add many (key, item) pairs in one round trip, all or none; return how many.
 
         Every pair is checked before anything is sent, so one bad pair stores nothing. An
-        empty iterable makes no store call.
+        empty iterable makes no store call. Concurrent adds share the store call, as for
+        ``add``; the pairs are never split over two calls.
 
         Args:
             items: (key, item) pairs, each as ``add`` takes them; consumed once.
@@ -468,24 +480,25 @@ class Batcher:
         """
         entries = [self._entry(key, item) for key, item in items]
         if entries:
-            self._append(entries, self.clock())
+            self._coalescer.submit(entries)
         return len(entries)
 
     async def add_async(self, key: str, item: Any) -> None:
         """``add`` for async code: the item is checked here, the store call runs on a thread.
 
-        The arrival time is read when this is called. It raises what ``add`` raises, with
-        the same meaning; ``InvalidKey`` and ``InvalidItem`` before anything is sent.
+        It shares store calls with concurrent adds as ``add`` does, and raises what ``add``
+        raises, with the same meaning; ``InvalidKey`` and ``InvalidItem`` before anything is
+        sent.
         """
         entry = self._entry(key, item)
-        await asyncio.to_thread(self._append, [entry], self.clock())
+        await asyncio.to_thread(self._coalescer.submit, [entry])
 
     async def add_many_async(self, items: Iterable[tuple[str, Any]]) -> int:
         """``add_many`` for async code: the pairs are checked here, the store call runs on a
         thread. Returns and raises what ``add_many`` does."""
         entries = [self._entry(key, item) for key, item in items]
         if entries:
-            await asyncio.to_thread(self._append, entries, self.clock())
+            await asyncio.to_thread(self._coalescer.submit, entries)
         return len(entries)
 
     # ------------------------------------------------------------------ the retry rule

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_URL = "sqlite:///./redbatch.db"
@@ -21,3 +23,11 @@ class Settings(BaseSettings):
     sqlite_busy_timeout: float = Field(
         5.0, gt=0, le=300, description="Seconds a SQLite writer waits for the lock"
     )
+    sqlite_synchronous: Literal["full", "normal"] = Field(
+        "full", description="SQLite's synchronous mode: full (power-safe) or normal (crash-safe)"
+    )
+
+    @field_validator("sqlite_synchronous", mode="before")
+    @classmethod
+    def _lower_case(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value

@@ -133,3 +133,63 @@ def test_a_killed_workers_batch_is_delivered_by_another_with_the_same_id(
     stats = b.stats()
     assert (stats.in_flight, stats.buffered_items) == (0, 0)
     b.store.close()
+
+
+def returned_adds(folder: Path, threads: int) -> dict[int, list[int]]:
+    """What each producer thread recorded as returned; whole lines only (a kill may cut one)."""
+    found = {}
+    for t in range(threads):
+        path = folder / f"returned-{t}"
+        text = path.read_bytes() if path.exists() else b""
+        found[t] = [int(line) for line in text.split(b"\n")[:-1]]
+    return found
+
+
+def kill_producer_mid_run(url: str, prefix: str, folder: Path, name: str, threads: int) -> None:
+    """Start a producer of ``threads`` threads adding to batcher ``name``; SIGKILL it once
+    every thread has had adds return, 1,000 in all."""
+    folder.mkdir()
+    args = [sys.executable, "-m", "tests.proc_producer", url, prefix, str(folder)]
+    args += ["--threads", str(threads), "--name", name]
+    with open(folder / "stderr", "wb") as stderr:
+        producer = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+
+        def enough() -> bool:
+            if producer.poll() is not None:
+                pytest.fail(f"the producer exited: {(folder / 'stderr').read_text()[-4000:]}")
+            counts = returned_adds(folder, threads)
+            return sum(map(len, counts.values())) >= 1_000 and all(counts.values())
+
+        wait_until(enough)
+        producer.kill()  # SIGKILL mid-run: a call on its way, threads waiting for it
+        assert producer.wait(DEADLINE) == -signal.SIGKILL
+    finally:
+        if producer.poll() is None:
+            producer.kill()
+            producer.wait(DEADLINE)
+
+
+def test_coalesced_adds_that_returned_survive_a_killed_producer(
+    durable: tuple[str, str], tmp_path: Path
+) -> None:
+    """16 threads of one producer add at once (sharing store calls); SIGKILL mid-run loses
+    none of the adds that returned, and stores none twice. Three rounds: three moments."""
+    url, prefix = durable
+    threads = 16
+    store = redbatch.connect(url, **({"prefix": prefix} if url.startswith("redis") else {}))
+    try:
+        for round_ in range(3):
+            name = f"producers-{round_}"
+            kill_producer_mid_run(url, prefix, tmp_path / name, name, threads)
+            b = redbatch.Batcher(store, name, max_items=1_000_000, max_wait=3600)
+            for t, promised in returned_adds(tmp_path / name, threads).items():
+                stored = [p.value for p in b.peek(f"t{t}", limit=1_000_000)]
+                assert all(thread == t for thread, _ in stored)
+                numbers = [n for _, n in stored]
+                assert numbers == sorted(set(numbers)), "stored twice, or out of order"
+                assert set(promised) <= set(numbers), f"{name}, thread {t}: returned but lost"
+                # At most the add a thread had on its way when killed is stored unrecorded.
+                assert len(numbers) - len(promised) <= 1
+    finally:
+        store.close()

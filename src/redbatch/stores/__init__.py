@@ -39,7 +39,10 @@ REDIS_PY_TLS_OPTIONS = (
     "ssl_check_hostname",
 )
 """redis-py options for ``rediss://`` only: a private CA, client certificates, verification."""
+SQLITE_OPTIONS = ("synchronous",)
+"""Options of a SQLite URL."""
 _CHOICES = {
+    "synchronous": ("full", "normal"),
     "ssl_cert_reqs": ("none", "optional", "required"),
     "ssl_check_hostname": ("true", "false", "yes", "no", "1", "0"),
 }
@@ -57,8 +60,13 @@ def connect(url: str | None = None, *, check: bool = True, **overrides: object) 
 
     - ``sqlite:///relative/path.db`` (from the working directory) or
       ``sqlite:////absolute/path.db``: one SQLite file in WAL mode, durable, shared by the
-      processes of one host. The file's folder is created when missing. No host, query
-      options or fragment; ``:memory:`` is refused (use ``memory://``).
+      processes of one host. The file's folder is created when missing. No host or
+      fragment; ``:memory:`` is refused (use ``memory://``). One query option:
+      ``synchronous=full`` (the default: a commit survives a power cut) or
+      ``synchronous=normal`` (a commit survives a crash of any process, but the last ones
+      may roll back on a power cut or an OS crash; each add skips an fsync). It wins over
+      ``REDBATCH_SQLITE_SYNCHRONOUS``, and a ``sqlite_synchronous=`` argument that
+      disagrees is a ConfigError.
     - ``redis://[user:password@]host:port/db`` and ``rediss://...`` (TLS): Redis, for many
       hosts. The database (the path) must be a number. Query options, each at most once:
       ``partitions=N`` (1 to 1024: spread each batcher over N hash tags; it wins over
@@ -95,6 +103,8 @@ def connect(url: str | None = None, *, check: bool = True, **overrides: object) 
             - ``sqlite_busy_timeout`` (``REDBATCH_SQLITE_BUSY_TIMEOUT``, default 5): seconds
               a SQLite writer waits for another's lock before ``StoreUnavailable``; over 0,
               at most 300.
+            - ``sqlite_synchronous`` (``REDBATCH_SQLITE_SYNCHRONOUS``, default ``"full"``):
+              ``"full"`` or ``"normal"``, as the URL's ``?synchronous=``, which wins.
 
             Settings a store does not use are checked and ignored.
 
@@ -145,8 +155,17 @@ def connect(url: str | None = None, *, check: bool = True, **overrides: object) 
     if scheme == "sqlite":
         from redbatch.stores.sqlite import SQLiteStore, sqlite_path  # noqa: PLC0415 - on demand
 
+        synchronous = _options(parts, masked, SQLITE_OPTIONS).get("synchronous", settings.sqlite_synchronous)
+        if "sqlite_synchronous" in overrides and settings.sqlite_synchronous != synchronous.lower():
+            raise ConfigError(
+                f"sqlite_synchronous={settings.sqlite_synchronous!r} disagrees with the URL's"
+                f" ?synchronous={synchronous} ({masked}); give it once"
+            )
         sqlite_store: Store = SQLiteStore(
-            sqlite_path(settings.url), busy_timeout=settings.sqlite_busy_timeout, url=settings.url
+            sqlite_path(settings.url, SQLITE_OPTIONS),
+            busy_timeout=settings.sqlite_busy_timeout,
+            synchronous=synchronous,
+            url=settings.url,
         )
         return sqlite_store
     raise ConfigError(f"unknown store URL scheme {parts.scheme!r} in {masked}; use one of {SCHEMES}")

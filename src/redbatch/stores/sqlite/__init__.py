@@ -1,7 +1,8 @@
 """The SQLite store: batching state in one local file, each protocol operation one transaction.
 
 The embedded default: no server, durable (WAL with ``synchronous=FULL``: a commit is on disk
-when it returns, even across a power cut) and safe for several processes on one host, whose
+when it returns, even across a power cut; ``?synchronous=normal`` opts into commits that survive
+any process crash but may roll back on a power cut) and safe for several processes on one host, whose
 writes SQLite's file locks serialise. Every write is one ``BEGIN IMMEDIATE`` transaction on the
 calling thread's own connection.
 

@@ -34,10 +34,12 @@ _LOCK_ROUND_MS = 50
 SYNCHRONOUS = ("NORMAL", "FULL", "EXTRA")
 
 
-def sqlite_path(url: str) -> str:
+def sqlite_path(url: str, options: tuple[str, ...] = ()) -> str:
     """The file named by ``sqlite:///relative.db`` (from the cwd) or ``sqlite:////abs/x.db``.
 
-    Creates the file's folder when it is missing. Errors quote the URL through ``mask_url``.
+    Query options other than ``options`` (those the caller reads, as ``connect`` does
+    ``synchronous``) are refused. Creates the file's folder when it is missing. Errors quote
+    the URL through ``mask_url``.
     """
     masked = mask_url(url)
     try:
@@ -51,9 +53,11 @@ def sqlite_path(url: str) -> str:
             f"a sqlite URL names a local file and takes no host or credentials: {masked}; "
             "write sqlite:///relative/path.db or sqlite:////absolute/path.db"
         )
-    if parts.query:
-        name = next((n for n, _ in parse_qsl(parts.query, keep_blank_values=True)), parts.query)
-        raise ConfigError(f"unknown option {name!r} in {masked}: a sqlite URL takes no query options")
+    names = [n for n, _ in parse_qsl(parts.query, keep_blank_values=True)] or [parts.query]
+    unknown = [n for n in names if n and n not in options]
+    if unknown:
+        takes = f"takes {', '.join(options)}" if options else "takes no query options here"
+        raise ConfigError(f"unknown option {unknown[0]!r} in {masked}: a sqlite URL {takes}")
     if parts.fragment:
         raise ConfigError(f"a sqlite URL takes no fragment: {masked}")
     path = unquote(parts.path[1:]) if parts.path.startswith("/") else ""
