@@ -19,18 +19,34 @@ local max_wait, idle, max_attempts = tonumber(ARGV[6]), tonumber(ARGV[7]), tonum
 local dedupe, lost_error, channel = ARGV[9] == '1', ARGV[10], ARGV[11]
 local result, next_id, wake = {}, 12, false
 
+local function unframed(i, n)
+  return 'corrupt data: entry ' .. i .. ' of ' .. n .. ' is not framed "arrived_ms:digest:json"'
+end
+
+-- Why a batch's entries cannot be handed out, or nil when they can.
+local function corruption(entries)
+  for i, entry in ipairs(entries) do
+    if not digest_of(entry) then return unframed(i, #entries) end
+  end
+  return nil
+end
+
+-- Move a key's oldest pending entries into a new batch; returns them ({} when there were
+-- none) and, when one of them is not framed, why the batch cannot be handed out.
 local function take_pending(key, kh)
   local items = base .. 'i:' .. key
   local taken = redis.call('LRANGE', items, 0, max_items - 1)
-  if #taken == 0 then return 0 end
+  if #taken == 0 then return taken, nil end
   redis.call('LTRIM', items, #taken, -1)
   push_all(base .. 'b:' .. key, taken, false)
-  local counted = 0 -- entries append.lua wrote (and counted in buffered_items), not pushed by hand
-  for _, entry in ipairs(taken) do
+  local counted, corrupt = 0, nil -- entries append.lua wrote (and counted), not pushed by hand
+  for i, entry in ipairs(taken) do
     local digest = digest_of(entry)
     if digest then
       counted = counted + 1
       if dedupe then redis.call('SREM', base .. 'd:' .. key, digest) end
+    elseif not corrupt then
+      corrupt = unframed(i, #taken)
     end
   end
   local rest = redis.call('LINDEX', items, 0)
@@ -45,17 +61,7 @@ local function take_pending(key, kh)
   if counted > 0 then redis.call('HINCRBY', stats, 'buffered_items', -counted) end -- Lua's -0 is '-0'
   redis.call('HSET', kh, 'bid', ARGV[next_id], 'attempt', 0, 'created', now, 'n', #taken)
   next_id = next_id + 1
-  return #taken
-end
-
--- Why a batch's entries cannot be handed out, or nil when they can.
-local function corruption(entries)
-  for i, entry in ipairs(entries) do
-    if not digest_of(entry) then
-      return 'corrupt data: entry ' .. i .. ' of ' .. #entries .. ' is not framed "arrived_ms:digest:json"'
-    end
-  end
-  return nil
+  return taken, corrupt
 end
 
 -- Stop when the batch ids run out (corrupt batches buried here used them up).
@@ -67,7 +73,7 @@ while #result < limit and next_id <= #ARGV do
     local kh = base .. 'k:' .. key
     local b = redis.call('HMGET', kh, 'st', 'attempt')
     local st = b[1]
-    local leased = true
+    local leased, entries, corrupt = true, nil, nil
     if st == 'run' and tonumber(b[2]) >= max_attempts then -- bury_lapsed
       bury(base, dead, key, lost_error, now)
       redis.call('HINCRBY', stats, 'in_flight', -1)
@@ -76,8 +82,9 @@ while #result < limit and next_id <= #ARGV do
     elseif st == 'wait' then -- claim_retry
       redis.call('HINCRBY', stats, 'retrying', -1)
       redis.call('HINCRBY', stats, 'in_flight', 1)
-    elseif not st then -- claim
-      if take_pending(key, kh) == 0 then
+    elseif not st then -- claim: the entries just taken, checked as they were taken
+      entries, corrupt = take_pending(key, kh)
+      if #entries == 0 then
         redis.call('ZREM', due, key)
         redis.call('DEL', kh)
         leased = false
@@ -85,8 +92,10 @@ while #result < limit and next_id <= #ARGV do
         redis.call('HINCRBY', stats, 'in_flight', 1)
       end
     end -- else 'run' with attempts left: reclaim, a lost worker's batch leased again
-    local entries = leased and redis.call('LRANGE', base .. 'b:' .. key, 0, -1)
-    local corrupt = entries and corruption(entries)
+    if leased and not entries then -- a retry or a reclaim: its batch as it was left
+      entries = redis.call('LRANGE', base .. 'b:' .. key, 0, -1)
+      corrupt = corruption(entries)
+    end
     if corrupt then -- buried as by fail_dead, never leased
       bury(base, dead, key, corrupt, now)
       redis.call('HINCRBY', stats, 'in_flight', -1)
