@@ -1,29 +1,40 @@
-"""The batching front door: validate and encode items, and state a batcher's rules once."""
+"""The batching front door: add items, adopt the rules the store holds, operate a batcher.
+
+Over 500 lines on purpose: some 320 are the API reference's parameter blocks (the code is
+about 265). Checking and encoding items is ``redbatch.checks``; sharing store calls between
+concurrent adds is ``redbatch.coalesce``.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import hashlib
-import inspect
 import logging
-import math
 import random
-import re
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeAlias
 
 import orjson
 
+from redbatch.checks import (
+    DEFAULT_MAX_ITEM_BYTES,
+    check_key,
+    check_name,
+    dead_letter_ids,
+    decode_item,
+    encode_item,
+    is_async_callable,
+    item_digest,
+    positive_int,
+    seconds_to_ms,
+)
 from redbatch.coalesce import Coalescer
-from redbatch.errors import ConfigError, InvalidItem, InvalidKey, NotFound
+from redbatch.errors import ConfigError, NotFound
 from redbatch.stores.base import RulesChanged, Store
 from redbatch.types import (
     Batch,
     BatcherStats,
     Clock,
-    CorruptItem,
     DeadLetter,
     Entry,
     PendingItem,
@@ -35,126 +46,8 @@ Handler: TypeAlias = Callable[[Batch], None] | Callable[[Batch], Awaitable[None]
 
 log = logging.getLogger("redbatch.batcher")
 
-MAX_KEY_LENGTH = 512
 RULES_ATTEMPTS = 3
 """Appends tried per add when the store keeps holding other rules (a publish in between)."""
-DEFAULT_MAX_ITEM_BYTES = 1 << 20
-MAX_DURATION = 100 * 365 * 24 * 3600
-"""The longest duration setting, in seconds (100 years): its milliseconds, added to a time, fit
-every store's integers (SQLite's 64 bits, the doubles of Redis' scores and Lua)."""
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-# Only JSON values: dataclasses, datetimes and subclasses of str/int/dict/list are refused
-# rather than silently converted into something the handler would not recognise.
-_DUMPS_OPTIONS = (
-    orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS
-)
-
-
-def encode_item(item: Any, max_bytes: int = DEFAULT_MAX_ITEM_BYTES) -> bytes:
-    """Encode one item as JSON, refusing non-JSON values and items over ``max_bytes``."""
-    try:
-        encoded = orjson.dumps(item, option=_DUMPS_OPTIONS)
-    except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
-        raise InvalidItem(f"item is not a JSON value: {exc}") from None
-    # orjson writes NaN and infinities as null: look for them only when a null was written
-    # (find is some 40 ns faster than ``in`` on bytes).
-    if encoded.find(b"null") != -1 and _holds_non_finite(item):
-        raise InvalidItem("item is not a JSON value: it holds a NaN or an infinity, which JSON cannot hold")
-    if len(encoded) > max_bytes:
-        raise InvalidItem(f"item is {len(encoded)} bytes encoded, over the {max_bytes} byte limit")
-    # orjson's bytes keep its whole working buffer: 4 KB for a small item, 3 to 8 times the
-    # length of a large one. Items are held by the thousand (add_many, the memory store), so
-    # keep a compact copy; %-formatting makes one for about 20 ns (bytes(memoryview(...)): 140).
-    return b"%b" % encoded
-
-
-def _holds_non_finite(value: Any) -> bool:
-    """Whether a NaN or an infinity hides in ``value`` (a JSON value, as orjson accepted it)."""
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if isinstance(value, dict):
-        return any(_holds_non_finite(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return any(_holds_non_finite(v) for v in value)
-    return False
-
-
-def item_digest(item: Any) -> str:
-    """The dedupe identity of an item: equal JSON, key order ignored."""
-    canonical = orjson.dumps(item, option=_DUMPS_OPTIONS | orjson.OPT_SORT_KEYS)
-    return hashlib.blake2b(canonical, digest_size=16).hexdigest()
-
-
-def decode_item(payload: bytes) -> Any:
-    """An item from its stored JSON, or a ``CorruptItem`` when the bytes are not JSON, so that
-    listing what a store holds never fails on one bad item."""
-    try:
-        return orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        return CorruptItem(payload, f"not JSON: {exc}")
-
-
-def is_async_callable(fn: object) -> bool:
-    """True for an ``async def`` function or method, a callable object whose ``__call__`` is
-    one, or a ``functools.partial`` of either."""
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    if inspect.iscoroutinefunction(fn):
-        return True
-    if inspect.isroutine(fn) or isinstance(fn, type):
-        return False  # calling a class makes an instance, whatever its __call__ is
-    return inspect.iscoroutinefunction(type(fn).__call__)  # where a call looks it up
-
-
-def check_key(key: object) -> str:
-    if not isinstance(key, str):
-        raise InvalidKey(f"a key must be a str, not {type(key).__name__}")
-    if not key:
-        raise InvalidKey("a key must not be empty")
-    if len(key) > MAX_KEY_LENGTH:
-        raise InvalidKey(f"a key is at most {MAX_KEY_LENGTH} characters, this one has {len(key)}")
-    if not key.isascii():
-        try:
-            key.encode()
-        except UnicodeEncodeError as exc:  # a lone surrogate, as json.loads('"\\ud800"') makes
-            raise InvalidKey(
-                f"a key must be text UTF-8 can encode: it holds a lone surrogate at position {exc.start}"
-            ) from None
-    return key
-
-
-def check_name(name: object) -> str:
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ConfigError(f"a batcher name is 1-64 characters of letters, digits, '_', '.', '-': {name!r}")
-    return name
-
-
-def _seconds_to_ms(name: str, value: float, *, allow_zero: bool = True) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(f"{name} must be a number of seconds, not {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'} seconds, not {value}")
-    if value > MAX_DURATION:
-        raise ConfigError(f"{name} must be at most {MAX_DURATION} seconds (100 years), not {value}")
-    ms = round(value * 1000)
-    if ms == 0 and not allow_zero:  # a positive value that rounds to nothing would mean 0
-        raise ConfigError(f"{name} must be at least 0.001 seconds, not {value}")
-    return ms
-
-
-def _ids(ids: Sequence[str] | None) -> list[str] | None:
-    """Dead-letter ids as a list; a lone string is refused, not read one id per character."""
-    if ids is None:
-        return None
-    if isinstance(ids, str | bytes):
-        raise ConfigError(f"ids must be a list of dead-letter ids, not a lone string: [{ids!r}]?")
-    return list(ids)
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be an integer >= 1, not {value!r}")
-    return value
 
 
 class Batcher:
@@ -248,26 +141,24 @@ class Batcher:
         self.name = check_name(name)
         self.spec = QueueSpec(
             name=self.name,
-            max_items=_positive_int("max_items", max_items),
-            max_wait_ms=_seconds_to_ms("max_wait", max_wait),
-            idle_ms=0 if idle is None else _seconds_to_ms("idle", idle),
+            max_items=positive_int("max_items", max_items),
+            max_wait_ms=seconds_to_ms("max_wait", max_wait),
+            idle_ms=0 if idle is None else seconds_to_ms("idle", idle),
             dedupe=bool(dedupe),
-            max_attempts=_positive_int("max_attempts", max_attempts),
-            lease_ms=_seconds_to_ms("lease", lease, allow_zero=False),
+            max_attempts=positive_int("max_attempts", max_attempts),
+            lease_ms=seconds_to_ms("lease", lease, allow_zero=False),
         )
         if self.spec.lease_ms < 100:
             raise ConfigError(f"lease must be at least 0.1 seconds, not {lease}")
-        self.backoff_ms = _seconds_to_ms("backoff", backoff)
-        self.max_backoff_ms = _seconds_to_ms("max_backoff", max_backoff)
-        self.timeout = (
-            None if timeout is None else _seconds_to_ms("timeout", timeout, allow_zero=False) / 1000
-        )
+        self.backoff_ms = seconds_to_ms("backoff", backoff)
+        self.max_backoff_ms = seconds_to_ms("max_backoff", max_backoff)
+        self.timeout = None if timeout is None else seconds_to_ms("timeout", timeout, allow_zero=False) / 1000
         self.dead_letter_ttl_ms = (
             None
             if dead_letter_ttl is None
-            else _seconds_to_ms("dead_letter_ttl", dead_letter_ttl, allow_zero=False)
+            else seconds_to_ms("dead_letter_ttl", dead_letter_ttl, allow_zero=False)
         )
-        self.max_item_bytes = _positive_int("max_item_bytes", max_item_bytes)
+        self.max_item_bytes = positive_int("max_item_bytes", max_item_bytes)
         self.clock = clock
         self.configured = self.spec
         self._rules_lock = threading.Lock()
@@ -574,7 +465,7 @@ class Batcher:
             ConfigError: ``limit`` is not an integer of at least 1.
             StoreUnavailable: The store could not be reached in time.
         """
-        rows = self.store.peek(self.spec, check_key(key), _positive_int("limit", limit))
+        rows = self.store.peek(self.spec, check_key(key), positive_int("limit", limit))
         return [PendingItem(decode_item(p), None if a is None else a / 1000) for a, p in rows]
 
     def clear(self, key: str) -> int:
@@ -629,7 +520,7 @@ class Batcher:
             ConfigError: ``limit`` is not an integer of at least 1.
             StoreUnavailable: The store could not be reached in time.
         """
-        records = self.store.dead_letters(self.spec, _positive_int("limit", limit), max(0, offset))
+        records = self.store.dead_letters(self.spec, positive_int("limit", limit), max(0, offset))
         return [
             DeadLetter(
                 id=r.batch_id,
@@ -669,7 +560,7 @@ class Batcher:
         stored = self.store.stored_rules(self.name)
         if stored is not None:
             self.adopt_rules(stored)
-        return self.store.replay(self.spec, _ids(ids), self.clock())
+        return self.store.replay(self.spec, dead_letter_ids(ids), self.clock())
 
     def purge_dead(self, ids: Sequence[str] | None = None, older_than: float | None = None) -> int:
         """Delete dead letters by id, or those older than ``older_than`` seconds, or all.
@@ -694,5 +585,5 @@ class Batcher:
         """
         if ids is not None and older_than is not None:
             raise ConfigError("purge_dead takes ids or older_than, not both")
-        before = None if older_than is None else self.clock() - _seconds_to_ms("older_than", older_than)
-        return self.store.purge_dead(self.spec, _ids(ids), before)
+        before = None if older_than is None else self.clock() - seconds_to_ms("older_than", older_than)
+        return self.store.purge_dead(self.spec, dead_letter_ids(ids), before)

@@ -13,7 +13,7 @@ import pytest
 
 import redbatch
 from redbatch import Batcher, ConfigError, InvalidItem, InvalidKey
-from redbatch.batcher import MAX_DURATION, encode_item
+from redbatch.checks import MAX_DURATION, encode_item
 from redbatch.stores.base import Store
 from tests.conformance.helpers import ack, claim, claim_one, fail, make
 from tests.conftest import FakeClock
