@@ -132,6 +132,22 @@ local function split_letters(base, dead, ids)
   return known, unknown, dropped
 end
 
+-- The dead letters a replay or a purge changes. 'all' mode: those select_all() picks, an id
+-- whose record is gone dropped on the way, never refused. 'ids' mode: ARGV[first..], all or
+-- none, so the caller changes nothing when `unknown` is not empty.
+-- Returns the chosen ids, the known ones among them, the unknown ones, the entries dropped.
+local function choose_letters(base, dead, mode, select_all, first)
+  local chosen = {}
+  if mode == 'all' then
+    chosen = select_all()
+  else
+    for i = first, #ARGV do chosen[#chosen + 1] = ARGV[i] end
+  end
+  local ids, unknown, dropped = split_letters(base, dead, chosen)
+  if mode == 'all' then unknown = {} end
+  return chosen, ids, unknown, dropped
+end
+
 -- True when (bid, token) still holds the running batch of key.
 local function holds(kh, bid, token)
   local b = redis.call('HMGET', kh, 'bid', 'tok', 'st')

@@ -30,18 +30,9 @@ local function newest(limit, cutoff)
   return ids
 end
 
-local chosen = {}
-if mode == 'all' then
-  chosen = newest(tonumber(ARGV[6]), ARGV[7])
-else
-  for i = 6, #ARGV do chosen[#chosen + 1] = ARGV[i] end
-end
-local ids, unknown, dropped = split_letters(base, dead, chosen)
-if mode == 'all' then
-  unknown = {}
-elseif #unknown > 0 then
-  return {0, 0, dropped, unknown}
-end
+local picked = function() return newest(tonumber(ARGV[6]), ARGV[7]) end
+local chosen, ids, unknown, dropped = choose_letters(base, dead, mode, picked, 6)
+if #unknown > 0 then return {0, 0, dropped, unknown} end
 
 -- Each key's letters, in the order they died: by the fencing token of their last attempt
 -- (ordered within a partition, unlike the clocks of several hosts), then by time of death.
