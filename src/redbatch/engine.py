@@ -173,3 +173,61 @@ def wakes(deadline_ms: int, head_before_ms: int | None, now_ms: int) -> bool:
     index was empty). Every store applies this one rule (the Lua prelude as ``wakes``).
     """
     return deadline_ms <= now_ms or head_before_ms is None or deadline_ms < head_before_ms
+
+
+# ---------------------------------------------------------------- job records
+#
+# A job queue (``redbatch.jobrecords``) is a batcher whose keys are job ids, each holding one
+# item. Its store operations keep a record per job and per group, changed in the SAME atomic
+# step as the batch transition that moves the job. The table below is that rule: for each
+# engine transition (and the job-only operations), the job statuses it leaves and enters.
+# A group counts every member in exactly one status, so each row also moves the member's
+# group counter from its old status to its new one; that is what makes a group exact (a
+# member reclaimed and run twice moves RUNNING -> RUNNING, counted once), and a stale
+# worker, refused by fencing, moves nothing.
+#
+#   submit        (none)  -> pending    record created with the entry; an id that exists is
+#                                       left as it is (idempotent), whatever its status
+#   claim         pending -> running    attempt = the batch's, started_at = now
+#   claim_retry   pending -> running
+#   reclaim       running -> running    a lost worker's job, leased again
+#   bury_lapsed   running -> failed     error = LEASE_EXPIRED_ERROR, finished_at; the job's
+#                                       own max_attempts decides, not the queue's
+#   heartbeat     running -> running
+#   finish        running -> succeeded  (ack) result, progress 1.0, finished_at
+#                 running -> cancelled  (ack) the function stopped on a cancel request
+#                 running -> pending    (ack + append, ADVANCE) the next step of a chain, in
+#                                       the same step: step + 1, attempt 0, result kept
+#   fail_retry    running -> pending    error kept
+#   fail_dead     running -> failed     error, finished_at; the batch is a dead letter
+#   cancel        pending -> cancelled  (clear) its entry or waiting batch dropped
+#                 running -> running    cancel_requested set: the function sees it
+#   retry_jobs    failed  -> pending    its dead letter (if still held) purged, the
+#                                       record's payload appended anew; attempt 0
+#   progress      running -> running    fenced: a stale worker's progress is refused
+#   cleanup       finished -> (none)    records (and a failed job's dead letter) deleted
+#
+# A group is *finished* when it has no pending or running member. The step that finishes
+# it (finish, fail_dead, bury_lapsed or cancel of its last open member) also, once per
+# round, submits the group's callback job (``jobrecords.callback_job_id``) and sets
+# ``finished_at``. ``retry_jobs`` on a finished group's members starts a new round (the
+# group is open again, ``finished_at`` cleared), whose end submits the callback again.
+
+JOB_TRANSITIONS: Mapping[str, tuple[frozenset[str], str]] = {
+    "submit": (frozenset(), "pending"),
+    "claim": (frozenset({"pending"}), "running"),
+    "claim_retry": (frozenset({"pending"}), "running"),
+    "reclaim": (frozenset({"running"}), "running"),
+    "bury_lapsed": (frozenset({"running"}), "failed"),
+    "heartbeat": (frozenset({"running"}), "running"),
+    "finish_succeeded": (frozenset({"running"}), "succeeded"),
+    "finish_cancelled": (frozenset({"running"}), "cancelled"),
+    "finish_advance": (frozenset({"running"}), "pending"),
+    "fail_retry": (frozenset({"running"}), "pending"),
+    "fail_dead": (frozenset({"running"}), "failed"),
+    "cancel_pending": (frozenset({"pending"}), "cancelled"),
+    "cancel_running": (frozenset({"running"}), "running"),
+    "retry_jobs": (frozenset({"failed"}), "pending"),
+    "progress": (frozenset({"running"}), "running"),
+}
+"""Job transition -> (statuses it leaves, status it enters); see the comment above."""
