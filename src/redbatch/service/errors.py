@@ -5,6 +5,7 @@ Every 4xx and 5xx has the body ``{"error": {"type": ..., "message": ...}}`` (``E
     NotFound                              404  an unknown batcher or dead letter
     InvalidItem, InvalidKey, ConfigError  422  bad input; nothing was stored
     a request that does not validate      422  type "ValidationError", with "details"
+    a body that is not UTF-8 JSON         422  type "ValidationError"
     RulesChanged (three times running)    409  the batcher's rules keep changing: retry
     StoreUnavailable                      503  the store is down or refuses writes: retry
     any other RedbatchError               502  the store answered with an error
@@ -104,6 +105,10 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 400:
+        # FastAPI's answer to a body it cannot decode (not UTF-8): bad input, as any other
+        # body that is not JSON, so the same 422.
+        return error_response(422, "ValidationError", f"the request body is not JSON: {exc.detail}")
     kind = (
         type(exc).__name__
         if type(exc) is not HTTPException
@@ -112,7 +117,7 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, kind, str(exc.detail), headers=exc.headers)
 
 
-_HTTP_KINDS = {404: "NotFound", 405: "MethodNotAllowed", 400: "BadRequest"}
+_HTTP_KINDS = {404: "NotFound", 405: "MethodNotAllowed"}
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": description}
