@@ -59,11 +59,25 @@ class _Job:
 
     def record(self) -> JobRecord:
         return JobRecord(
-            self.id, self.function, self.status, self.lane, self.attempt, self.max_attempts,
-            self.step, self.steps, self.progress, self.message, self.result, self.error,
-            self.created_at, self.started_at, self.finished_at, self.group,
-            self.cancel_requested, self.payload,
-        )  # fmt: skip
+            self.id,
+            self.function,
+            self.status,
+            self.lane,
+            self.attempt,
+            self.max_attempts,
+            self.step,
+            self.steps,
+            self.progress,
+            self.message,
+            self.result,
+            self.error,
+            self.created_at,
+            self.started_at,
+            self.finished_at,
+            self.group,
+            self.cancel_requested,
+            self.payload,
+        )
 
 
 @dataclass(slots=True)
@@ -81,9 +95,15 @@ class _Group:
 
     def record(self) -> GroupRecord:
         return GroupRecord(
-            self.id, self.total, dict(self.counts), self.created_at, self.finished_at, self.round,
-            self.callback_job, self.callback_function,
-        )  # fmt: skip
+            self.id,
+            self.total,
+            dict(self.counts),
+            self.created_at,
+            self.finished_at,
+            self.round,
+            self.callback_job,
+            self.callback_function,
+        )
 
 
 def _insert(index: _Ordered, entry: tuple[int, str]) -> None:
@@ -125,8 +145,17 @@ class JobTable:
         """transition: submit. False when the id exists (left as it is)."""
         if new.id in self.jobs:
             return False
-        job = _Job(new.id, new.function, JobStatus.PENDING, new.lane, new.max_attempts, new.steps,
-                   new.group, new.payload, now_ms)  # fmt: skip
+        job = _Job(
+            new.id,
+            new.function,
+            JobStatus.PENDING,
+            new.lane,
+            new.max_attempts,
+            new.steps,
+            new.group,
+            new.payload,
+            now_ms,
+        )
         self.jobs[new.id] = job
         entry = (now_ms, new.id)
         _insert(self.by_created, entry)
@@ -188,8 +217,14 @@ class JobTable:
             job_id = callback_job_id(group.id, group.round)
             group.callback_job = job_id
             self.callbacks.append(
-                NewJob(job_id, group.callback_function, group.callback, now_ms, Lane.NORMAL,
-                       group.callback_max_attempts)  # fmt: skip
+                NewJob(
+                    job_id,
+                    group.callback_function,
+                    group.callback,
+                    now_ms,
+                    Lane.NORMAL,
+                    group.callback_max_attempts,
+                )
             )
 
     # ------------------------------------------------------------------ reading
