@@ -135,7 +135,7 @@ class Job:
 
     @classmethod
     def from_record(cls, record: JobRecord) -> Job:
-        result = None if record.result is None else orjson.loads(record.result)
+        result = orjson.loads(record.result) if record.result else None
         return cls(
             record.id,
             record.function,

@@ -565,7 +565,8 @@ class MemoryStore:
                 queue.flushed_items += len(state.current.items)
                 queue.last_flush_at = now_ms
                 state.current = None
-                job.result = outcome.result
+                if outcome.result:  # b'': none (a cancelled function that raised)
+                    job.result = outcome.result
                 if outcome.kind == OutcomeKind.ADVANCE:  # job transition: finish_advance
                     job.step += 1
                     job.attempt, job.started_at, job.progress, job.message = 0, None, None, ""
