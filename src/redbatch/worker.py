@@ -34,8 +34,12 @@ from typing import Any, ParamSpec, TypeVar
 from redbatch.batcher import Batcher
 from redbatch.daemon_pool import DaemonThreadPool
 from redbatch.errors import ConfigError, StoreUnavailable
-from redbatch.handlers import Attempt, BatchQueue, Served
-from redbatch.handlers import decode_batch as decode_batch  # where tests and tools import it from
+from redbatch.handlers import (
+    Attempt,
+    BatchQueue,
+    Served,
+    decode_batch,  # noqa: F401 - tests and tools import it from here
+)
 from redbatch.hooks import SettleOutcome, WorkerHooks
 from redbatch.jobrunner import JobQueue
 from redbatch.jobs import Jobs
