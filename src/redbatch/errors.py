@@ -12,7 +12,8 @@ sent (see its docstring)::
     ├── NotFound           (also a LookupError)  an unknown batcher or dead-letter id
     ├── StoreUnavailable   (also a ConnectionError)  the store cannot be reached in the
     │                                            configured time, or refuses writes
-    └── ItemsFailed        raised *by a handler*: only the named items failed
+    ├── ItemsFailed        raised *by a handler*: only the named items failed
+    └── JobCancelled       raised *by a job function* that stops on a cancel request
 
 The command line maps them to exit codes: ``NotFound`` 3, ``StoreUnavailable`` 4, any other
 ``RedbatchError`` 1; usage errors exit 2.
@@ -42,7 +43,7 @@ class ConfigError(RedbatchError, ValueError):
 
 
 class NotFound(RedbatchError, LookupError):
-    """An unknown batcher or dead letter was named; nothing was changed.
+    """An unknown batcher, dead letter, job or group was named; nothing was changed.
 
     An unknown key is no error: it holds nothing (``peek`` lists nothing, ``clear`` drops 0).
     """
@@ -83,3 +84,9 @@ class ItemsFailed(RedbatchError):
         self.indexes = tuple(indexes)
         self.reason = reason
         super().__init__(f"{reason} (items {list(self.indexes)})")
+
+
+class JobCancelled(RedbatchError):
+    """Raised by a job function that stops because ``JobContext.cancelled`` became true: the
+    job ends ``cancelled`` (not failed, not retried). Returning normally after seeing the
+    request ends it ``cancelled`` too."""
