@@ -93,7 +93,8 @@ def create_app(
     """
     if jobs is not None:
         raise NotImplementedError("the jobs routes come in phase 2")
-    known = list(batchers) + (worker.batchers if worker is not None else [])
+    served = worker.batchers if worker is not None else []
+    known = list(batchers) + [b for b in served if isinstance(b, Batcher)]
     runner = WorkerThread(worker) if worker is not None else None
 
     @asynccontextmanager
