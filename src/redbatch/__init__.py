@@ -7,6 +7,7 @@ from redbatch.errors import (
     InvalidKey,
     ItemsFailed,
     NotFound,
+    PartlyStored,
     RedbatchError,
     StoreUnavailable,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "InvalidKey",
     "ItemsFailed",
     "NotFound",
+    "PartlyStored",
     "PendingItem",
     "RedbatchError",
     "Store",

@@ -84,6 +84,13 @@ def connect(url: str | None = None, *, check: bool = True, **overrides: object) 
       master that these Sentinels (port 26379 by default) name for ``service``, followed
       across failovers; the credentials are the master's. Options as for ``redis://``
       (``partitions``, ``client_name``).
+    - ``redis+cluster://[user:password@]host:port[,host:port...]``: Redis Cluster, found
+      through any of these nodes (port 6379 by default); no database. Options
+      ``partitions`` (default 16 here, unless given as an argument or by
+      ``REDBATCH_PARTITIONS``: enough to spread each batcher over the masters) and
+      ``client_name``. ``add_many`` over several partitions is all or none per
+      partition, never twice (``PartlyStored`` when only some were stored; the README's
+      "Cluster" says more).
     - ``memory://``: this process's memory, for tests; not durable (it logs a warning).
 
     Errors quote the URL with its password masked.
