@@ -8,6 +8,7 @@ from redbatch.errors import (
     ItemsFailed,
     JobCancelled,
     NotFound,
+    PartlyStored,
     RedbatchError,
     StoreUnavailable,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "JobPage",
     "Jobs",
     "NotFound",
+    "PartlyStored",
     "PendingItem",
     "RedbatchError",
     "Store",
