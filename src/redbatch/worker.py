@@ -33,6 +33,7 @@ from redbatch.daemon_pool import DaemonThreadPool
 from redbatch.errors import ConfigError, StoreUnavailable
 from redbatch.handlers import Failure, decode_batch, run_handler
 from redbatch.hooks import SettleOutcome, WorkerHooks
+from redbatch.logs import batch_fields
 from redbatch.stores.base import Store, Waiter
 from redbatch.types import ClaimedBatch, Clock, Lease, system_clock
 
@@ -388,7 +389,11 @@ class Worker:
             # second run of the same batch beside it.
             existing.claimed = claimed
             existing.lost = False
-            log.info("re-leased batch %s, still running here", claimed.lease.batch_id)
+            log.info(
+                "re-leased batch %s, still running here",
+                claimed.lease.batch_id,
+                extra=batch_fields(batcher, claimed),
+            )
             return
         running = _Running(batcher, claimed)
         self._running[claimed.lease.batch_id] = running
@@ -400,11 +405,14 @@ class Worker:
             await self._settle(running, failure)
         except asyncio.CancelledError:
             self.counters.abandoned += 1
-            log.warning("batch %s abandoned; its lease will lapse", running.claimed.lease.batch_id)
+            fields = batch_fields(running.batcher, running.claimed)
+            log.warning("batch %s abandoned; its lease will lapse", fields["batch_id"], extra=fields)
         except StoreUnavailable as exc:  # the lease lapses and the batch is retried
-            log.error("could not record the outcome of batch %s: %s", running.claimed.lease.batch_id, exc)
+            fields = batch_fields(running.batcher, running.claimed)
+            log.error("could not record the outcome of batch %s: %s", fields["batch_id"], exc, extra=fields)
         except Exception:
-            log.exception("could not record the outcome of batch %s", running.claimed.lease.batch_id)
+            fields = batch_fields(running.batcher, running.claimed)
+            log.exception("could not record the outcome of batch %s", fields["batch_id"], extra=fields)
         finally:
             if self._running.get(running.claimed.lease.batch_id) is running:
                 del self._running[running.claimed.lease.batch_id]
@@ -444,6 +452,7 @@ class Worker:
                 lease.key,
                 claimed.attempt,
                 failure.error.strip().splitlines()[-1],
+                extra=batch_fields(batcher, claimed),
             )
         if not held:
             self.counters.refused += 1
@@ -453,6 +462,7 @@ class Worker:
                 batcher.name,
                 lease.key,
                 outcome,
+                extra=batch_fields(batcher, claimed),
             )
             self._hook(self.hooks.batch_settled, batcher, claimed, "refused")
             return
@@ -517,6 +527,7 @@ class Worker:
                             run.claimed.lease.batch_id,
                             batcher.name,
                             run.claimed.lease.key,
+                            extra=batch_fields(batcher, run.claimed),
                         )
                         self._hook(self.hooks.lease_lost, batcher, run.claimed)
 
