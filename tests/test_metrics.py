@@ -8,6 +8,7 @@ markup), so a label built from one would show.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -189,10 +190,42 @@ def test_each_worker_may_have_its_own_registry() -> None:
     batcher = redbatch.Batcher(store, "twice")
     first, second = metrics.instrument([batcher]), metrics.instrument([batcher])
     assert first.registry is not second.registry
+    # Before any batch, every series of the batcher is there at 0.
+    assert first.registry.get_sample_value("redbatch_batches_flushed_total", {"batcher": "twice"}) == 0
+    labels = {"batcher": "twice", "outcome": "timed_out"}
+    assert first.registry.get_sample_value("redbatch_handler_calls_total", labels) == 0
     shared = CollectorRegistry()
     metrics.PrometheusHooks(shared)
     with pytest.raises(ValueError, match="Duplicated"):
         metrics.PrometheusHooks(shared)
+
+
+def asgi_get(app: Callable[..., Any], method: str) -> tuple[int, dict[bytes, bytes], bytes]:
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": "/", "headers": [], "query_string": b""}
+    asyncio.run(app(scope, receive, send))
+    start, body = sent
+    return start["status"], dict(start["headers"]), body["body"]
+
+
+@pytest.mark.parametrize("store_kind", ["sqlite"])
+def test_the_asgi_app_serves_the_registry(store: Store) -> None:
+    batcher = redbatch.Batcher(store, "served")
+    batcher.add(HOSTILE_KEY, 1)
+    app = metrics.metrics_asgi_app(metrics.instrument([batcher]).registry)
+    status, headers, body = asgi_get(app, "GET")
+    assert status == 200 and headers[b"content-type"].startswith(b"text/plain")
+    assert b'redbatch_queue_buffered_items{batcher="served"} 1.0' in body
+    assert b"hostile-key" not in body
+    assert asgi_get(app, "HEAD")[2] == b""
+    assert asgi_get(app, "POST")[0] == 405
 
 
 def test_a_port_that_is_taken_is_a_config_error() -> None:

@@ -25,13 +25,14 @@ Queue depths are the store's, the same whichever worker reports them: aggregate 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, make_asgi_app, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("redbatch.metrics")
 
+Send = Callable[[dict[str, Any]], Awaitable[None]]
 MetricSource = Callable[[], Iterable[Metric]]
 """Extra metrics read at scrape time (the jobs' counts by status, ...): a callable that
 returns metric families. One that raises is logged and skipped; the rest of the scrape goes on."""
@@ -137,6 +139,11 @@ class PrometheusHooks(WorkerHooks):
 
     def _counter(self, name: str, help_text: str, labels: Sequence[str] = ("batcher",)) -> Counter:
         return Counter(name, help_text, labels, registry=self.registry)
+
+    def track(self, batcher: Batcher) -> None:
+        """Export ``batcher``'s series now, at 0, rather than from its first batch on, so
+        that rates and alerts see a worker that has done nothing yet."""
+        self._of(batcher)
 
     def _of(self, batcher: Batcher) -> _Children:
         """The labelled children of one batcher, made once: ``labels()`` costs a lock each call."""
@@ -332,6 +339,8 @@ def instrument(
         ``Instruments``: pass ``.hooks`` to the ``Worker``, serve ``.registry``.
     """
     hooks = PrometheusHooks(registry)
+    for batcher in batchers:
+        hooks.track(batcher)
     collector = QueueCollector(batchers, sources)
     hooks.registry.register(collector)
     return Instruments(hooks, collector, hooks.registry)
@@ -342,13 +351,26 @@ def render(registry: CollectorRegistry) -> tuple[bytes, str]:
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
-def metrics_asgi_app(registry: CollectorRegistry) -> Callable[..., Any]:
+def metrics_asgi_app(registry: CollectorRegistry) -> Callable[..., Awaitable[None]]:
     """An ASGI app that serves ``registry``: ``app.mount("/metrics", metrics_asgi_app(r))``.
 
-    The store is read on the server's worker thread (prometheus-client runs the scrape in a
-    thread), never blocking the event loop.
+    The scrape (the store reads included) runs on a thread (``asyncio.to_thread``), never
+    blocking the event loop. GET and HEAD answer 200 with the text format; any other method 405.
     """
-    app: Callable[..., Any] = make_asgi_app(registry)
+
+    async def app(scope: dict[str, Any], receive: Callable[[], Awaitable[Any]], send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        method = scope.get("method", "GET")
+        if method not in ("GET", "HEAD"):
+            await send({"type": "http.response.start", "status": 405, "headers": [(b"allow", b"GET, HEAD")]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        body, content_type = await asyncio.to_thread(render, registry)
+        headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+
     return app
 
 
