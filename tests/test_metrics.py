@@ -379,7 +379,7 @@ def test_json_lines_carry_the_batch_fields_and_stay_one_line() -> None:
     store = redbatch.connect("memory://")
     batcher = redbatch.Batcher(store, "logs")
     record = logging.LogRecord("redbatch.worker", logging.WARNING, __file__, 1, "batch %s", ("b-1",), None)
-    for name, field in batch_fields(batcher, claimed(HOSTILE_KEY)).items():
+    for name, field in batch_fields(batcher.name, claimed(HOSTILE_KEY)).items():
         setattr(record, name, field)
     try:
         raise ValueError("boom")

@@ -30,7 +30,6 @@ import orjson
 from redbatch.errors import ConfigError
 
 if TYPE_CHECKING:
-    from redbatch.batcher import Batcher
     from redbatch.types import ClaimedBatch
 
 LogFormat = Literal["text", "json"]
@@ -44,18 +43,18 @@ _STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, 
 }
 
 
-def batch_fields(batcher: Batcher, claimed: ClaimedBatch) -> dict[str, Any]:
+def batch_fields(batcher: str, claimed: ClaimedBatch) -> dict[str, Any]:
     """The structured fields of a log record about one batch, for ``extra=``.
 
     Args:
-        batcher: The batcher the batch belongs to.
+        batcher: The name of the batcher (or other source) the batch belongs to.
         claimed: The batch as its worker claimed it.
 
     Returns:
         ``batcher``, ``key``, ``batch_id`` and ``attempt``: nothing of the items.
     """
     return {
-        "batcher": batcher.name,
+        "batcher": batcher,
         "key": claimed.lease.key,
         "batch_id": claimed.lease.batch_id,
         "attempt": claimed.attempt,

@@ -392,7 +392,7 @@ class Worker:
             log.info(
                 "re-leased batch %s, still running here",
                 claimed.lease.batch_id,
-                extra=batch_fields(batcher, claimed),
+                extra=batch_fields(batcher.name, claimed),
             )
             return
         running = _Running(batcher, claimed)
@@ -405,13 +405,13 @@ class Worker:
             await self._settle(running, failure)
         except asyncio.CancelledError:
             self.counters.abandoned += 1
-            fields = batch_fields(running.batcher, running.claimed)
+            fields = batch_fields(running.batcher.name, running.claimed)
             log.warning("batch %s abandoned; its lease will lapse", fields["batch_id"], extra=fields)
         except StoreUnavailable as exc:  # the lease lapses and the batch is retried
-            fields = batch_fields(running.batcher, running.claimed)
+            fields = batch_fields(running.batcher.name, running.claimed)
             log.error("could not record the outcome of batch %s: %s", fields["batch_id"], exc, extra=fields)
         except Exception:
-            fields = batch_fields(running.batcher, running.claimed)
+            fields = batch_fields(running.batcher.name, running.claimed)
             log.exception("could not record the outcome of batch %s", fields["batch_id"], extra=fields)
         finally:
             if self._running.get(running.claimed.lease.batch_id) is running:
@@ -452,7 +452,7 @@ class Worker:
                 lease.key,
                 claimed.attempt,
                 failure.error.strip().splitlines()[-1],
-                extra=batch_fields(batcher, claimed),
+                extra=batch_fields(batcher.name, claimed),
             )
         if not held:
             self.counters.refused += 1
@@ -462,7 +462,7 @@ class Worker:
                 batcher.name,
                 lease.key,
                 outcome,
-                extra=batch_fields(batcher, claimed),
+                extra=batch_fields(batcher.name, claimed),
             )
             self._hook(self.hooks.batch_settled, batcher, claimed, "refused")
             return
@@ -527,7 +527,7 @@ class Worker:
                             run.claimed.lease.batch_id,
                             batcher.name,
                             run.claimed.lease.key,
-                            extra=batch_fields(batcher, run.claimed),
+                            extra=batch_fields(batcher.name, run.claimed),
                         )
                         self._hook(self.hooks.lease_lost, batcher, run.claimed)
 
