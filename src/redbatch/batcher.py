@@ -113,6 +113,8 @@ class Batcher:
             milliseconds).
         spec: The rules in effect: the store's, once this process has seen them.
         timeout: The handler timeout in seconds (rounded to the millisecond), or None.
+        items_added: Items this object stored since it was made (``add``, ``add_many`` and
+            their async forms whose store call returned), for ``redbatch.metrics``.
 
     Raises:
         ConfigError: A setting is out of range or of the wrong type (``True`` is not a
@@ -163,6 +165,7 @@ class Batcher:
         self.configured = self.spec
         self._rules_lock = threading.Lock()
         self._coalescer = Coalescer(self._append_now)
+        self.items_added = 0  # one store call of a batcher at a time (Coalescer): no lock needed
         self._handler: Handler | None = None
         self._handler_is_async = False
 
@@ -283,6 +286,7 @@ class Batcher:
     def _append_now(self, entries: list[Entry]) -> None:
         """One store call for the adds the coalescer grouped; they arrive now, as it starts."""
         self._append(entries, self.clock())
+        self.items_added += len(entries)
 
     def _append(self, entries: list[Entry], now_ms: int) -> None:
         """Append under the rules in effect; when the store holds others, adopt them, retry."""

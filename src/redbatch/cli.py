@@ -13,6 +13,7 @@ An error prints one red line, no traceback, and exits with a code that says what
 
 from __future__ import annotations
 
+import enum
 import functools
 import importlib
 import importlib.util
@@ -37,6 +38,8 @@ from rich.table import Table
 from redbatch.batcher import Batcher
 from redbatch.demo import DemoOptions, run_demo
 from redbatch.errors import NotFound, RedbatchError, StoreUnavailable
+from redbatch.logs import LOG_FORMAT_ENV, LogFormat, json_handler, log_format_from_env
+from redbatch.metrics import instrument, serve_metrics
 from redbatch.stores import Store, connect
 from redbatch.types import BatcherStats, CorruptItem
 from redbatch.worker import Worker
@@ -69,17 +72,30 @@ MAX_CELL = 120  # characters of an item or error shown in a table cell
 _log_handler = RichHandler(console=err_console, show_path=False)
 
 
+_json_log_handler = json_handler()
+
+
 @app.callback()
 def _setup() -> None:
-    configure_logging(logging.WARNING)
+    try:
+        log_format = log_format_from_env()
+    except RedbatchError as exc:
+        fail(str(exc))
+    configure_logging(logging.WARNING, log_format)
 
 
-def configure_logging(level: int) -> None:
-    """Show redbatch's log records on stderr through rich (above a live display, if any)."""
+def configure_logging(level: int, log_format: LogFormat = "text") -> None:
+    """Show redbatch's log records on stderr: through rich (above a live display, if any),
+    or as one JSON object per line (``redbatch.logs.JsonFormatter``)."""
     logger = logging.getLogger("redbatch")
     logger.setLevel(level)
-    if _log_handler not in logger.handlers:
-        logger.addHandler(_log_handler)
+    wanted, other = (
+        (_json_log_handler, _log_handler) if log_format == "json" else (_log_handler, _json_log_handler)
+    )
+    if other in logger.handlers:
+        logger.removeHandler(other)
+    if wanted not in logger.handlers:
+        logger.addHandler(wanted)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -162,6 +178,20 @@ def demo(
 # ---------------------------------------------------------------- worker
 
 
+class LogFormatChoice(enum.StrEnum):
+    text = "text"
+    json = "json"
+
+
+def _say(message: str, log_format: LogFormatChoice) -> None:
+    """A worker's own line on stderr; a JSON log record when the logs are JSON, so that
+    every line a log shipper reads parses."""
+    if log_format is LogFormatChoice.json:
+        logging.getLogger("redbatch.cli").info(message)
+    else:
+        err_console.print(message, soft_wrap=True, markup=False, highlight=False)
+
+
 def import_target(target: str) -> ModuleType:
     """Import a dotted module path (from the current directory too) or a ``.py`` file."""
     if target.endswith(".py") or os.sep in target or "/" in target:
@@ -232,25 +262,49 @@ def worker(
         typer.Option("--url", help="Sets REDBATCH_URL before MODULE is imported, for its connect()."),
     ] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Batches handled at once.")] = 16,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0, max=65535, help="Serve Prometheus metrics at http://HOST:PORT/metrics (0: a free port)."
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option(help="The address the metrics port binds; anything but loopback is public.")
+    ] = "127.0.0.1",
+    log_format: Annotated[
+        LogFormatChoice, typer.Option(envvar=LOG_FORMAT_ENV, help="text, or one JSON object per line.")
+    ] = LogFormatChoice.text,
 ) -> None:
     """Run the handlers of every Batcher MODULE defines, until SIGTERM or Ctrl-C."""
     if url is not None:
         os.environ["REDBATCH_URL"] = url
-    configure_logging(logging.INFO)
+    configure_logging(logging.INFO, "json" if log_format is LogFormatChoice.json else "text")
     batchers = load_batchers(module)
     store = batchers[0].store
     names = ", ".join(b.name for b in batchers)
-    err_console.print(f"running {names} on {store.url}, concurrency {concurrency}; Ctrl-C to stop")
-    runner = Worker(store, batchers, concurrency=concurrency)
-    runner.run()
+    _say(f"running {names} on {store.url}, concurrency {concurrency}; Ctrl-C to stop", log_format)
+    hooks = None
+    server = None
+    if metrics_port is not None:
+        instruments = instrument(batchers)
+        server = serve_metrics(instruments.registry, metrics_port, metrics_host)
+        hooks = instruments.hooks
+        _say(f"metrics at {server.url}", log_format)
+    runner = Worker(store, batchers, concurrency=concurrency, hooks=hooks)
+    try:
+        runner.run()
+    finally:
+        if server is not None:
+            server.close()
     counts = runner.counters
     abandoned = ""
     if counts.abandoned:
         leases = "its lease" if counts.abandoned == 1 else "their leases"
         abandoned = f", {counts.abandoned} abandoned to {leases}"
-    err_console.print(
+    _say(
         f"stopped. Batches: {counts.succeeded} succeeded, {counts.retried} retried, "
-        f"{counts.dead_lettered} dead-lettered{abandoned}"
+        f"{counts.dead_lettered} dead-lettered{abandoned}",
+        log_format,
     )
     # Handlers stuck in sync code may still run in their (daemon) threads: returning ends
     # the process, so they cannot run beside another worker that reclaims their batches.
