@@ -39,6 +39,7 @@ from redbatch.types import (
     Entry,
     PendingItem,
     QueueSpec,
+    WaitingKey,
     system_clock,
 )
 
@@ -473,6 +474,23 @@ class Batcher:
         """
         rows = self.store.peek(self.spec, check_key(key), positive_int("limit", limit))
         return [PendingItem(decode_item(p), None if a is None else a / 1000) for a, p in rows]
+
+    def oldest_keys(self, limit: int = 10) -> list[WaitingKey]:
+        """The ``limit`` keys whose oldest waiting item has waited longest, oldest first.
+
+        A read of the store's age index (O(log n + limit) on SQLite and Redis), for
+        dashboards: which keys hold the oldest items, and why. Keys whose only items are in
+        a running or retrying batch are not listed.
+
+        Raises:
+            ConfigError: ``limit`` is not an integer of at least 1.
+            StoreUnavailable: The store could not be reached in time.
+        """
+        rows = self.store.oldest_keys(self.spec, positive_int("limit", limit))
+        now = self.clock()
+        return [
+            WaitingKey(key, first / 1000, max(0, now - first) / 1000, count) for key, first, count in rows
+        ]
 
     def clear(self, key: str) -> int:
         """Drop a key's waiting items (and a batch waiting to retry); a running batch finishes.

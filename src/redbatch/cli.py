@@ -36,7 +36,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from redbatch.batcher import Batcher
-from redbatch.demo import DemoOptions, run_demo
+from redbatch.demo import DemoOptions, demo_service, run_demo
 from redbatch.errors import NotFound, RedbatchError, StoreUnavailable
 from redbatch.logs import LOG_FORMAT_ENV, LogFormat, json_handler, log_format_from_env
 from redbatch.metrics import instrument, serve_metrics
@@ -333,8 +333,12 @@ def serve(
         ),
     ] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Batches the worker handles at once.")] = 16,
+    demo: Annotated[
+        bool, typer.Option("--demo", help="Run the demo's chat load and its worker in-process, to watch.")
+    ] = False,
 ) -> None:
-    """Serve the HTTP API (OpenAPI at /docs) until SIGTERM or Ctrl-C; with --worker, run a worker too.
+    """Serve the HTTP API (OpenAPI at /docs) and the dashboard (/) until SIGTERM or Ctrl-C;
+    with --worker, run a worker too; with --demo, the demo's chat load and its worker.
 
     Mutating endpoints require Authorization: Bearer REDBATCH_API_TOKEN when that is set.
     """
@@ -345,8 +349,15 @@ def serve(
     if url is not None:
         os.environ["REDBATCH_URL"] = url
     configure_logging(logging.INFO)
-    runner = None
-    if module is not None:
+    runner = load = None
+    if demo:
+        if module is not None:
+            fail("--demo runs the demo's own worker: leave out --worker")
+        store = connect(url)
+        runner, load, resumed = demo_service(store, concurrency)
+        if resumed:
+            err_console.print(resumed)
+    elif module is not None:
         batchers = load_batchers(module)
         store = batchers[0].store
         runner = Worker(store, batchers, concurrency=concurrency, handle_signals=False)
@@ -354,12 +365,17 @@ def serve(
         store = connect(url)
     auth = "bearer token required for writes" if settings.api_token else "no token: writes are open"
     err_console.print(f"serving {store.url} on http://{host}:{port} ({auth}); Ctrl-C to stop")
+    err_console.print(f"dashboard: http://{host}:{port}/", soft_wrap=True, highlight=False)
     try:
         application = create_app(
             store, worker=runner, token=settings.api_token, max_body=settings.max_body_bytes
         )
+        if load is not None:
+            load.start()
         run(application, host, port)
     finally:
+        if load is not None:  # what it added after the worker stopped waits for the next run
+            load.stop()
         store.close()
 
 

@@ -20,6 +20,7 @@ import redbatch
 from redbatch.batcher import Batcher
 from redbatch.errors import RedbatchError
 from redbatch.service import batchers as batcher_routes
+from redbatch.service import dashboard
 from redbatch.service.errors import ERROR_RESPONSES, NotReady, install_error_handlers
 from redbatch.service.limits import BodyLimit
 from redbatch.service.models import ErrorBody, Health
@@ -122,6 +123,7 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=max_body)
     app.include_router(batcher_routes.router)
     app.include_router(batcher_routes.writes)
+    app.include_router(dashboard.router)
     _health_routes(app)
     return app
 

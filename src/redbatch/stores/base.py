@@ -139,6 +139,12 @@ class Store(Protocol):
 
     def counters(self, spec: QueueSpec) -> QueueCounters: ...
 
+    def oldest_keys(self, spec: QueueSpec, limit: int) -> list[tuple[str, int, int]]:
+        """The ``limit`` keys whose oldest pending item arrived first, as (key, that arrival
+        in ms, pending items), oldest first (ties by key). A key with no pending items (only
+        a running or retrying batch) is not listed. A read of the age index, O(log n + limit)
+        in the durable stores; for dashboards."""
+
     def dead_letters(self, spec: QueueSpec, limit: int, offset: int) -> list[DeadRecord]:
         """Dead letters, oldest first."""
 

@@ -466,6 +466,19 @@ class RedisStore(Rules, DeadLetters):
             last_flush_at=last_flush,
         )
 
+    @unavailable
+    def oldest_keys(self, spec: QueueSpec, limit: int) -> list[tuple[str, int, int]]:
+        # The head of each partition's age zset (score: a key's first pending arrival), merged.
+        heads: list[tuple[int, str, Partition]] = []
+        for part in self._partitions(spec.name):
+            for member, score in self.client.zrange(part.age, 0, limit - 1, withscores=True):
+                heads.append((int(score), member.decode(), part))
+        oldest = heapq.nsmallest(limit, heads, key=lambda head: (head[0], head[1]))
+        pipe = self.client.pipeline(transaction=False)
+        for _, key, part in oldest:
+            pipe.llen(f"{part.base}i:{key}")
+        return [(key, first, count) for (first, key, _), count in zip(oldest, pipe.execute(), strict=True)]
+
     def waiter(self, names: Sequence[str]) -> Waiter:
         return RedisWaiter(self.client, [self._channel(n) for n in names])
 

@@ -109,6 +109,10 @@ SELECT_DUE = (
 SELECT_NEXT_DUE = "SELECT MIN(due_at) FROM keys WHERE queue = ?"
 SELECT_DUE_DEADLINES = "SELECT due_at FROM keys WHERE queue = ? AND due_at <= ? ORDER BY due_at, key LIMIT ?"
 SELECT_OLDEST = "SELECT MIN(first_at) FROM keys WHERE queue = ? AND first_at IS NOT NULL"
+SELECT_OLDEST_KEYS = (
+    "SELECT key, first_at, pending FROM keys WHERE queue = ? AND first_at IS NOT NULL"
+    " ORDER BY first_at, key LIMIT ?"
+)
 
 BUMP = (
     "UPDATE queues SET "

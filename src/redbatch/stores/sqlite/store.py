@@ -25,6 +25,7 @@ from redbatch.stores.sqlite.schema import (
     SELECT_DUE_DEADLINES,
     SELECT_NEXT_DUE,
     SELECT_OLDEST,
+    SELECT_OLDEST_KEYS,
     batch_items,
     blob,
 )
@@ -428,6 +429,11 @@ class SQLiteStore(Database):
             flushed_items=values["flushed_items"],
             last_flush_at=values.get("last_flush_at"),
         )
+
+    def oldest_keys(self, spec: QueueSpec, limit: int) -> list[tuple[str, int, int]]:
+        with self._read() as cur:  # an index range read of keys_age
+            rows = cur.execute(SELECT_OLDEST_KEYS, (spec.name, limit)).fetchall()
+        return [(row["key"], row["first_at"], row["pending"]) for row in rows]
 
     def dead_letters(self, spec: QueueSpec, limit: int, offset: int) -> list[DeadRecord]:
         with self._read() as cur:
