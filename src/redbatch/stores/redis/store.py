@@ -8,7 +8,8 @@ header names it (``-- transition: ack``): the Python here only groups a call's k
 partition, builds the scripts' arguments and reads their replies.
 
 This module holds producing, claiming, the lease holders' steps and the operators' small
-ones; ``Rules`` (rules.py) and ``DeadLetters`` (dead_letters.py) hold the rest.
+ones; ``Rules`` (rules.py), ``DeadLetters`` (dead_letters.py) and ``Jobs`` (jobs.py, the job
+records of job queues) hold the rest.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from typing import Any
 import redis
 
 from redbatch import engine
+from redbatch.jobrecords import is_jobs
 from redbatch.stores.base import LEASE_EXPIRED_ERROR, RulesChanged, Waiter, mask_url, new_batch_id
 from redbatch.stores.redis.client import load_scripts, new_client
 from redbatch.stores.redis.core import Partition, read_entry
 from redbatch.stores.redis.dead_letters import DeadLetters
 from redbatch.stores.redis.errors import unavailable
+from redbatch.stores.redis.jobs import Jobs
 from redbatch.stores.redis.rules import Rules
 from redbatch.stores.redis.waiter import RedisWaiter
 from redbatch.types import ClaimedBatch, Entry, Lease, QueueCounters, QueueSpec
@@ -43,7 +46,7 @@ _LEGACY_COUNTS = {"buffered": engine.Counter.BUFFERED_ITEMS.value}
 _LAST_FLUSH_FIELDS = ("last_flush_at", "last_flush")
 
 
-class RedisStore(Rules, DeadLetters):
+class RedisStore(Jobs, Rules, DeadLetters):
     """Batching state in Redis (standalone; Sentinel and Cluster come later).
 
     ``url``: ``redis://`` or ``rediss://`` (TLS); ``self.url`` is it with the password masked.
@@ -172,6 +175,7 @@ class RedisStore(Rules, DeadLetters):
             int(spec.dedupe),
             LEASE_EXPIRED_ERROR,
             self._channel(spec.name),
+            "1" if is_jobs(spec.name) else "0",  # a job queue's records move too (jobs.py)
             *(new_batch_id() for _ in range(want + _SPARE_IDS)),
         ]
         return keys, args
@@ -275,6 +279,7 @@ class RedisStore(Rules, DeadLetters):
         args = self._settle_args(spec, part, lease, now_ms)
         args += (error, "" if retry_at_ms is None else retry_at_ms)
         args.append("" if keep is None else ",".join(map(str, keep)))
+        args.append("1" if is_jobs(spec.name) else "0")  # a job queue's records move too (jobs.py)
         return bool(self._eval("fail", keys=[part.due, part.stats, part.dead], args=args))
 
     # ------------------------------------------------------------------ operators
