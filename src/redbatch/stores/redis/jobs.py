@@ -142,10 +142,10 @@ class Jobs(RedisCore):
         keys = [part.base + "jf", part.base + "jgf", part.dead]
         deleted = 0
         while deleted < limit:
-            chunk = min(limit - deleted, _CLEANUP_CHUNK)
-            count, more = self._eval("cleanup", keys, [part.base, finished_before_ms, chunk])
+            args = [part.base, finished_before_ms, limit - deleted, int(deleted == 0), _CLEANUP_CHUNK]
+            count, more = self._eval("cleanup", keys, args)
             deleted += int(count)
-            if not more:
+            if not more or not count:  # done, or a group larger than what is left of the limit
                 break
         return deleted
 

@@ -1,14 +1,16 @@
 -- cleanup: delete finished jobs and whole finished groups, oldest first.
 -- job transition: cleanup (a failed job's dead letter goes with it, as by the purge transition)
 -- KEYS[1] finished jobs zset (jf), KEYS[2] finished groups zset (jgf), KEYS[3] dead zset
--- ARGV[1] base, ARGV[2] cutoff: those that finished before it go, ARGV[3] limit
--- Up to `limit` job records go, jobs outside any group and whole groups (the group's record,
--- every member and its finished callback jobs at once) in the order they finished. A group
--- larger than what is left of the limit waits for the next call, unless it comes first: so
--- a group always goes whole, and every call makes progress.
--- Returns {job records deleted, 1 when more are due (the limit stopped it) else 0}.
+-- ARGV[1] base, ARGV[2] cutoff: those that finished before it go, ARGV[3] limit: how many
+-- job records the caller may still delete, ARGV[4] '1' when it deleted none yet, ARGV[5]
+-- chunk: stop after about this many, so that Redis serves other clients between calls
+-- Job records go oldest first, jobs outside any group one by one and finished groups whole
+-- (the group's record, every member and its finished callback jobs at once). A group larger
+-- than what is left of the limit stops the cleanup, unless it is the first thing the caller
+-- deletes: so a group always goes whole, and every cleanup makes progress.
+-- Returns {job records deleted, 1 when it stopped with more due, else 0}.
 local jf, jgf, base = KEYS[1], KEYS[2], ARGV[1]
-local cutoff, limit = '(' .. ARGV[2], tonumber(ARGV[3])
+local cutoff, limit, first, chunk = '(' .. ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1', tonumber(ARGV[5])
 
 local function oldest(index)
   local row = redis.call('ZRANGEBYSCORE', index, '-inf', cutoff, 'WITHSCORES', 'LIMIT', 0, 1)
@@ -43,7 +45,7 @@ local function delete_group(group, room)
 end
 
 local deleted = 0
-while deleted < limit do
+while deleted < limit and deleted < chunk do
   local job, job_at = oldest(jf)
   local group, group_at = oldest(jgf)
   if not job and not group then return {deleted, 0} end
@@ -52,7 +54,7 @@ while deleted < limit do
     redis.call('ZREM', jf, job) -- a record lost by hand leaves its index entry: dropped too
   else
     local room = limit - deleted
-    if deleted == 0 then room = math.huge end
+    if first and deleted == 0 then room = math.huge end
     local gone = delete_group(group, room)
     if not gone then return {deleted, 1} end
     deleted = deleted + gone
