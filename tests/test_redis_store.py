@@ -408,6 +408,19 @@ def test_lib_lua_states_the_engines_job_transitions() -> None:
     assert rows == dict(engine.JOB_TRANSITIONS)
 
 
+def test_every_job_transition_is_cited_by_the_script_that_makes_it() -> None:
+    """As test_engine.py checks ``-- transition: NAME`` for the engine's table, this checks
+    ``-- job transition: NAME`` for JOB_TRANSITIONS: each row cited, no other name."""
+    lua = resources.files("redbatch.stores.redis").joinpath("lua")
+    cited = {
+        name
+        for script in lua.iterdir()
+        if script.name.endswith(".lua")
+        for name in re.findall(r"-- job transition: (\w+)", script.read_text())
+    }
+    assert cited == set(engine.JOB_TRANSITIONS)
+
+
 def test_a_job_queue_has_one_partition_whatever_the_store_has(redis_server: RedisServer) -> None:
     store = RedisStore(redis_server.url, prefix=f"t{uuid.uuid4().hex[:12]}", partitions=3)
     assert [p.base for p in store._partitions(job_spec().name)] == [f"{{{store.prefix}:jobs:q:0}}:"]

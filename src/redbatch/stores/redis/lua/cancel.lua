@@ -1,6 +1,7 @@
 -- cancel: cancel a job: a pending one at once, a running one by asking it to stop.
 -- transition: clear (a pending job's entry, or its batch waiting to retry, is dropped)
--- job transition: cancel_pending, cancel_running
+-- job transition: cancel_pending
+-- job transition: cancel_running
 -- KEYS[1] due zset, KEYS[2] age zset, KEYS[3] stats hash, KEYS[4] the job's record hash
 -- ARGV[1] base, ARGV[2] now_ms, ARGV[3] wake channel, ARGV[4] job id
 -- Returns the job's status after the call ('' when there is no job of that id); a finished

@@ -3,8 +3,13 @@
 -- transition: claim_retry
 -- transition: reclaim
 -- transition: bury_lapsed
--- job transition (a job queue's claim only): claim, claim_retry, reclaim, bury_lapsed, and a
--- batch buried as corrupt moves its job to failed (claim, then fail_dead, in this step)
+-- On a job queue only (ARGV[12]), the records move too; a batch buried as corrupt moves its
+-- job to failed (by claim, for a pending one, then fail_dead):
+-- job transition: claim
+-- job transition: claim_retry
+-- job transition: reclaim
+-- job transition: bury_lapsed
+-- job transition: fail_dead
 -- KEYS[1] due zset, KEYS[2] age zset, KEYS[3] stats hash, KEYS[4] dead zset, KEYS[5] token seq
 -- ARGV[1] base, ARGV[2] now_ms, ARGV[3] limit, ARGV[4] lease_ms, ARGV[5] max_items,
 -- ARGV[6] max_wait_ms, ARGV[7] idle_ms, ARGV[8] max_attempts, ARGV[9] dedupe '1'|'0',

@@ -1,5 +1,6 @@
 -- cleanup: delete finished jobs and whole finished groups, oldest first.
--- job transition: cleanup (a failed job's dead letter goes with it, as by the purge transition)
+-- Not a row of engine.JOB_TRANSITIONS: the 'cleanup' line of the comment above it (finished
+-- -> none); a failed job's dead letter goes with it, as by the purge transition.
 -- KEYS[1] finished jobs zset (jf), KEYS[2] finished groups zset (jgf), KEYS[3] dead zset
 -- ARGV[1] base, ARGV[2] cutoff: those that finished before it go, ARGV[3] limit: how many
 -- job records the caller may still delete, ARGV[4] '1' when it deleted none yet, ARGV[5]

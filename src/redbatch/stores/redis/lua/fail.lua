@@ -1,7 +1,9 @@
 -- fail: schedule a running batch's retry, or move it to dead letters.
 -- transition: fail_retry
 -- transition: fail_dead
--- job transition (a job queue's fail only): fail_retry, fail_dead
+-- On a job queue only (ARGV[13]), the record moves too:
+-- job transition: fail_retry
+-- job transition: fail_dead
 -- KEYS[1] due zset, KEYS[2] stats hash, KEYS[3] dead zset
 -- ARGV[1] base, ARGV[2] now_ms, ARGV[3] max_items, ARGV[4] max_wait_ms, ARGV[5] idle_ms,
 -- ARGV[6] wake channel, ARGV[7] key, ARGV[8] batch id, ARGV[9] fencing token,

@@ -1,7 +1,9 @@
 -- finish: the ack of jobs: end running jobs as their outcomes say, in one step.
 -- transition: ack
--- job transition: finish_succeeded, finish_cancelled, finish_advance (the next step's entry
--- goes in as by the append transition, at its own deadline score)
+-- job transition: finish_succeeded
+-- job transition: finish_cancelled
+-- job transition: finish_advance (the next step's entry goes in as by the append transition,
+-- at its own deadline score)
 -- KEYS[1] due zset, KEYS[2] stats hash, KEYS[3] age zset
 -- ARGV[1] base, ARGV[2] now_ms, ARGV[3] max_items, ARGV[4] max_wait_ms, ARGV[5] idle_ms,
 -- ARGV[6] wake channel, then 8 values per outcome: key (the job id), batch id, fencing token,
