@@ -15,8 +15,12 @@ queue's jobs over partitions would need a group's members to be in one partition
 spread the load over several queues instead.
 
 Queries are reads of sorted sets: ``list_jobs`` pages an index whose members are
-``created_ms:id`` (zero-padded, score 0) with ``ZRANGE … BYLEX REV``, so a page costs
-O(log n + page) and a cursor is the last member read; counts are ZCARDs.
+``created_ms:id`` (created_ms zero-padded, every score 0, so that lexical order is the order
+of (created_at, id)) with ``ZREVRANGEBYLEX``: a page costs O(log n + page), and its cursor is
+the last member read, so a page resumes exactly after it, ties within a millisecond
+included. Scoring by created_at instead would leave ties within a millisecond (a whole
+group submitted at once) to be paged by rank, which shifts as jobs change status. Counts
+are ZCARDs.
 """
 
 from __future__ import annotations
