@@ -10,9 +10,9 @@ import pytest
 
 import redbatch
 from redbatch.stores.base import Store
-from tests.servers import RedisServer, free_port
+from tests.servers import RedisClusterGroup, RedisServer, free_port
 
-STORES = ["memory", "sqlite", "redis", "redis-partitioned"]
+STORES = ["memory", "sqlite", "redis", "redis-partitioned", "redis-cluster"]
 
 
 class FakeClock:
@@ -37,6 +37,16 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterGroup]:
+    """One 3-master Redis Cluster for the whole session; tests keep apart by key prefix."""
+    cluster = RedisClusterGroup(tmp_path_factory.mktemp("cluster")).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
@@ -48,6 +58,9 @@ def store_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if kind == "sqlite":
         pytest.importorskip("redbatch.stores.sqlite")
         return f"sqlite:///{tmp_path / 'redbatch.db'}"
+    if kind == "redis-cluster":
+        cluster: RedisClusterGroup = request.getfixturevalue("redis_cluster")
+        return cluster.url()
     server: RedisServer = request.getfixturevalue("redis_server")
     return server.url
 

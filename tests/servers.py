@@ -189,3 +189,94 @@ class SentinelGroup:
             proc.wait(10)
         for server in self.servers or []:
             server.stop()
+
+
+def cluster_port() -> int:
+    """A free loopback port whose cluster bus port (10000 above it) is free too."""
+    for _ in range(1000):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free pair of ports for a cluster node")
+
+
+@dataclass
+class RedisClusterGroup:
+    """A Redis Cluster of ``masters`` redis-servers (``--cluster-enabled yes``) on free loopback
+    ports, joined by ``redis-cli --cluster create``: what ``redis+cluster://`` is tested on."""
+
+    directory: Path
+    masters: int = 3
+    node_timeout_ms: int = 2000
+    servers: list[RedisServer] | None = None
+
+    def start(self, timeout: float = 30.0) -> RedisClusterGroup:
+        """Start and join every node; on any failure stop those already started, then raise."""
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, timeout: float) -> RedisClusterGroup:
+        self.servers = []
+        for n in range(self.masters):
+            folder = self.directory / f"node{n}"
+            folder.mkdir(parents=True, exist_ok=True)
+            node = RedisServer(
+                cluster_port(),
+                folder,
+                (
+                    "--cluster-enabled", "yes",
+                    "--cluster-config-file", str(folder / "nodes.conf"),
+                    "--cluster-node-timeout", str(self.node_timeout_ms),
+                ),
+            )  # fmt: skip
+            self.servers.append(node.start())
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli is not installed: the README's test command installs it")
+        nodes = [f"127.0.0.1:{s.port}" for s in self.servers]
+        subprocess.run(
+            [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=timeout,
+        )
+        deadline = time.monotonic() + timeout
+        while not self._ready():  # every node has every slot assigned and says ok
+            if time.monotonic() > deadline:
+                raise RuntimeError("the cluster did not come up")
+            time.sleep(0.05)
+        return self
+
+    def _ready(self) -> bool:
+        for server in self.servers or []:
+            client = redis.Redis(port=server.port, socket_timeout=0.5, socket_connect_timeout=0.5)
+            try:
+                info = client.cluster("INFO")
+            except redis.RedisError:
+                return False
+            finally:
+                client.close()
+            fields = {str(name): str(value) for name, value in dict(info).items()}  # parsed by redis-py
+            if fields.get("cluster_state") != "ok" or fields.get("cluster_known_nodes") != str(self.masters):
+                return False
+            if fields.get("cluster_slots_ok") != "16384":
+                return False
+        return True
+
+    def url(self) -> str:
+        assert self.servers is not None
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{s.port}" for s in self.servers)
+
+    def stop(self) -> None:
+        for server in self.servers or []:
+            server.stop()

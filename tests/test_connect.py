@@ -41,7 +41,7 @@ def test_memory_url_says_it_is_not_durable(caplog: pytest.LogCaptureFixture) -> 
     assert "nothing is durable" in caplog.text
 
 
-@pytest.mark.parametrize("url", ["postgres://x/y", "http://localhost", "nonsense", "redis+cluster://x"])
+@pytest.mark.parametrize("url", ["postgres://x/y", "http://localhost", "nonsense", "redis+cluster2://x"])
 def test_unknown_schemes_are_config_errors(url: str) -> None:
     with pytest.raises(ConfigError, match="unknown store URL scheme"):
         redbatch.connect(url)

@@ -6,11 +6,15 @@ from redbatch.errors import (
     InvalidItem,
     InvalidKey,
     ItemsFailed,
+    JobCancelled,
     NotFound,
+    PartlyStored,
     RedbatchError,
     StoreUnavailable,
 )
 from redbatch.hooks import WorkerHooks
+from redbatch.jobs import Jobs
+from redbatch.jobtypes import GroupDone, GroupProgress, Job, JobContext, JobPage
 from redbatch.stores import Store, connect
 from redbatch.types import Batch, BatcherStats, CorruptItem, DeadLetter, PendingItem
 from redbatch.worker import Worker
@@ -24,10 +28,18 @@ __all__ = [
     "ConfigError",
     "CorruptItem",
     "DeadLetter",
+    "GroupDone",
+    "GroupProgress",
     "InvalidItem",
     "InvalidKey",
     "ItemsFailed",
+    "Job",
+    "JobCancelled",
+    "JobContext",
+    "JobPage",
+    "Jobs",
     "NotFound",
+    "PartlyStored",
     "PendingItem",
     "RedbatchError",
     "Store",

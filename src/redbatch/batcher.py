@@ -366,7 +366,9 @@ class Batcher:
             InvalidKey: A key is not a valid key. Nothing was stored.
             InvalidItem: An item is not a JSON value or is too large. Nothing was stored.
             StoreUnavailable: As for ``add``: nothing was stored, unless the store timed out
-                after receiving the command (then all may have been).
+                after receiving the command (then all may have been). On Redis Cluster the
+                pairs are stored all or none per partition: ``PartlyStored``, a
+                ``StoreUnavailable``, names the keys stored when only some partitions were.
             RedbatchError: As for ``add``. Nothing was stored.
         """
         entries = [self._entry(key, item) for key, item in items]

@@ -256,6 +256,59 @@ def worker(
     # the process, so they cannot run beside another worker that reclaims their batches.
 
 
+# ---------------------------------------------------------------- serve
+
+
+@app.command()
+@reports_errors
+def serve(
+    module: Annotated[
+        str | None,
+        typer.Option(
+            "--worker", help="Also run the handlers of MODULE's batchers, in-process.", show_default=False
+        ),
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Address to bind; 0.0.0.0 opens it to the network.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url", help="Store URL; sets REDBATCH_URL before MODULE is imported.", show_default=False
+        ),
+    ] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Batches the worker handles at once.")] = 16,
+) -> None:
+    """Serve the HTTP API (OpenAPI at /docs) until SIGTERM or Ctrl-C; with --worker, run a worker too.
+
+    Mutating endpoints require Authorization: Bearer REDBATCH_API_TOKEN when that is set.
+    """
+    from redbatch.service import create_app  # noqa: PLC0415 - FastAPI only for this command
+    from redbatch.service.server import run, service_settings  # noqa: PLC0415
+
+    settings = service_settings()
+    if url is not None:
+        os.environ["REDBATCH_URL"] = url
+    configure_logging(logging.INFO)
+    runner = None
+    if module is not None:
+        batchers = load_batchers(module)
+        store = batchers[0].store
+        runner = Worker(store, batchers, concurrency=concurrency, handle_signals=False)
+    else:
+        store = connect(url)
+    auth = "bearer token required for writes" if settings.api_token else "no token: writes are open"
+    err_console.print(f"serving {store.url} on http://{host}:{port} ({auth}); Ctrl-C to stop")
+    try:
+        application = create_app(
+            store, worker=runner, token=settings.api_token, max_body=settings.max_body_bytes
+        )
+        run(application, host, port)
+    finally:
+        store.close()
+
+
 # ---------------------------------------------------------------- stats and inspect
 
 

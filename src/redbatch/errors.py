@@ -11,8 +11,11 @@ sent (see its docstring)::
     ├── ConfigError        (also a ValueError)   a bad setting, store URL or URL option
     ├── NotFound           (also a LookupError)  an unknown batcher or dead-letter id
     ├── StoreUnavailable   (also a ConnectionError)  the store cannot be reached in the
-    │                                            configured time, or refuses writes
-    └── ItemsFailed        raised *by a handler*: only the named items failed
+    │   │                                        configured time, or refuses writes
+    │   └── PartlyStored   an add_many on Redis Cluster stored the items of some
+    │                      partitions only (``stored_keys`` says whose)
+    ├── ItemsFailed        raised *by a handler*: only the named items failed
+    └── JobCancelled       raised *by a job function* that stops on a cancel request
 
 The command line maps them to exit codes: ``NotFound`` 3, ``StoreUnavailable`` 4, any other
 ``RedbatchError`` 1; usage errors exit 2.
@@ -42,7 +45,7 @@ class ConfigError(RedbatchError, ValueError):
 
 
 class NotFound(RedbatchError, LookupError):
-    """An unknown batcher or dead letter was named; nothing was changed.
+    """An unknown batcher, dead letter, job or group was named; nothing was changed.
 
     An unknown key is no error: it holds nothing (``peek`` lists nothing, ``clear`` drops 0).
     """
@@ -57,6 +60,28 @@ class StoreUnavailable(RedbatchError, ConnectionError):
     have run: an ``add`` may have stored its items. Replaying or purging every dead letter
     on Redis goes a chunk at a time, so those before the failure are done.
     """
+
+
+class PartlyStored(StoreUnavailable):
+    """An ``add_many`` on Redis Cluster stored the items of some keys and not of others.
+
+    On a cluster, a call's items are stored partition by partition (a partition's keys sit
+    on one master; several masters cannot share a transaction): each partition's items are
+    stored all or none, and a partition whose call failed on a dropped connection was sent
+    once more, marked with the same call id, so that one stored before the drop is not
+    stored twice. When a partition still failed, this is raised.
+
+    Attributes:
+        stored_keys: The keys all of whose items in the call are stored.
+        failed_keys: The other keys of the call. Their items were not stored, unless their
+            partition timed out after receiving the command (then they may have been):
+            adding them again stores them, perhaps twice after a timeout.
+    """
+
+    def __init__(self, message: str, stored_keys: Iterable[str], failed_keys: Iterable[str]) -> None:
+        super().__init__(message)
+        self.stored_keys = frozenset(stored_keys)
+        self.failed_keys = frozenset(failed_keys)
 
 
 class ItemsFailed(RedbatchError):
@@ -83,3 +108,9 @@ class ItemsFailed(RedbatchError):
         self.indexes = tuple(indexes)
         self.reason = reason
         super().__init__(f"{reason} (items {list(self.indexes)})")
+
+
+class JobCancelled(RedbatchError):
+    """Raised by a job function that stops because ``JobContext.cancelled`` became true: the
+    job ends ``cancelled`` (not failed, not retried). Returning normally after seeing the
+    request ends it ``cancelled`` too."""

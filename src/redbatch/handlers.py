@@ -6,6 +6,11 @@ this module runs the handler once and says what to write: nothing (it succeeded)
 handler on the event loop or a sync one on a handler thread (and awaits, on the loop, what
 a sync-looking handler returns), enforces the batcher's ``timeout``, and reads the indexes
 of an ``ItemsFailed``.
+
+It also states what the worker serves (``Served``): a batcher (``BatchQueue`` here) or a job
+queue (``redbatch.jobrunner.JobQueue``) presents the same face, so both go through one
+claim, lease, heartbeat, retry and dead-letter path and differ only in how an attempt runs
+and how a success is written (``ack`` or ``finish_jobs``).
 """
 
 from __future__ import annotations
@@ -15,16 +20,18 @@ import inspect
 import logging
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from redbatch.batcher import Batcher
 from redbatch.errors import ItemsFailed
 from redbatch.hooks import HandlerOutcome
-from redbatch.types import Batch, ClaimedBatch
+from redbatch.stores.base import Store
+from redbatch.types import Batch, ClaimedBatch, Lease, QueueSpec
 
 # The worker's logger, not one of this module's own: a handler past its timeout is news of
 # the worker, and operators (and tests) filter the worker's records by this name.
@@ -80,17 +87,31 @@ def decode_batch(claimed: ClaimedBatch) -> Batch:
 
 
 async def run_handler(batcher: Batcher, claimed: ClaimedBatch, batch: Batch, pool: Executor) -> HandlerRun:
-    """Call ``batcher``'s handler on ``batch`` to its end and say how it ended.
+    """Call ``batcher``'s handler on ``batch`` to its end and say how it ended."""
+    assert batcher.handler_fn is not None
+    run, _ = await run_call(
+        batcher.handler_fn, (batch,), batcher.handler_is_async, batcher.timeout, pool,
+        f"batch {claimed.lease.batch_id} of {batcher.name}/{claimed.lease.key}",
+    )  # fmt: skip
+    return run
 
-    Whatever the handler raises, ``SystemExit`` and ``KeyboardInterrupt`` included, is a
-    failed call, never the worker's end. Only the worker's own cancellation of this task
-    (a second signal abandons the batch) propagates. ``pool`` runs sync handlers.
+
+async def run_call(fn: Callable[..., Any], args: tuple[Any, ...], is_async: bool, timeout: float | None,
+                   pool: Executor, label: str) -> tuple[HandlerRun, Any]:  # fmt: skip
+    """Call ``fn(*args)`` (a handler or a job function) to its end: how it ended, and what
+    it returned (None unless it succeeded).
+
+    Whatever it raises, ``SystemExit`` and ``KeyboardInterrupt`` included, is a failed call,
+    never the worker's end. Only the worker's own cancellation of this task (a second
+    signal abandons the batch) propagates. ``pool`` runs sync functions.
     """
     started = time.monotonic()
     error: BaseException | None = None
     outcome: HandlerOutcome = "succeeded"
+    value: Any = None
     try:
-        if await _call_handler(batcher, claimed, batch, pool):
+        timed_out, value = await _call_handler(fn, args, is_async, timeout, pool, label)
+        if timed_out:
             outcome = "timed_out"
     except asyncio.CancelledError as exc:
         if cancelled_by_worker():
@@ -100,44 +121,44 @@ async def run_handler(batcher: Batcher, claimed: ClaimedBatch, batch: Batch, poo
         error = exc
     if error is not None:
         outcome = "failed"
-    return HandlerRun(outcome, error, time.monotonic() - started)
+    return HandlerRun(outcome, error, time.monotonic() - started), value
 
 
-async def _call_handler(batcher: Batcher, claimed: ClaimedBatch, batch: Batch, pool: Executor) -> bool:
-    """Run the handler to its end; True when it ran past the batcher's timeout.
+async def _call_handler(fn: Callable[..., Any], args: tuple[Any, ...], is_async: bool, timeout: float | None,
+                        pool: Executor, label: str) -> tuple[bool, Any]:  # fmt: skip
+    """Run the function to its end: (True, None) when it ran past ``timeout``, else
+    (False, what it returned).
 
-    An async handler runs in this task. A sync one runs on a handler thread, and when
+    An async function runs in this task. A sync one runs on a handler thread, and when
     what it returns is awaitable (a lambda or a decorator's wrapper around an async
     function) that is awaited here, on the loop, within what is left of the timeout.
     """
-    handler = batcher.handler_fn
-    assert handler is not None
     loop = asyncio.get_running_loop()
-    deadline = None if batcher.timeout is None else loop.time() + batcher.timeout
-    if batcher.handler_is_async:
-        result = handler(batch)
+    deadline = None if timeout is None else loop.time() + timeout
+    if is_async:
+        result = fn(*args)
     else:
-        call = loop.run_in_executor(pool, handler, batch)
-        if await _sync_timed_out(call, batcher, claimed, deadline):
-            return True
+        call = loop.run_in_executor(pool, fn, *args)
+        if await _sync_timed_out(call, timeout, label, deadline):
+            return True, None
         result = call.result()
     if not inspect.isawaitable(result):
-        return False
+        return False, result
     # asyncio.timeout awaits in this task; asyncio.wait_for would wrap the handler in a
     # task of its own, whose SystemExit or KeyboardInterrupt asyncio re-raises out of the
     # event loop, ending the worker.
     try:
         async with asyncio.timeout_at(deadline) as scope:
-            await result
+            value = await result
     except TimeoutError:
         if scope.expired():
-            return True
+            return True, None
         raise  # the handler's own TimeoutError, not the batcher's timeout
-    return False
+    return False, value
 
 
 async def _sync_timed_out(
-    call: asyncio.Future[Any], batcher: Batcher, claimed: ClaimedBatch, deadline: float | None
+    call: asyncio.Future[Any], timeout: float | None, label: str, deadline: float | None
 ) -> bool:
     """Wait for a sync handler's thread; True when it ran past the batcher's timeout.
 
@@ -152,11 +173,10 @@ async def _sync_timed_out(
     done, _ = await asyncio.wait({call}, timeout=deadline - asyncio.get_running_loop().time())
     if done:
         return False
-    lease = claimed.lease
     log.warning(
-        "sync handler of batch %s of %s/%s passed its %s s timeout; it cannot be interrupted, so "
+        "sync handler of %s passed its %s s timeout; it cannot be interrupted, so "
         "the key stays leased until it returns, then the attempt fails",
-        lease.batch_id, batcher.name, lease.key, batcher.timeout,
+        label, timeout,
     )  # fmt: skip
     try:
         late = await call
@@ -197,3 +217,73 @@ def items_failed(exc: ItemsFailed, size: int) -> Failure | None:
     if len(indexes) == size:
         return Failure(f"ItemsFailed: {exc.reason}")
     return Failure(f"ItemsFailed: {exc.reason}", keep=tuple(indexes))
+
+
+# ---------------------------------------------------------------- what a worker serves
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """How one attempt ended: ``done`` (what ``Served.finish`` takes) on success, else the
+    ``failure``; ``run`` for the hooks (None when the data was too corrupt to hand over)."""
+
+    done: Any
+    failure: Failure | None
+    run: HandlerRun | None
+
+
+class Served(Protocol):
+    """A batcher or a job queue, as a worker serves it: one engine queue (``spec``)."""
+
+    source: Any  # the Batcher or Jobs itself, handed to hooks
+    store: Store
+    name: str  # its engine name, unique in a worker
+
+    @property
+    def spec(self) -> QueueSpec: ...
+    @property
+    def configured(self) -> QueueSpec: ...
+    def adopt_rules(self, rules: QueueSpec) -> None: ...
+    async def attempt(self, claimed: ClaimedBatch, pool: Executor) -> Attempt: ...
+    def retry_at(self, claimed: ClaimedBatch, now_ms: int) -> int | None: ...
+    def finish(self, dones: Sequence[Any], now_ms: int) -> list[bool]: ...
+    def housekeeping(self, now_ms: int) -> None: ...
+
+
+class BatchQueue:
+    """A batcher as a worker serves it: its handler on each batch, ``ack`` on success."""
+
+    def __init__(self, batcher: Batcher) -> None:
+        self.source = self.batcher = batcher
+        self.store = batcher.store
+        self.name = batcher.name
+
+    @property
+    def spec(self) -> QueueSpec:
+        return self.batcher.spec
+
+    @property
+    def configured(self) -> QueueSpec:
+        return self.batcher.configured
+
+    def adopt_rules(self, rules: QueueSpec) -> None:
+        self.batcher.adopt_rules(rules)
+
+    async def attempt(self, claimed: ClaimedBatch, pool: Executor) -> Attempt:
+        try:
+            batch = decode_batch(claimed)
+        except ValueError as exc:  # retrying cannot repair it: straight to dead letters
+            return Attempt(None, Failure(f"corrupt data: {exc}", retryable=False), None)
+        run = await run_handler(self.batcher, claimed, batch, pool)
+        failure = run.failure(self.batcher, len(claimed.payloads))
+        return Attempt(claimed.lease if failure is None else None, failure, run)
+
+    def retry_at(self, claimed: ClaimedBatch, now_ms: int) -> int | None:
+        return self.batcher.retry_at(claimed.attempt, now_ms)
+
+    def finish(self, dones: Sequence[Lease], now_ms: int) -> list[bool]:
+        return self.store.ack(self.spec, dones, now_ms)
+
+    def housekeeping(self, now_ms: int) -> None:
+        if self.batcher.dead_letter_ttl_ms is not None:
+            self.store.purge_dead(self.spec, None, now_ms - self.batcher.dead_letter_ttl_ms)

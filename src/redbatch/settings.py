@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_URL = "sqlite:///./redbatch.db"
@@ -31,3 +31,26 @@ class Settings(BaseSettings):
     @classmethod
     def _lower_case(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+
+class ServiceSettings(BaseSettings):
+    """The HTTP service's settings (``redbatch serve``), apart from the store's: ``connect``
+    takes no token."""
+
+    model_config = SettingsConfigDict(env_prefix="REDBATCH_", extra="ignore")
+
+    api_token: SecretStr | None = Field(
+        default=None, description="Bearer token every mutating HTTP endpoint requires; unset: none required"
+    )
+    max_body_bytes: int = Field(
+        default=1 << 20, ge=1, le=1 << 30, description="The largest HTTP request body, in bytes (413 beyond)"
+    )
+
+    @field_validator("api_token")
+    @classmethod
+    def _not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty REDBATCH_API_TOKEN= most likely meant a token that went missing: refuse it
+        # rather than serve every mutating endpoint to anyone.
+        if value is not None and not value.get_secret_value():
+            raise ValueError("REDBATCH_API_TOKEN is set but empty; unset it to require no token")
+        return value

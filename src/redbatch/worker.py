@@ -7,7 +7,10 @@ The loop sleeps until the earliest deadline in the store, a producer's wake-up, 
 handler or a stop request, never on a fixed poll interval (a two second cap only guards
 against a lost wake-up message). Free slots go to due batches earliest deadline first,
 across every batcher the worker serves. Calling a handler and judging how the call ended
-(timeouts, ``ItemsFailed``, corrupt data) is ``redbatch.handlers``' job.
+(timeouts, ``ItemsFailed``, corrupt data) is ``redbatch.handlers``' job. Job queues
+(``redbatch.Jobs``) are served through the same path: both present the worker one face
+(``handlers.Served``), and only how an attempt runs and how a success is written differ
+(``redbatch.jobrunner``).
 
 About 600 lines, 110 of them reference docstrings: the scheduling loop, leases,
 acknowledgements and lifecycle read best together, as arq keeps its worker in one file.
@@ -31,10 +34,17 @@ from typing import Any, ParamSpec, TypeVar
 from redbatch.batcher import Batcher
 from redbatch.daemon_pool import DaemonThreadPool
 from redbatch.errors import ConfigError, StoreUnavailable
-from redbatch.handlers import Failure, decode_batch, run_handler
+from redbatch.handlers import (
+    Attempt,
+    BatchQueue,
+    Served,
+    decode_batch,  # noqa: F401 - tests and tools import it from here
+)
 from redbatch.hooks import SettleOutcome, WorkerHooks
+from redbatch.jobrunner import JobQueue
+from redbatch.jobs import Jobs
 from redbatch.stores.base import Store, Waiter
-from redbatch.types import ClaimedBatch, Clock, Lease, system_clock
+from redbatch.types import ClaimedBatch, Clock, system_clock
 
 log = logging.getLogger("redbatch.worker")
 
@@ -52,7 +62,7 @@ STORE_ERROR_PAUSE = 0.5
 
 @dataclass(eq=False)
 class _Running:
-    batcher: Batcher
+    served: Served
     claimed: ClaimedBatch
     task: asyncio.Task[None] | None = None
     lost: bool = False
@@ -85,7 +95,8 @@ class WorkerCounters:
 
 
 class Worker:
-    """Runs the handlers of ``batchers`` until stopped (SIGTERM/SIGINT, or ``stop()``).
+    """Runs the handlers of ``batchers`` (and the functions of job queues) until stopped
+    (SIGTERM/SIGINT, or ``stop()``).
 
     When it starts, the worker publishes each batcher's configured rules to the store (the
     last worker to start defines them), then claims due batches, runs their handlers and
@@ -102,8 +113,9 @@ class Worker:
 
     Args:
         store: The store every batcher uses: the very object each batcher was given.
-        batchers: The batchers to serve, at least one, each with a handler and a name of
-            its own. Free slots go to their due batches earliest deadline first.
+        batchers: The batchers and job queues (``Jobs``) to serve, at least one, each
+            with a handler (a job queue: at least one function) and a name of its own. Free
+            slots go to their due batches and jobs earliest deadline first.
         concurrency: How many batches run at once, across all batchers; each sync handler
             call takes one of this many handler threads. An integer, at least 1; default 16.
         clock: The time in integer epoch milliseconds; tests inject a fake one. Default:
@@ -121,14 +133,14 @@ class Worker:
 
     Raises:
         ConfigError: ``concurrency`` is not an integer of at least 1, ``batchers`` is empty,
-            two batchers share a name, a batcher has no handler, or a batcher uses another
-            store than ``store``.
+            two batchers (or two job queues) share a name, a batcher has no handler, a job
+            queue no function, or one uses another store than ``store``.
     """
 
     def __init__(
         self,
         store: Store,
-        batchers: Sequence[Batcher],
+        batchers: Sequence[Batcher | Jobs],
         *,
         concurrency: int = 16,
         clock: Clock = system_clock,
@@ -139,16 +151,20 @@ class Worker:
             raise ConfigError(f"concurrency must be an integer >= 1, not {concurrency!r}")
         if not batchers:
             raise ConfigError("a worker needs at least one batcher")
-        names = [b.name for b in batchers]
+        served: list[Served] = [BatchQueue(b) if isinstance(b, Batcher) else JobQueue(b) for b in batchers]
+        names = [s.name for s in served]
         if len(set(names)) != len(names):
             raise ConfigError(f"batcher names must be unique in a worker: {names}")
         for batcher in batchers:
-            if batcher.handler_fn is None:
+            if isinstance(batcher, Batcher) and batcher.handler_fn is None:
                 raise ConfigError(f"batcher {batcher.name!r} has no handler")
+            if isinstance(batcher, Jobs) and not batcher.functions:
+                raise ConfigError(f"job queue {batcher.name!r} has no function")
             if batcher.store is not store:
-                raise ConfigError(f"batcher {batcher.name!r} uses another store than the worker")
+                raise ConfigError(f"{batcher!r} uses another store than the worker")
         self.store = store
         self.batchers = list(batchers)
+        self._served = served
         self.concurrency = concurrency
         self.clock = clock
         self.handle_signals = handle_signals
@@ -161,7 +177,7 @@ class Worker:
         self._changed: asyncio.Event | None = None
         self._signals = 0
         self._abandoning = False
-        self._acks: dict[str, list[tuple[Lease, asyncio.Future[bool]]]] = {}
+        self._acks: dict[str, list[tuple[Any, asyncio.Future[bool]]]] = {}
         self._ackers: dict[str, asyncio.Task[None]] = {}
         self._published: set[str] = set()  # batchers whose rules this worker published
         self.started = threading.Event()
@@ -228,7 +244,7 @@ class Worker:
         self._wake_pool = ThreadPoolExecutor(1, thread_name_prefix="redbatch-wake")
         self._install_signal_handlers()
         await self._sync_rules()  # before serving: claims and producers then follow these rules
-        waiter = self.store.waiter([b.name for b in self.batchers])
+        waiter = self.store.waiter([s.name for s in self._served])
         background = [
             asyncio.create_task(self._heartbeat_loop(), name="redbatch-heartbeat"),
             asyncio.create_task(self._janitor_loop(), name="redbatch-janitor"),
@@ -237,7 +253,7 @@ class Worker:
         log.info(
             "worker started on %s: %s, concurrency %d",
             self.store.url,
-            [b.name for b in self.batchers],
+            [s.name for s in self._served],
             self.concurrency,
         )
         self.started.set()
@@ -319,24 +335,24 @@ class Worker:
         free = self._free_slots()
         if free <= 0:
             return 0
-        if len(self.batchers) == 1:
-            shares = [(self.batchers[0], free)]  # the store serves its keys in deadline order
+        if len(self._served) == 1:
+            shares = [(self._served[0], free)]  # the store serves its keys in deadline order
         else:
             shares = await self._shares(free, rotation)
         claimed = 0
-        for batcher, share in shares:
+        for served, share in shares:
             try:
-                batches = await self._call(self.store.claim_due, batcher.spec, self.clock(), share)
+                batches = await self._call(self.store.claim_due, served.spec, self.clock(), share)
             except Exception as exc:  # noqa: BLE001 - a store failure never kills the worker
-                log.error("claiming from %s failed: %s", batcher.name, exc)
+                log.error("claiming from %s failed: %s", served.name, exc)
                 await asyncio.sleep(STORE_ERROR_PAUSE)
                 continue
             for batch in batches:
-                self._start(batcher, batch)
+                self._start(served, batch)
             claimed += len(batches)
         return claimed
 
-    async def _shares(self, free: int, rotation: int) -> list[tuple[Batcher, int]]:
+    async def _shares(self, free: int, rotation: int) -> list[tuple[Served, int]]:
         """Share ``free`` slots among the batchers earliest deadline first.
 
         Each batcher gets as many slots as it holds of the ``free`` earliest due deadlines
@@ -346,29 +362,29 @@ class Worker:
         now = self.clock()
         try:
             deadlines = await asyncio.gather(
-                *(self._call(self.store.due_deadlines, b.spec, now, free) for b in self.batchers)
+                *(self._call(self.store.due_deadlines, s.spec, now, free) for s in self._served)
             )
         except Exception as exc:  # noqa: BLE001 - a store failure never kills the worker
             log.error("reading due deadlines failed: %s", exc)
             await asyncio.sleep(STORE_ERROR_PAUSE)
             return []
-        count = len(self.batchers)
+        count = len(self._served)
         earliest = heapq.nsmallest(
             free,
             ((due, (i - rotation) % count, i) for i, scores in enumerate(deadlines) for due in scores),
         )
         shares = Counter(i for *_, i in earliest)  # first seen first: the most overdue claims first
-        return [(self.batchers[i], share) for i, share in shares.items()]
+        return [(self._served[i], share) for i, share in shares.items()]
 
     async def _time_to_next_due(self) -> float:
         if self._free_slots() <= 0:
             return MAX_SLEEP  # woken by a finished handler
         soonest: int | None = None
-        for batcher in self.batchers:
+        for served in self._served:
             try:
-                due = await self._call(self.store.next_due_ms, batcher.spec)
+                due = await self._call(self.store.next_due_ms, served.spec)
             except Exception as exc:  # noqa: BLE001 - a store failure never kills the worker
-                log.error("reading deadlines of %s failed: %s", batcher.name, exc)
+                log.error("reading deadlines of %s failed: %s", served.name, exc)
                 return STORE_ERROR_PAUSE
             if due is not None and (soonest is None or due < soonest):
                 soonest = due
@@ -378,9 +394,9 @@ class Worker:
 
     # ------------------------------------------------------------------ running batches
 
-    def _start(self, batcher: Batcher, claimed: ClaimedBatch) -> None:
+    def _start(self, served: Served, claimed: ClaimedBatch) -> None:
         self.counters.claimed += 1
-        self._hook(self.hooks.batch_claimed, batcher, claimed)
+        self._hook(self.hooks.batch_claimed, served.source, claimed)
         existing = self._running.get(claimed.lease.batch_id)
         if existing is not None and not existing.settling:
             # This worker lost the lease (a store outage stopped its heartbeats) and won it
@@ -390,14 +406,14 @@ class Worker:
             existing.lost = False
             log.info("re-leased batch %s, still running here", claimed.lease.batch_id)
             return
-        running = _Running(batcher, claimed)
+        running = _Running(served, claimed)
         self._running[claimed.lease.batch_id] = running
         running.task = asyncio.create_task(self._run(running), name=f"redbatch-{claimed.lease.batch_id}")
 
     async def _run(self, running: _Running) -> None:
         try:
-            failure = await self._invoke(running)
-            await self._settle(running, failure)
+            attempt = await self._invoke(running)
+            await self._settle(running, attempt)
         except asyncio.CancelledError:
             self.counters.abandoned += 1
             log.warning("batch %s abandoned; its lease will lapse", running.claimed.lease.batch_id)
@@ -411,36 +427,36 @@ class Worker:
             assert self._changed is not None
             self._changed.set()
 
-    async def _invoke(self, running: _Running) -> Failure | None:
-        """Run the handler; return None on success, else the failure to record."""
-        batcher, claimed = running.batcher, running.claimed
-        try:
-            batch = decode_batch(claimed)
-        except ValueError as exc:  # retrying cannot repair it: straight to dead letters
-            return Failure(f"corrupt data: {exc}", retryable=False)
-        run = await run_handler(batcher, claimed, batch, self._handler_pool)
-        self._hook(self.hooks.handler_finished, batcher, claimed, run.duration, run.outcome, run.error)
-        return run.failure(batcher, len(claimed.payloads))
+    async def _invoke(self, running: _Running) -> Attempt:
+        """Run the handler (or job function); say what to record."""
+        served, claimed = running.served, running.claimed
+        attempt = await served.attempt(claimed, self._handler_pool)
+        if (run := attempt.run) is not None:
+            self._hook(
+                self.hooks.handler_finished, served.source, claimed, run.duration, run.outcome, run.error
+            )
+        return attempt
 
-    async def _settle(self, running: _Running, failure: Failure | None) -> None:
-        batcher, claimed = running.batcher, running.claimed
+    async def _settle(self, running: _Running, attempt: Attempt) -> None:
+        served, claimed = running.served, running.claimed
         running.settling = True
         lease = claimed.lease
         now = self.clock()
         outcome: SettleOutcome
+        failure = attempt.failure
         if failure is None:
-            held = await self._ack(batcher, lease)
+            held = await self._finish(served, attempt.done)
             outcome = "acked"
         else:
-            retry_at = batcher.retry_at(claimed.attempt, now) if failure.retryable else None
+            retry_at = served.retry_at(claimed, now) if failure.retryable else None
             held = await self._call(
-                self.store.fail, batcher.spec, lease, now, failure.error, retry_at, failure.keep
+                self.store.fail, served.spec, lease, now, failure.error, retry_at, failure.keep
             )
             outcome = "retried" if retry_at is not None else "dead"
             log.warning(
                 "batch %s of %s/%s failed (attempt %d): %s",
                 lease.batch_id,
-                batcher.name,
+                served.name,
                 lease.key,
                 claimed.attempt,
                 failure.error.strip().splitlines()[-1],
@@ -450,13 +466,13 @@ class Worker:
             log.warning(
                 "batch %s of %s/%s was reclaimed by another worker; %s refused",
                 lease.batch_id,
-                batcher.name,
+                served.name,
                 lease.key,
                 outcome,
             )
-            self._hook(self.hooks.batch_settled, batcher, claimed, "refused")
+            self._hook(self.hooks.batch_settled, served.source, claimed, "refused")
             return
-        self._hook(self.hooks.batch_settled, batcher, claimed, outcome)
+        self._hook(self.hooks.batch_settled, served.source, claimed, outcome)
         if outcome == "acked":
             self.counters.succeeded += 1
         elif outcome == "retried":
@@ -464,26 +480,27 @@ class Worker:
         else:
             self.counters.dead_lettered += 1
 
-    async def _ack(self, batcher: Batcher, lease: Lease) -> bool:
-        """Acknowledge with group commit: batches that finish while an acknowledgement is on
-        its way to the store go together in the next one, one round trip (one SQLite
-        transaction) for many batches."""
+    async def _finish(self, served: Served, result: Any) -> bool:
+        """Acknowledge with group commit: batches (or jobs) that finish while an
+        acknowledgement is on its way to the store go together in the next one, one round
+        trip (one SQLite transaction) for many. ``result`` is what ``served.finish`` takes:
+        a batch's lease (``ack``), or a job's outcome (``finish_jobs``)."""
         done: asyncio.Future[bool] = self._loop_().create_future()
-        self._acks.setdefault(batcher.name, []).append((lease, done))
-        if batcher.name not in self._ackers:
-            task = asyncio.create_task(self._ack_loop(batcher), name=f"redbatch-ack-{batcher.name}")
-            self._ackers[batcher.name] = task
+        self._acks.setdefault(served.name, []).append((result, done))
+        if served.name not in self._ackers:
+            task = asyncio.create_task(self._ack_loop(served), name=f"redbatch-ack-{served.name}")
+            self._ackers[served.name] = task
         return await done
 
-    async def _ack_loop(self, batcher: Batcher) -> None:
+    async def _ack_loop(self, served: Served) -> None:
         # Single-threaded asyncio: nothing runs between the emptiness check and the ``finally``,
         # so an acknowledgement queued after the last round always finds this task or a new one.
         try:
-            while pending := self._acks.get(batcher.name):
-                group, self._acks[batcher.name] = pending[:ACK_GROUP], pending[ACK_GROUP:]
-                leases = [lease for lease, _ in group]
+            while pending := self._acks.get(served.name):
+                group, self._acks[served.name] = pending[:ACK_GROUP], pending[ACK_GROUP:]
+                results = [result for result, _ in group]
                 try:
-                    held = await self._call(self.store.ack, batcher.spec, leases, self.clock())
+                    held = await self._call(served.finish, results, self.clock())
                 except Exception as exc:  # noqa: BLE001 - handed to every waiter in the group
                     for _, done in group:
                         done.set_exception(exc)
@@ -491,23 +508,23 @@ class Worker:
                 for (_, done), ok in zip(group, held, strict=True):
                     done.set_result(ok)
         finally:
-            del self._ackers[batcher.name]
+            del self._ackers[served.name]
 
     async def _heartbeat_loop(self) -> None:
         while True:
             # Read each round: adopted rules may have shortened a lease.
-            await asyncio.sleep(min(b.spec.lease_ms for b in self.batchers) / 3000)
-            for batcher in self.batchers:
-                runs = [r for r in list(self._running.values()) if r.batcher is batcher and not r.lost]
+            await asyncio.sleep(min(s.spec.lease_ms for s in self._served) / 3000)
+            for served in self._served:
+                runs = [r for r in list(self._running.values()) if r.served is served and not r.lost]
                 if not runs:
                     continue
                 leases = [r.claimed.lease for r in runs]
                 try:
                     held = await self._call(
-                        self.store.heartbeat, batcher.spec, leases, self.clock() + batcher.spec.lease_ms
+                        self.store.heartbeat, served.spec, leases, self.clock() + served.spec.lease_ms
                     )
                 except Exception as exc:  # noqa: BLE001 - a heartbeat loop must outlive store errors
-                    log.error("heartbeat for %s failed: %s", batcher.name, exc)
+                    log.error("heartbeat for %s failed: %s", served.name, exc)
                     continue
                 for run, ok in zip(runs, held, strict=True):
                     if not ok and not run.settling:
@@ -515,21 +532,19 @@ class Worker:
                         log.warning(
                             "lost the lease of batch %s of %s/%s",
                             run.claimed.lease.batch_id,
-                            batcher.name,
+                            served.name,
                             run.claimed.lease.key,
                         )
-                        self._hook(self.hooks.lease_lost, batcher, run.claimed)
+                        self._hook(self.hooks.lease_lost, served.source, run.claimed)
 
     async def _janitor_loop(self) -> None:
         while True:
-            for batcher in self.batchers:
-                if batcher.dead_letter_ttl_ms is None:
-                    continue
+            # Old dead letters of batchers; finished jobs and groups past their retention.
+            for served in self._served:
                 try:
-                    before = self.clock() - batcher.dead_letter_ttl_ms
-                    await self._call(self.store.purge_dead, batcher.spec, None, before)
+                    await self._call(served.housekeeping, self.clock())
                 except Exception as exc:  # noqa: BLE001 - housekeeping must outlive store errors
-                    log.error("purging old dead letters of %s failed: %s", batcher.name, exc)
+                    log.error("cleaning up old records of %s failed: %s", served.name, exc)
             await asyncio.sleep(JANITOR_INTERVAL)
 
     async def _rules_loop(self) -> None:
@@ -544,30 +559,30 @@ class Worker:
         them here within ``RULES_REFRESH`` seconds, producers at their next add. A store
         failure is logged and the batcher tried again next round.
         """
-        for batcher in self.batchers:
+        for served in self._served:
             try:
                 stored = None
-                if batcher.name in self._published:
-                    stored = await self._call(self.store.stored_rules, batcher.name)
+                if served.name in self._published:
+                    stored = await self._call(self.store.stored_rules, served.name)
                 if stored is None:  # not yet published, or the record is gone (a flushed Redis)
-                    await self._publish_rules(batcher)
+                    await self._publish_rules(served)
                 else:
-                    batcher.adopt_rules(stored)
+                    served.adopt_rules(stored)
             except Exception as exc:  # noqa: BLE001 - a store failure never kills the worker
-                log.error("publishing or reading the rules of %s failed: %s", batcher.name, exc)
+                log.error("publishing or reading the rules of %s failed: %s", served.name, exc)
 
-    async def _publish_rules(self, batcher: Batcher) -> None:
-        rules = batcher.configured
+    async def _publish_rules(self, served: Served) -> None:
+        rules = served.configured
         previous = await self._call(self.store.publish_rules, rules, self.clock())
-        self._published.add(batcher.name)
-        batcher.adopt_rules(rules)
+        self._published.add(served.name)
+        served.adopt_rules(rules)
         if previous is None:
-            log.info("batcher %s: published its rules {%s}", batcher.name, rules.describe())
+            log.info("batcher %s: published its rules {%s}", served.name, rules.describe())
         elif previous.version != rules.version:
             log.warning(
                 "batcher %s: published {%s}, replacing {%s}; waiting keys rescheduled, producers "
                 "and other workers adopt them",
-                batcher.name,
+                served.name,
                 rules.describe(),
                 previous.describe(),
             )

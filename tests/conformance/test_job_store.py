@@ -208,7 +208,7 @@ def test_cancel_a_pending_job_drops_it_and_a_running_one_is_asked(store: Store, 
     assert record is not None and record.cancel_requested
     record = store.get_jobs(q, ["fresh"])[0]
     assert record is not None and record.finished_at == clock.now
-    clock.advance(9)  # past the retry's time, short of the running lease's end (10 s)
+    clock.advance(9)  # past the cancelled retry's time, within the running job's 10 s lease
     assert claim(store, q, clock) == {}  # nothing of the cancelled jobs is left to run
     (held,) = store.finish_jobs(q, [JobOutcome(claimed["running"].lease, OutcomeKind.CANCELLED)], clock.now)
     assert held and status(store, q, "running") == C

@@ -10,6 +10,7 @@ URL through ``mask_url``: a password never reaches a message, a log or a traceba
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import SplitResult, parse_qsl, unquote_plus, urlsplit, urlunsplit
 
 from pydantic import ValidationError
@@ -22,8 +23,12 @@ from redbatch.stores.memory import MemoryStore
 
 __all__ = ["Store", "Waiter", "MemoryStore", "connect"]
 
-SCHEMES = ("sqlite", "redis", "rediss", "redis+sentinel", "memory")
+SCHEMES = ("sqlite", "redis", "rediss", "redis+sentinel", "redis+cluster", "memory")
 SENTINEL_PORT = 26379
+REDIS_PORT = 6379
+CLUSTER_PARTITIONS = 16
+"""Partitions per batcher on a cluster store unless set: 16 hash tags land on every master of
+a small cluster (3 to 6) with several each, so each master serves a share of the keys."""
 REDIS_OPTIONS = ("partitions",)
 """redbatch's own options of a Redis URL."""
 REDIS_PY_OPTIONS = ("client_name",)
@@ -79,6 +84,13 @@ def connect(url: str | None = None, *, check: bool = True, **overrides: object) 
       master that these Sentinels (port 26379 by default) name for ``service``, followed
       across failovers; the credentials are the master's. Options as for ``redis://``
       (``partitions``, ``client_name``).
+    - ``redis+cluster://[user:password@]host:port[,host:port...]``: Redis Cluster, found
+      through any of these nodes (port 6379 by default); no database. Options
+      ``partitions`` (default 16 here, unless given as an argument or by
+      ``REDBATCH_PARTITIONS``: enough to spread each batcher over the masters) and
+      ``client_name``. ``add_many`` over several partitions is all or none per
+      partition, never twice (``PartlyStored`` when only some were stored; the README's
+      "Cluster" says more).
     - ``memory://``: this process's memory, for tests; not durable (it logs a warning).
 
     Errors quote the URL with its password masked.
@@ -152,6 +164,8 @@ def connect(url: str | None = None, *, check: bool = True, **overrides: object) 
         return redis_store
     if scheme == "redis+sentinel":
         return _sentinel_store(settings, parts, masked, overrides, check)
+    if scheme == "redis+cluster":
+        return _cluster_store(settings, parts, masked, overrides, check)
     if scheme == "sqlite":
         from redbatch.stores.sqlite import SQLiteStore, sqlite_path  # noqa: PLC0415 - on demand
 
@@ -214,16 +228,59 @@ def _sentinel_store(
     return store
 
 
+def _cluster_store(
+    settings: Settings, parts: SplitResult, masked: str, overrides: dict[str, object], check: bool
+) -> Store:
+    """``redis+cluster://[user:password@]host:port[,host:port...][/]``: any nodes of the cluster."""
+    from redbatch.stores.redis import RedisStore  # noqa: PLC0415 - load redis-py only when used
+    from redbatch.stores.redis.client import new_cluster_client  # noqa: PLC0415
+    from redbatch.stores.redis.errors import unavailable  # noqa: PLC0415
+
+    if parts.fragment:
+        raise ConfigError(f"invalid Cluster URL {masked}: it takes no fragment")
+    if parts.path.strip("/"):
+        raise ConfigError(f"invalid Cluster URL {masked}: a cluster has no databases, so no path")
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    username, _, password = userinfo.partition(":")
+    nodes = [_address(host, masked, "Cluster", REDIS_PORT) for host in hosts.split(",")]
+    options = _options(parts, masked, REDIS_OPTIONS + REDIS_PY_OPTIONS)
+    # model_fields_set holds partitions when given as an argument or by REDBATCH_PARTITIONS
+    default = settings.partitions if "partitions" in settings.model_fields_set else CLUSTER_PARTITIONS
+    partitions = _partitions(options.get("partitions"), default, masked)
+    _same_partitions(overrides, settings.partitions, partitions, masked)
+
+    @unavailable
+    def client() -> Any:  # building it asks the nodes for the cluster's map
+        return new_cluster_client(
+            nodes,
+            username=unquote_plus(username) or None,
+            password=unquote_plus(password) if userinfo and ":" in userinfo else None,
+            client_name=options.get("client_name"),
+            connect_timeout=settings.connect_timeout,
+            socket_timeout=settings.socket_timeout,
+        )
+
+    store = RedisStore(settings.url, prefix=settings.prefix, partitions=partitions, client=client())
+    if check:
+        store.ping()
+    return store
+
+
 def _sentinel_address(host: str, masked: str) -> tuple[str, int]:
     """One ``host:port`` of a Sentinel URL (``[v6]:port`` for IPv6; the port defaults to 26379)."""
+    return _address(host, masked, "Sentinel", SENTINEL_PORT)
+
+
+def _address(host: str, masked: str, kind: str, default_port: int) -> tuple[str, int]:
+    """One ``host:port`` of a URL that lists several (``[v6]:port`` for IPv6)."""
     if host.startswith("["):
         name, _, rest = host[1:].partition("]")
         port = rest.removeprefix(":")
     else:
         name, _, port = host.partition(":")
     if not name or (port and not (port.isdigit() and 0 < int(port) < 65536)):
-        raise ConfigError(f"invalid Sentinel URL {masked}: {host!r} is not host:port")
-    return name, int(port or SENTINEL_PORT)
+        raise ConfigError(f"invalid {kind} URL {masked}: {host!r} is not host:port")
+    return name, int(port or default_port)
 
 
 def _settings(url: str | None, overrides: dict[str, object]) -> Settings:

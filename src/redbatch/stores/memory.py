@@ -1,4 +1,8 @@
-"""The in-process store: same semantics as the others, nothing durable. For tests."""
+"""The in-process store: same semantics as the others, nothing durable. For tests.
+
+Its job operations (``JobStore``) are at the end: the engine half of each step is here, the
+records' half is ``memory_jobs.JobTable``, both under the one lock.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from redbatch.engine import due_at, wakes
+from redbatch.errors import NotFound
+from redbatch.jobrecords import (
+    FINISHED,
+    GroupRecord,
+    JobOutcome,
+    JobPage,
+    JobRecord,
+    JobStatus,
+    Lane,
+    NewGroup,
+    NewJob,
+    OutcomeKind,
+    is_jobs,
+)
 from redbatch.stores.base import (
     LEASE_EXPIRED_ERROR,
     RulesChanged,
@@ -19,6 +37,7 @@ from redbatch.stores.base import (
     unknown_dead_letters,
 )
 from redbatch.stores.local import LocalWaiter, Wakeups
+from redbatch.stores.memory_jobs import JobTable
 from redbatch.types import ClaimedBatch, DeadRecord, Entry, Lease, QueueCounters, QueueSpec
 
 log = logging.getLogger("redbatch.store.memory")
@@ -113,6 +132,7 @@ class MemoryStore:
         self._wakeups = Wakeups(self._lock)
         self._queues: dict[str, _Queue] = {}
         self._rules: dict[str, QueueSpec] = {}
+        self._job_tables: dict[str, JobTable] = {}
         log.warning("memory:// store: nothing is durable, everything is lost when the process exits")
 
     def _queue(self, spec: QueueSpec) -> _Queue:
@@ -203,12 +223,19 @@ class MemoryStore:
         self, spec: QueueSpec, queue: _Queue, key: str, state: _Key, now_ms: int
     ) -> ClaimedBatch | None:
         current = state.current
-        if current is not None and current.running and current.attempt >= spec.max_attempts:
+        table = self._job_tables.get(spec.name) if is_jobs(spec.name) else None
+        job = None if table is None else table.jobs.get(key)
+        max_attempts = spec.max_attempts if job is None else job.max_attempts  # a job's own
+        if current is not None and current.running and current.attempt >= max_attempts:
             # transition: bury_lapsed
             queue.in_flight -= 1
             self._bury(queue, key, current, LEASE_EXPIRED_ERROR, now_ms)
             state.current = None
             self._reschedule(spec, queue, key, state, now_ms)
+            if table is not None and job is not None:  # job transition: bury_lapsed
+                job.error, job.dead_batch = LEASE_EXPIRED_ERROR, current.batch_id
+                table.move(job, JobStatus.FAILED, now_ms)
+                self._enqueue_callbacks(spec, queue, table, now_ms)
             return None
         if current is None:  # transition: claim
             taken = [state.pending.popleft() for _ in range(min(spec.max_items, len(state.pending)))]
@@ -226,6 +253,9 @@ class MemoryStore:
         current.fencing_token = queue.token_seq
         current.running = True
         queue.schedule(key, now_ms + spec.lease_ms)
+        if table is not None and job is not None:  # job transition: claim / claim_retry / reclaim
+            job.attempt, job.started_at = current.attempt, now_ms
+            table.move(job, JobStatus.RUNNING, now_ms)
         return ClaimedBatch(
             Lease(key, current.batch_id, current.fencing_token),
             current.attempt,
@@ -329,6 +359,14 @@ class MemoryStore:
                 current.running = False
                 queue.retrying += 1
                 queue.schedule(lease.key, retry_at_ms)
+            table = self._job_tables.get(spec.name) if is_jobs(spec.name) else None
+            job = None if table is None else table.jobs.get(lease.key)
+            if table is not None and job is not None:  # job transition: fail_dead / fail_retry
+                job.error = error
+                if retry_at_ms is None:
+                    job.dead_batch = current.batch_id
+                table.move(job, JobStatus.PENDING if retry_at_ms is not None else JobStatus.FAILED, now_ms)
+                self._enqueue_callbacks(spec, queue, table, now_ms)
             return True
 
     # ------------------------------------------------------------------ operators
@@ -460,6 +498,166 @@ class MemoryStore:
             for batch_id in doomed:
                 del queue.dead[batch_id]
                 del queue.dead_digests[batch_id]
+            return len(doomed)
+
+    # ------------------------------------------------------------------ jobs (JobStore)
+
+    def _table(self, spec: QueueSpec) -> JobTable:
+        table = self._job_tables.get(spec.name)
+        if table is None:
+            table = self._job_tables[spec.name] = JobTable()
+        return table
+
+    def _enqueue(self, queue: _Queue, key: str, payload: bytes, score_ms: int, now_ms: int) -> None:
+        """A job's entry under its key at a lane's score (not the batching rule's due_at)."""
+        # transition: append
+        state = queue.keys.get(key)
+        if state is None:
+            state = queue.keys[key] = _Key()
+        state.pending.append((now_ms, payload, ""))
+        state.last_ms = now_ms
+        queue.buffered_items += 1
+        if state.current is None:
+            head = queue.head()
+            queue.schedule(key, score_ms)
+            if wakes(score_ms, None if head is None else head[0], now_ms):
+                self._wakeups.notify()
+
+    def _enqueue_callbacks(self, spec: QueueSpec, queue: _Queue, table: JobTable, now_ms: int) -> None:
+        """Submit the callback jobs of the groups this step finished (once per round)."""
+        while table.callbacks:
+            callback = table.callbacks.pop(0)
+            if table.create(callback, now_ms):
+                self._enqueue(queue, callback.id, callback.payload, callback.score_ms, now_ms)
+
+    def submit_jobs(
+        self, spec: QueueSpec, jobs: Sequence[NewJob], group: NewGroup | None, now_ms: int
+    ) -> list[bool]:
+        with self._lock:
+            self._rules.setdefault(spec.name, spec)
+            queue, table = self._queue(spec), self._table(spec)
+            if group is not None and not table.create_group(group, now_ms):
+                return [False] * len(jobs)
+            created = []
+            for new in jobs:  # job transition: submit
+                made = table.create(new, now_ms)
+                if made:
+                    self._enqueue(queue, new.id, new.payload, new.score_ms, now_ms)
+                created.append(made)
+            if group is not None:
+                table.finish_if_empty(group.id, now_ms)
+                self._enqueue_callbacks(spec, queue, table, now_ms)
+            return created
+
+    def finish_jobs(self, spec: QueueSpec, outcomes: Sequence[JobOutcome], now_ms: int) -> list[bool]:
+        with self._lock:
+            queue, table = self._queue(spec), self._table(spec)
+            held = []
+            for outcome in outcomes:
+                state = self._held(queue, outcome.lease)
+                job = table.jobs.get(outcome.lease.key)
+                held.append(state is not None and job is not None)
+                if state is None or state.current is None or job is None:
+                    continue
+                # transition: ack
+                queue.in_flight -= 1
+                queue.flushed_batches += 1
+                queue.flushed_items += len(state.current.items)
+                queue.last_flush_at = now_ms
+                state.current = None
+                if outcome.result:  # b'': none (a cancelled function that raised)
+                    job.result = outcome.result
+                if outcome.kind == OutcomeKind.ADVANCE:  # job transition: finish_advance
+                    job.step += 1
+                    job.attempt, job.started_at, job.progress, job.message = 0, None, None, ""
+                    job.function, job.payload = outcome.next_function, outcome.next_payload
+                    table.move(job, JobStatus.PENDING, now_ms)
+                    self._enqueue(queue, job.id, outcome.next_payload, outcome.next_score_ms, now_ms)
+                    continue
+                if outcome.kind == OutcomeKind.SUCCEEDED:  # job transition: finish_succeeded
+                    job.progress = 1.0
+                    table.move(job, JobStatus.SUCCEEDED, now_ms)
+                else:  # job transition: finish_cancelled
+                    table.move(job, JobStatus.CANCELLED, now_ms)
+                self._reschedule(spec, queue, outcome.lease.key, state, now_ms)
+            self._enqueue_callbacks(spec, queue, table, now_ms)
+            return held
+
+    def job_progress(self, spec: QueueSpec, lease: Lease, fraction: float | None, message: str) -> bool:
+        with self._lock:
+            job = self._table(spec).jobs.get(lease.key)
+            if self._held(self._queue(spec), lease) is None or job is None:
+                return False
+            job.progress, job.message = fraction, message  # job transition: progress
+            return True
+
+    def cancel_job(self, spec: QueueSpec, job_id: str, now_ms: int) -> JobStatus:
+        with self._lock:
+            queue, table = self._queue(spec), self._table(spec)
+            job = table.jobs.get(job_id)
+            if job is None:
+                raise NotFound(f"job queue {spec.name!r} has no job {job_id!r}")
+            if job.status == JobStatus.RUNNING:  # job transition: cancel_running
+                job.cancel_requested = True
+            elif job.status == JobStatus.PENDING:  # job transition: cancel_pending
+                job.cancel_requested = True
+                self.clear(spec, job_id)
+                table.move(job, JobStatus.CANCELLED, now_ms)
+                self._enqueue_callbacks(spec, queue, table, now_ms)
+            return job.status
+
+    def retry_jobs(
+        self, spec: QueueSpec, job_ids: Sequence[str], lane: Lane | None, score_ms: int, now_ms: int
+    ) -> list[str]:
+        with self._lock:
+            queue, table = self._queue(spec), self._table(spec)
+            retried = []
+            for job_id in dict.fromkeys(job_ids):
+                job = table.jobs.get(job_id)
+                if job is None or job.status != JobStatus.FAILED:
+                    continue
+                # job transition: retry_jobs
+                if queue.dead.pop(job.dead_batch, None) is not None:  # transition: purge
+                    queue.dead_digests.pop(job.dead_batch, None)
+                job.dead_batch, job.attempt, job.started_at = "", 0, None
+                job.cancel_requested = False
+                if lane is not None:
+                    job.lane = lane
+                table.move(job, JobStatus.PENDING, now_ms)
+                self._enqueue(queue, job.id, job.payload, score_ms, now_ms)
+                retried.append(job_id)
+            return retried
+
+    def get_jobs(self, spec: QueueSpec, job_ids: Sequence[str]) -> list[JobRecord | None]:
+        with self._lock:
+            jobs = self._table(spec).jobs
+            return [None if (job := jobs.get(i)) is None else job.record() for i in job_ids]
+
+    def list_jobs(
+        self, spec: QueueSpec, status: JobStatus | None, group: str | None, limit: int, cursor: str | None
+    ) -> JobPage:
+        with self._lock:
+            return self._table(spec).page(status, group, limit, cursor)
+
+    def job_counts(self, spec: QueueSpec) -> dict[JobStatus, int]:
+        with self._lock:
+            return dict(self._table(spec).counts)
+
+    def get_group(self, spec: QueueSpec, group_id: str) -> GroupRecord | None:
+        with self._lock:
+            group = self._table(spec).groups.get(group_id)
+            return None if group is None else group.record()
+
+    def cleanup_jobs(self, spec: QueueSpec, finished_before_ms: int, limit: int) -> int:
+        with self._lock:
+            queue, table = self._queue(spec), self._table(spec)
+            doomed = table.expired(finished_before_ms, limit)
+            # job transition: cleanup
+            for job in doomed:
+                assert job.status in FINISHED
+                if queue.dead.pop(job.dead_batch, None) is not None:  # transition: purge
+                    queue.dead_digests.pop(job.dead_batch, None)
+                table.delete(job)
             return len(doomed)
 
     def waiter(self, names: Sequence[str]) -> Waiter:

@@ -8,6 +8,7 @@ from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -66,6 +67,35 @@ def new_sentinel_client(
         db=db,
         client_name=client_name,
         **bounded,
+    )
+    return client
+
+
+def new_cluster_client(
+    nodes: list[tuple[str, int]],
+    *,
+    username: str | None,
+    password: str | None,
+    client_name: str | None,
+    connect_timeout: float,
+    socket_timeout: float,
+) -> RedisCluster:
+    """A Redis Cluster client that learns the cluster's map from the first of ``nodes`` to answer.
+
+    Bounded as ``new_client``: redis-py's cluster retries are off (it would otherwise
+    rebuild its map and send a command again up to three times after a timeout or a dropped
+    connection); a MOVED or ASK redirection is still followed, since the command did not
+    run. Building the client asks the nodes for the map, each one that does not answer
+    costing up to connect_timeout plus socket_timeout.
+    """
+    client: RedisCluster = RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in nodes],  # type: ignore[no-untyped-call]
+        retry=Retry(NoBackoff(), 0),
+        username=username,
+        password=password,
+        client_name=client_name,
+        socket_connect_timeout=connect_timeout,
+        socket_timeout=socket_timeout,
     )
     return client
 

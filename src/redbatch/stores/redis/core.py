@@ -48,6 +48,9 @@ class RedisCore:
 
     prefix: str
     partitions: int
+    cluster: bool
+    """True on Redis Cluster: a call over several partitions is then several script calls
+    (one per partition, each on its own master), never one script or one MULTI."""
     client: Any
     """redis-py's reply types are unions of every reply shape: the scripts' replies are
     known, so the client is typed loosely rather than cast at every call."""
@@ -65,6 +68,39 @@ class RedisCore:
             return self.client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
             return script(keys=keys, args=args)
+
+    def _pipeline(self) -> Any:
+        """A pipeline without MULTI, for commands of several partitions at once."""
+        return self.client.pipeline(transaction=False)
+
+    def _execute(self, pipe: Any, raise_on_error: bool = True) -> list[Any]:
+        """Send a pipeline from ``_pipeline``; its replies in order, exceptions among them
+        unless ``raise_on_error``.
+
+        On a cluster, redis-py sends each master its share, and would send a command whose
+        master timed out or dropped the connection again, one at a time: a hidden retry
+        past ``socket_timeout``, and a script run twice. Here nothing is sent twice: a
+        command redirected by MOVED or ASK (it did not run) is sent alone to where it now
+        belongs, and any other failure is that command's reply.
+        """
+        if not self.cluster:
+            return list(pipe.execute(raise_on_error=raise_on_error))
+        stack = list(pipe._execution_strategy.command_queue)  # redis-py has no public name for it
+        try:
+            replies = list(pipe.send_cluster_commands(stack, raise_on_error=False, allow_redirections=False))
+        finally:
+            pipe.reset()
+        for i, reply in enumerate(replies):
+            if isinstance(reply, redis.exceptions.AskError):  # MOVED too: a subclass
+                try:
+                    replies[i] = self.client.execute_command(*stack[i].args, **stack[i].options)
+                except redis.RedisError as exc:
+                    replies[i] = exc
+        if raise_on_error:
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+        return replies
 
     def _partitions(self, name: str) -> list[Partition]:
         parts = self._parts.get(name)

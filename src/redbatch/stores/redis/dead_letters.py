@@ -37,11 +37,11 @@ class DeadLetters(RedisCore):
                 ranked.append((score, member.decode(), part))
         ranked.sort(key=lambda row: (row[0], row[1]))
         ranked = ranked[offset : offset + limit]
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self._pipeline()
         for _, batch_id, part in ranked:
             pipe.hgetall(f"{part.base}x:{batch_id}")
             pipe.lrange(f"{part.base}xi:{batch_id}", 0, -1)
-        replies = pipe.execute()
+        replies = self._execute(pipe)
         records = []
         gone: dict[Partition, list[str]] = defaultdict(list)
         for i, (_, batch_id, part) in enumerate(ranked):
@@ -126,7 +126,11 @@ class DeadLetters(RedisCore):
 
         A script checks its ids before it changes anything. With several partitions, each
         id's partition is looked up first, then one transaction runs a script per partition,
-        its records watched: when one changes before the transaction runs, look again.
+        its records watched: when one changes before the transaction runs, look again. On
+        Redis Cluster, where masters share no transaction, the scripts run one after
+        another, after a last look that every record is still there: should another client
+        replay or purge one of the ids after that look, the partitions before it are done
+        and NotFound names it.
         """
         ids = list(dict.fromkeys(batch_ids))
         if not ids:
@@ -143,6 +147,13 @@ class DeadLetters(RedisCore):
                     self._dropped(part, reply[2])
                 raise unknown_dead_letters(spec.name, unknown)
             records = [f"{part.base}x:{i}" for part, group in where for i in group]
+            if self.cluster:  # no MULTI across masters: partition by partition, each all or none
+                if not self._all_exist(records):
+                    continue  # one went meanwhile: look again
+                replies = [self._eval(script, keys_of(p), [*head_of(p), "ids", *group]) for p, group in where]
+                return sum(
+                    self._checked(spec, part, reply) for (part, _), reply in zip(where, replies, strict=True)
+                )
             with self.client.pipeline(transaction=True) as pipe:
                 try:
                     pipe.watch(*records)
@@ -160,15 +171,21 @@ class DeadLetters(RedisCore):
             )
         raise RedbatchError(f"the dead letters of {spec.name!r} kept changing under this call; try again")
 
+    def _all_exist(self, records: list[str]) -> bool:
+        pipe = self._pipeline()
+        for name in records:
+            pipe.exists(name)
+        return all(self._execute(pipe))
+
     def _locate(
         self, parts: list[Partition], ids: list[str]
     ) -> tuple[list[tuple[Partition, list[str]]], list[str]]:
         """The dead letters each partition holds, and the ids no partition has."""
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self._pipeline()
         for part in parts:
             for batch_id in ids:
                 pipe.exists(f"{part.base}x:{batch_id}")
-        found = pipe.execute()
+        found = self._execute(pipe)
         where: list[tuple[Partition, list[str]]] = []
         for n, part in enumerate(parts):
             group = [i for k, i in enumerate(ids) if found[n * len(ids) + k]]

@@ -5,6 +5,8 @@ redis.ConnectionError, redis.TimeoutError       StoreUnavailable
 redis.ResponseError with a refusal code         StoreUnavailable (Redis is up, but
     (READONLY, OOM, LOADING, ...)               cannot take the command now)
 any other redis.ResponseError                   RedbatchError, with Redis's reply
+redis.RedisClusterException (no node of the     StoreUnavailable
+    cluster answered, a slot nobody serves)
 """
 
 from __future__ import annotations
@@ -50,16 +52,28 @@ def unavailable(fn: Callable[P, T]) -> Callable[P, T]:
                     raise
                 log.info("Redis connection dropped (%s); trying once more on a new one", exc)
                 return fn(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
-        except redis.ResponseError as exc:
-            # redis-py cuts the code off the replies it has a class for (READONLY, OOM, ...)
-            reply = str(exc)
-            code = exc.status_code or reply.split(" ", 1)[0]
-            if not reply.startswith(code):
-                reply = f"{code} {reply}"
-            if code in REFUSALS:
-                raise StoreUnavailable(f"Redis refused the command: {reply}") from exc
-            raise RedbatchError(f"Redis error: {reply}") from exc
+        except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+            mapped = translated(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
 
     return wrapper
+
+
+def translated(exc: BaseException) -> RedbatchError | None:
+    """The redbatch error a redis-py failure means (see the table above); None for others."""
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+        return StoreUnavailable(f"Redis is unavailable: {exc}")
+    if isinstance(exc, redis.exceptions.RedisClusterException):
+        return StoreUnavailable(f"Redis Cluster is unavailable: {exc}")
+    if isinstance(exc, redis.ResponseError):
+        # redis-py cuts the code off the replies it has a class for (READONLY, OOM, ...)
+        reply = str(exc)
+        code = exc.status_code or reply.split(" ", 1)[0]
+        if not reply.startswith(code):
+            reply = f"{code} {reply}"
+        if code in REFUSALS:
+            return StoreUnavailable(f"Redis refused the command: {reply}")
+        return RedbatchError(f"Redis error: {reply}")
+    return None

@@ -2,7 +2,10 @@
 
 Each partition carries its own copy of the batcher's rules (``…:rules``), since a script
 touches one hash tag only; every write of them covers all partitions in one MULTI, so a
-producer never finds the partitions disagreeing.
+producer never finds the partitions disagreeing. On Redis Cluster the partitions sit on
+several masters, which share no MULTI: the copies are written one partition after another,
+and an append that meets some partitions changed and others not is handled by the store's
+append (store.py, ``_append_each``).
 """
 
 from __future__ import annotations
@@ -29,13 +32,14 @@ class Rules(RedisCore):
 
     def _write_rules(self, mode: str, spec: QueueSpec, now_ms: int) -> list[tuple[dict[str, bytes], bool]]:
         """Run rules.lua on every partition of the batcher, in one MULTI when there are
-        several, so that no append ever sees some partitions changed and others not.
+        several (one at a time on a cluster), so that no append ever sees some partitions
+        changed and others not.
         Returns, per partition, its record before and whether its keys need rescheduling."""
         parts = self._partitions(spec.name)
         rules = spec.rules()
         args = [mode, now_ms, spec.version, *(int(rules[name]) for name in RULE_FIELDS)]
-        if len(parts) == 1:
-            replies = [self._eval("rules", [parts[0].rules], args)]
+        if len(parts) == 1 or self.cluster:
+            replies = [self._eval("rules", [part.rules], args) for part in parts]
         else:
             pipe = self.client.pipeline(transaction=True)
             for part in parts:

@@ -20,23 +20,29 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import orjson
 import redis
+from redis.cluster import RedisCluster
 
 from redbatch import engine
+from redbatch.checks import item_digest
+from redbatch.errors import PartlyStored, RedbatchError
 from redbatch.jobrecords import is_jobs
 from redbatch.stores.base import LEASE_EXPIRED_ERROR, RulesChanged, Waiter, mask_url, new_batch_id
 from redbatch.stores.redis.client import load_scripts, new_client
 from redbatch.stores.redis.core import Partition, read_entry
 from redbatch.stores.redis.dead_letters import DeadLetters
-from redbatch.stores.redis.errors import unavailable
+from redbatch.stores.redis.errors import translated, unavailable
 from redbatch.stores.redis.jobs import Jobs
-from redbatch.stores.redis.rules import Rules
+from redbatch.stores.redis.rules import Rules, record
 from redbatch.stores.redis.waiter import RedisWaiter
 from redbatch.types import ClaimedBatch, Entry, Lease, QueueCounters, QueueSpec
 
 log = logging.getLogger("redbatch.store.redis")
 
 _OTHER_RULES, _NO_RULES = -1, -2  # append.lua's refusals
+_MIN_CALL_TTL_MS = 60_000
+_RULES_ROUNDS = 3  # a cluster partition found under other rules is sent again this often
 _SPARE_IDS = 2  # batch ids claim.lua may use on corrupt batches it buries, beyond its limit
 # The stats hash's fields are the engine's counter names; versions before wrote 'buffered'
 # and 'last_flush'. Data they left must still count, so counters() reads both: a count
@@ -73,6 +79,9 @@ class RedisStore(Jobs, Rules, DeadLetters):
         self.prefix = prefix
         self.partitions = partitions
         self.client = client or new_client(url, connect_timeout, socket_timeout)
+        self.cluster = isinstance(self.client, RedisCluster)
+        # An append's call id (Cluster) must outlive the call and its one resend.
+        self._call_ttl_ms = max(_MIN_CALL_TTL_MS, round(2000 * (connect_timeout + socket_timeout)))
         self._scripts = load_scripts(self.client)
         self._parts = {}
 
@@ -92,10 +101,134 @@ class RedisStore(Jobs, Rules, DeadLetters):
                 keyed[entry.key] = [entry]
             else:
                 group.append(entry)
+        if self.cluster:
+            self._append_each(spec, by_part, now_ms)
+            return
         # One script over every partition the entries fall in: all or none, one round trip.
+        keys, args = self._append_call(spec, by_part, now_ms, "")
+        result = int(self._eval("append", keys, args))
+        if result == _NO_RULES:  # the batcher's first append: record its rules, then retry
+            self._write_rules("record", spec, now_ms)
+            result = int(self._eval("append", keys, args))
+        if result < 0:
+            raise RulesChanged(spec.name)
+
+    def _append_each(
+        self, spec: QueueSpec, by_part: dict[Partition, dict[str, list[Entry]]], now_ms: int
+    ) -> None:
+        """Append on a cluster: one call per partition, all sent at once (one round trip per
+        master), all with one call id (see append.lua) so that a resend never adds twice.
+
+        Each partition is all or none. A partition answering on a dropped connection is sent
+        once more; one with no rules yet gets them recorded and is sent again. When some
+        partitions hold other rules (a worker is publishing new ones, partition by
+        partition): if nothing was stored, RulesChanged, as on one Redis; else those are
+        sent again under the rules they hold, so the call still ends whole. Any other
+        failure after something was stored is PartlyStored.
+        """
+        call = new_batch_id()
+        pipe = self._pipeline()
+        for part, keyed in by_part.items():
+            keys, args = self._append_call(spec, {part: keyed}, now_ms, call)
+            pipe.execute_command("EVALSHA", self._scripts["append"].sha, len(keys), *keys, *args)
+        replies = dict(zip(by_part, self._execute(pipe, raise_on_error=False), strict=True))
+        stored: set[Partition] = set()
+        refused: list[Partition] = []
+        failed: dict[Partition, BaseException] = {}
+        for part, reply in replies.items():
+            # Sent again: a script Redis lost (NoScriptError), or a dropped connection.
+            resend = isinstance(reply, redis.exceptions.NoScriptError) or type(reply) is redis.ConnectionError
+            if isinstance(reply, BaseException) and not resend:
+                failed[part] = reply
+                continue
+            try:
+                result = self._append_part(spec, part, by_part[part], now_ms, call, reply)
+            except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+                failed[part] = exc
+                continue
+            (stored.add if result >= 0 else refused.append)(part)
+        if refused and not stored and not failed:
+            raise RulesChanged(spec.name)  # nothing stored: the batcher adopts the rules, retries
+        for part in refused:
+            try:
+                self._append_as_recorded(spec, part, by_part[part], now_ms, call)
+                stored.add(part)
+            except (redis.RedisError, redis.exceptions.RedisClusterException, RulesChanged) as exc:
+                failed[part] = exc
+        if failed:
+            self._append_failed(spec, by_part, stored, failed)
+
+    def _append_part(
+        self,
+        spec: QueueSpec,
+        part: Partition,
+        keyed: dict[str, list[Entry]],
+        now_ms: int,
+        call: str,
+        reply: Any = None,
+    ) -> int:
+        """One partition's append (its pipelined ``reply``, when there is one to read):
+        added count, or _OTHER_RULES. Records the rules first when the batcher has none."""
+        keys, args = self._append_call(spec, {part: keyed}, now_ms, call)
+        result = reply
+        if reply is None or isinstance(reply, BaseException):
+            result = self._eval("append", keys, args)
+        if int(result) == _NO_RULES:
+            self._write_rules("record", spec, now_ms)
+            result = self._eval("append", keys, args)
+        return int(result)
+
+    def _append_as_recorded(
+        self, spec: QueueSpec, part: Partition, keyed: dict[str, list[Entry]], now_ms: int, call: str
+    ) -> None:
+        """Append one partition's entries under the rules it holds (its digests made again
+        when those dedupe and these did not, or the other way)."""
+        for _ in range(_RULES_ROUNDS):
+            recorded = QueueSpec.from_record(spec.name, record(self.client.hgetall(part.rules)))
+            if recorded.dedupe != spec.dedupe:
+                keyed = {
+                    key: [e._replace(digest=item_digest(orjson.loads(e.payload)) if recorded.dedupe else "")
+                          for e in group]
+                    for key, group in keyed.items()
+                }  # fmt: skip
+            spec = recorded
+            if self._append_part(spec, part, keyed, now_ms, call) >= 0:
+                return
+        raise RulesChanged(spec.name)
+
+    @staticmethod
+    def _append_failed(
+        spec: QueueSpec,
+        by_part: dict[Partition, dict[str, list[Entry]]],
+        stored: set[Partition],
+        failed: dict[Partition, BaseException],
+    ) -> None:
+        """Raise for a cluster append with failed partitions: their error when nothing was
+        stored, else PartlyStored naming the keys stored."""
+        first = next(iter(failed.values()))
+        error = translated(first) or first
+        if isinstance(first, RulesChanged):
+            error = RedbatchError(f"batcher {spec.name!r}: its rules kept changing under this add")
+        if not stored:
+            raise error from first
+        stored_keys = [key for part in stored for key in by_part[part]]
+        failed_keys = [key for part in failed for key in by_part[part]]
+        raise PartlyStored(
+            f"{len(stored_keys)} of {len(stored_keys) + len(failed_keys)} keys of this add were stored,"
+            f" in {len(stored)} of {len(by_part)} partitions of batcher {spec.name!r}; the others"
+            f" failed: {error}",
+            stored_keys,
+            failed_keys,
+        ) from first
+
+    def _append_call(
+        self, spec: QueueSpec, by_part: dict[Partition, dict[str, list[Entry]]], now_ms: int, call: str
+    ) -> tuple[list[str], list[Any]]:
+        """append.lua's keys and arguments for these partitions' entries."""
         keys: list[str] = []
         args: list[Any] = [
-            now_ms, *self._rule_args(spec), int(spec.dedupe), self._channel(spec.name), spec.version
+            now_ms, *self._rule_args(spec), int(spec.dedupe), self._channel(spec.name), spec.version,
+            call, self._call_ttl_ms,
         ]  # fmt: skip
         stamp = b"%d:" % now_ms  # entries are "arrived_ms:digest:json", readable with redis-cli
         for part, keyed in by_part.items():
@@ -104,12 +237,7 @@ class RedisStore(Jobs, Rules, DeadLetters):
             for key, group in keyed.items():
                 args += (key, len(group))
                 args += [b"%s%s:%s" % (stamp, e.digest.encode(), e.payload) for e in group]
-        result = int(self._eval("append", keys, args))
-        if result == _NO_RULES:  # the batcher's first append: record its rules, then retry
-            self._write_rules("record", spec, now_ms)
-            result = int(self._eval("append", keys, args))
-        if result < 0:
-            raise RulesChanged(spec.name)
+        return keys, args
 
     # ------------------------------------------------------------------ claiming
 
@@ -124,11 +252,11 @@ class RedisStore(Jobs, Rules, DeadLetters):
         if len(parts) == 1:
             rows = self._eval("claim", *self._claim_call(spec, parts[0], now_ms, limit))
             return self._claimed(spec, now_ms, rows)
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self._pipeline()
         for part in parts:
             pipe.zrangebyscore(part.due, "-inf", now_ms, start=0, num=limit, withscores=True)
         heads = heapq.nsmallest(
-            limit, ((score, key, i) for i, rows in enumerate(pipe.execute()) for key, score in rows)
+            limit, ((score, key, i) for i, rows in enumerate(self._execute(pipe)) for key, score in rows)
         )
         claimed = self._claim_shares(
             spec, now_ms, {parts[i]: n for i, n in Counter(i for *_, i in heads).items()}
@@ -139,13 +267,14 @@ class RedisStore(Jobs, Rules, DeadLetters):
 
     def _claim_shares(self, spec: QueueSpec, now_ms: int, shares: dict[Partition, int]) -> list[ClaimedBatch]:
         """Run claim.lua on each partition for its share, in one round trip."""
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self._pipeline()
         for part, share in shares.items():
             keys, args = self._claim_call(spec, part, now_ms, share)
             pipe.execute_command("EVALSHA", self._scripts["claim"].sha, len(keys), *keys, *args)
         claimed: list[ClaimedBatch] = []
         failure: Exception | None = None
-        for (part, share), reply in zip(shares.items(), pipe.execute(raise_on_error=False), strict=True):
+        replies = self._execute(pipe, raise_on_error=False)
+        for (part, share), reply in zip(shares.items(), replies, strict=True):
             rows = reply
             if isinstance(reply, redis.exceptions.NoScriptError):  # SCRIPT FLUSH, a restart
                 rows = self._eval("claim", *self._claim_call(spec, part, now_ms, share))
@@ -197,20 +326,20 @@ class RedisStore(Jobs, Rules, DeadLetters):
 
     @unavailable
     def next_due_ms(self, spec: QueueSpec) -> int | None:
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self._pipeline()
         for part in self._partitions(spec.name):
             pipe.zrange(part.due, 0, 0, withscores=True)
-        heads = [int(rows[0][1]) for rows in pipe.execute() if rows]
+        heads = [int(rows[0][1]) for rows in self._execute(pipe) if rows]
         return min(heads) if heads else None
 
     @unavailable
     def due_deadlines(self, spec: QueueSpec, now_ms: int, limit: int) -> list[int]:
         if limit <= 0:
             return []
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self._pipeline()
         for part in self._partitions(spec.name):
             pipe.zrangebyscore(part.due, "-inf", now_ms, start=0, num=limit, withscores=True)
-        return sorted(int(score) for rows in pipe.execute() for _, score in rows)[:limit]
+        return sorted(int(score) for rows in self._execute(pipe) for _, score in rows)[:limit]
 
     # ------------------------------------------------------------------ lease holders
 
@@ -305,14 +434,14 @@ class RedisStore(Jobs, Rules, DeadLetters):
 
     @unavailable
     def counters(self, spec: QueueSpec) -> QueueCounters:
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self._pipeline()
         parts = self._partitions(spec.name)
         for part in parts:
             pipe.hgetall(part.stats)
             pipe.zcard(part.due)
             pipe.zrange(part.age, 0, 0, withscores=True)
             pipe.zcard(part.dead)
-        replies = pipe.execute()
+        replies = self._execute(pipe)
         totals: dict[str, int] = defaultdict(int)
         open_keys = dead = 0
         oldest: int | None = None

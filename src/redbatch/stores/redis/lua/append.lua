@@ -7,19 +7,29 @@
 -- arrival per key), stats hash, rules hash (the batcher's recorded rules, see rules.lua)
 -- ARGV[1] now_ms, ARGV[2] max_items, ARGV[3] max_wait_ms, ARGV[4] idle_ms,
 -- ARGV[5] dedupe '1'|'0', ARGV[6] wake channel, ARGV[7] version of the rules in ARGV,
+-- ARGV[8] call id, or '' (see below), ARGV[9] how long the call id is remembered, in ms,
 -- then per partition: its base and its number of keys, and per key: key, n, and n entries
 -- "now_ms:digest:json" (built by the client, so that without dedupe this script only
 -- pushes a slice of ARGV)
 -- Returns the number of entries added (deduplicated ones are not), or, storing nothing,
 -- -1 when a partition holds other rules and -2 when one holds none yet.
 -- One call over several partitions needs a single server: Redis Cluster would refuse keys
--- of several slots in one script, as it refuses them in one MULTI.
+-- of several slots in one script, as it refuses them in one MULTI. There, an append is one
+-- call per partition, each with the same call id: the id is recorded as B..'call:'..id
+-- (holding the count added) in the step that adds, and a call whose id is recorded adds
+-- nothing and returns that count, so a call sent again after a dropped connection never
+-- adds twice. A call with an id covers one partition.
 local now = tonumber(ARGV[1])
 local max_items, max_wait, idle = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local dedupe, channel, version = ARGV[5] == '1', ARGV[6], ARGV[7]
+local dedupe, channel, version, call = ARGV[5] == '1', ARGV[6], ARGV[7], ARGV[8]
+local marker = call ~= '' and ARGV[10] .. 'call:' .. call
+if marker then
+  local done = redis.call('GET', marker)
+  if done then return tonumber(done) end
+end
 
 -- The call's partitions and, in each, its keys and where their entries lie in ARGV.
-local partitions, i, k = {}, 8, 1
+local partitions, i, k = {}, 10, 1
 while i <= #ARGV do
   local part = {base = ARGV[i], due = KEYS[k], age = KEYS[k + 1], stats = KEYS[k + 2], keys = {}}
   local recorded = redis.call('HGET', KEYS[k + 3], 'version')
@@ -102,5 +112,6 @@ for _, part in ipairs(partitions) do
   if added > 0 then redis.call('HINCRBY', part.stats, 'buffered_items', added) end
   total = total + added
 end
+if marker then redis.call('SET', marker, total, 'PX', ARGV[9]) end
 if wake then redis.call('PUBLISH', channel, '1') end
 return total

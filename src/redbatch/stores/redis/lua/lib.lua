@@ -18,6 +18,8 @@
 --   B..'dead'       zset    dead letters' batch ids, scored by their time of death
 --   B..'seq'        string  the last fencing token handed out (INCR)
 --   B..'rules'      hash    the batcher's rules, a copy in every partition (see rules.lua)
+--   B..'call:'..id  string  on Redis Cluster: an append call that was applied here, and how
+--                           many entries it added, kept a short while (see append.lua)
 -- Per key k:
 --   B..'i:'..k      list    pending entries, oldest first
 --   B..'d:'..k      set     dedupe digests of pending entries
