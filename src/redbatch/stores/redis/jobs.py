@@ -162,10 +162,10 @@ class Jobs(RedisCore):
         part = self._job_partition(spec)
         if not job_ids:
             return []
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self._pipeline()
         for job_id in job_ids:
             pipe.hgetall(f"{part.base}j:{job_id}")
-        replies = pipe.execute()
+        replies = self._execute(pipe)
         return [_job_record(i, raw) if raw else None for i, raw in zip(job_ids, replies, strict=True)]
 
     @unavailable
@@ -195,10 +195,10 @@ class Jobs(RedisCore):
     @unavailable
     def job_counts(self, spec: QueueSpec) -> dict[JobStatus, int]:
         part = self._job_partition(spec)
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self._pipeline()
         for status in JobStatus:
             pipe.zcard(f"{part.base}jx:{status.value}")
-        return dict(zip(JobStatus, (int(n) for n in pipe.execute()), strict=True))
+        return dict(zip(JobStatus, (int(n) for n in self._execute(pipe)), strict=True))
 
     @unavailable
     def get_group(self, spec: QueueSpec, group_id: str) -> GroupRecord | None:
