@@ -13,7 +13,7 @@ if status == 'running' then
   job_moves(base, id, 'cancel_running', now, {cancel = '1'})
 elseif status == 'pending' then
   clear_key(base, KEYS[1], KEYS[2], KEYS[3], id)
-  local _, wake = job_moves(base, id, 'cancel_pending', now, {finished = ms(now)})
+  local _, wake = job_moves(base, id, 'cancel_pending', now, {cancel = '1', finished = ms(now)})
   if wake then redis.call('PUBLISH', ARGV[3], '1') end
   status = 'cancelled'
 end

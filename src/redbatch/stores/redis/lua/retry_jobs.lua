@@ -16,7 +16,7 @@ for i = 6, #ARGV do
       redis.call('DEL', base .. 'x:' .. rec[3], base .. 'xi:' .. rec[3])
     end
     if job_enqueue(base, id, rec[2], score, now) then wake = true end
-    local fields = {attempt = 0, started = '', finished = '', dead = '', progress = '', message = ''}
+    local fields = {attempt = 0, started = '', finished = '', dead = '', cancel = '0'}
     if ARGV[4] ~= '' then fields.lane = ARGV[4] end
     job_moves(base, id, 'retry_jobs', now, fields)
     retried[#retried + 1] = id
