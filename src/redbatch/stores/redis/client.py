@@ -15,6 +15,7 @@ from redis.sentinel import Sentinel
 SCRIPTS = (
     "append", "claim", "heartbeat", "ack", "fail", "clear", "flush", "replay", "purge", "rules", "reschedule"
 )  # fmt: skip
+JOB_SCRIPTS = ("submit", "finish", "progress", "cancel", "retry_jobs", "cleanup", "jobs_page")
 
 
 def new_client(url: str, connect_timeout: float, socket_timeout: float) -> redis.Redis:
@@ -106,5 +107,5 @@ def load_scripts(client: Any) -> dict[str, Any]:
     prelude = lua.joinpath("lib.lua").read_text()
     return {
         name: client.register_script(prelude + "\n" + lua.joinpath(f"{name}.lua").read_text())
-        for name in SCRIPTS
+        for name in (*SCRIPTS, *JOB_SCRIPTS)
     }

@@ -8,7 +8,8 @@ header names it (``-- transition: ack``): the Python here only groups a call's k
 partition, builds the scripts' arguments and reads their replies.
 
 This module holds producing, claiming, the lease holders' steps and the operators' small
-ones; ``Rules`` (rules.py) and ``DeadLetters`` (dead_letters.py) hold the rest.
+ones; ``Rules`` (rules.py), ``DeadLetters`` (dead_letters.py) and ``Jobs`` (jobs.py, the job
+records of job queues) hold the rest.
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ from redis.cluster import RedisCluster
 from redbatch import engine
 from redbatch.checks import item_digest
 from redbatch.errors import PartlyStored, RedbatchError
+from redbatch.jobrecords import is_jobs
 from redbatch.stores.base import LEASE_EXPIRED_ERROR, RulesChanged, Waiter, mask_url, new_batch_id
 from redbatch.stores.redis.client import load_scripts, new_client
 from redbatch.stores.redis.core import Partition, read_entry
 from redbatch.stores.redis.dead_letters import DeadLetters
 from redbatch.stores.redis.errors import translated, unavailable
+from redbatch.stores.redis.jobs import Jobs
 from redbatch.stores.redis.rules import Rules, record
 from redbatch.stores.redis.waiter import RedisWaiter
 from redbatch.types import ClaimedBatch, Entry, Lease, QueueCounters, QueueSpec
@@ -49,7 +52,7 @@ _LEGACY_COUNTS = {"buffered": engine.Counter.BUFFERED_ITEMS.value}
 _LAST_FLUSH_FIELDS = ("last_flush_at", "last_flush")
 
 
-class RedisStore(Rules, DeadLetters):
+class RedisStore(Jobs, Rules, DeadLetters):
     """Batching state in Redis (standalone; Sentinel and Cluster come later).
 
     ``url``: ``redis://`` or ``rediss://`` (TLS); ``self.url`` is it with the password masked.
@@ -301,6 +304,7 @@ class RedisStore(Rules, DeadLetters):
             int(spec.dedupe),
             LEASE_EXPIRED_ERROR,
             self._channel(spec.name),
+            "1" if is_jobs(spec.name) else "0",  # a job queue's records move too (jobs.py)
             *(new_batch_id() for _ in range(want + _SPARE_IDS)),
         ]
         return keys, args
@@ -404,6 +408,7 @@ class RedisStore(Rules, DeadLetters):
         args = self._settle_args(spec, part, lease, now_ms)
         args += (error, "" if retry_at_ms is None else retry_at_ms)
         args.append("" if keep is None else ",".join(map(str, keep)))
+        args.append("1" if is_jobs(spec.name) else "0")  # a job queue's records move too (jobs.py)
         return bool(self._eval("fail", keys=[part.due, part.stats, part.dead], args=args))
 
     # ------------------------------------------------------------------ operators
