@@ -239,14 +239,22 @@ class Jobs:
         return [j.id for j in jobs]
 
     def chain(
-        self, steps: Sequence[tuple[str, Any] | str], *, id: str | None = None, lane: str = "normal"
+        self,
+        steps: Sequence[tuple[str, Any] | str],
+        *,
+        id: str | None = None,
+        lane: str = "normal",
+        delay: float = 0.0,
+        max_attempts: int | None = None,
+        timeout: float | None = None,
     ) -> str:
         """Submit a pipeline as one job: ``[(fn, params), "next_fn", ...]``; each step's
-        result is the next step's params, and the job's result is the last step's. Each step
-        gets the queue's ``max_attempts``. Returns its id; raises what ``submit`` raises."""
+        result is the next step's params, and the job's result is the last step's. ``id``,
+        ``lane`` and ``delay`` are ``submit``'s; ``max_attempts`` and ``timeout`` (default
+        the queue's) hold for each step. Returns its id; raises what ``submit`` raises."""
         job_id = new_batch_id() if id is None else _job_id(id)
         now = self.clock()
-        job = self._new_job(list(steps), job_id, _lane(lane), 0.0, None, None, "", now)
+        job = self._new_job(list(steps), job_id, _lane(lane), delay, max_attempts, timeout, "", now)
         self._jobs.submit_jobs(self.spec, [job], None, now)
         return job_id
 
