@@ -122,6 +122,27 @@ class Jobs:
     def __repr__(self) -> str:
         return f"Jobs({self.name!r}, store={self.store.url!r})"
 
+    @classmethod
+    def open(cls, store: Store, name: str, *, clock: Clock = system_clock) -> Jobs:
+        """The job queue ``name`` with the attempts and lease ``store`` holds for it, for tools
+        and operators (as ``Batcher.open``): it reads, submits, cancels and cleans up, and
+        registers no function. Its other settings are the defaults. Reads the store once.
+
+        Raises:
+            NotFound: The store holds no rules for ``name``: no job was ever submitted to
+                it and no worker ever ran it.
+            ConfigError: ``name`` is not a valid queue name, or the store keeps no jobs.
+            StoreUnavailable: The store could not be reached in time.
+        """
+        if not isinstance(store, JobStore):
+            raise ConfigError(f"the store {store.url} does not support jobs")
+        rules = store.stored_rules(JOBS_PREFIX + check_name(name))
+        if rules is None:
+            raise NotFound(f"no job queue {name!r} in {store.url}: no job was submitted, no worker ran it")
+        jobs = cls(store, name, max_attempts=rules.max_attempts, lease=rules.lease_ms / 1000, clock=clock)
+        jobs.adopt_rules(rules)
+        return jobs
+
     @property
     def _jobs(self) -> JobStore:
         if not isinstance(self.store, JobStore):

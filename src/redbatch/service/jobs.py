@@ -25,9 +25,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 
-from redbatch.checks import check_name
 from redbatch.errors import ConfigError, NotFound
-from redbatch.jobrecords import JOBS_PREFIX
 from redbatch.jobs import MAX_JOB_ID, Jobs, Member
 from redbatch.jobtypes import Job
 from redbatch.service.auth import require_token
@@ -56,9 +54,8 @@ MAX_PAGE = 1000
 class JobRegistry:
     """The job queues the service knows: those it was given, then any the store has rules for.
 
-    A queue found only in the store is opened with the attempts and lease its worker
-    published, and its other settings (lanes' head start, retention) at their defaults,
-    which only a worker's own ``Jobs`` applies.
+    A queue found only in the store is opened with ``Jobs.open``: the attempts and lease its
+    worker published, its other settings (lanes' head start, retention) the defaults.
     """
 
     def __init__(self, store: Store, queues: Iterable[Jobs] = ()) -> None:
@@ -82,14 +79,9 @@ class JobRegistry:
         if jobs is not None:
             return jobs
         try:
-            check_name(name)
+            opened = Jobs.open(self.store, name)
         except ConfigError:
             raise NotFound(f"no job queue {name!r}: not a valid queue name") from None
-        rules = self.store.stored_rules(JOBS_PREFIX + name)
-        if rules is None:
-            raise NotFound(f"no job queue {name!r}: no worker or producer has used it on this store")
-        opened = Jobs(self.store, name, max_attempts=rules.max_attempts, lease=rules.lease_ms / 1000)
-        opened.adopt_rules(rules)
         with self._lock:
             return self._queues.setdefault(name, opened)
 
