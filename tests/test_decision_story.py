@@ -57,7 +57,10 @@ def serve(url: str, env: dict[str, str], logs: Path) -> Iterator[tuple[str, subp
     with logs.open("ab") as stderr:
         process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
-        wait_healthy(f"http://127.0.0.1:{port}")
+        try:
+            wait_healthy(f"http://127.0.0.1:{port}")
+        except RuntimeError:
+            raise AssertionError(f"the server did not start: {logs.read_text()[-3000:]}") from None
         yield f"http://127.0.0.1:{port}", process
     finally:
         if process.poll() is None:
@@ -76,7 +79,8 @@ def test_a_process_survives_a_server_restart(
         store.close()
         pytest.skip(f"{type(store).__name__} has no job operations yet")
     store.close()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "REDBATCH_API_TOKEN": TOKEN}
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "REDBATCH_API_TOKEN": TOKEN}
     env |= {"DECISION_STAGE_SECONDS": "0.4", "DECISION_LEASE": "1"}
     env |= {"REDBATCH_PREFIX": options["prefix"]} if "prefix" in options else {}
     logs = tmp_path / "servers.log"
