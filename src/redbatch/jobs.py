@@ -129,8 +129,8 @@ class Jobs:
         registers no function. Its other settings are the defaults. Reads the store once.
 
         Raises:
-            NotFound: The store holds no rules for ``name``: no job was ever submitted to
-                it and no worker ever ran it.
+            NotFound: The store holds no rules for ``name`` (no worker ever ran it) and
+                no job in it.
             ConfigError: ``name`` is not a valid queue name, or the store keeps no jobs.
             StoreUnavailable: The store could not be reached in time.
         """
@@ -138,7 +138,11 @@ class Jobs:
             raise ConfigError(f"the store {store.url} does not support jobs")
         rules = store.stored_rules(JOBS_PREFIX + check_name(name))
         if rules is None:
-            raise NotFound(f"no job queue {name!r} in {store.url}: no job was submitted, no worker ran it")
+            # Not every store records rules on submit: a queue that holds jobs exists too.
+            jobs = cls(store, name, clock=clock)
+            if not any(store.job_counts(jobs.spec).values()):
+                raise NotFound(f"no job queue {name!r} in {store.url}: it holds no jobs, no worker ran it")
+            return jobs
         jobs = cls(store, name, max_attempts=rules.max_attempts, lease=rules.lease_ms / 1000, clock=clock)
         jobs.adopt_rules(rules)
         return jobs
