@@ -6,7 +6,7 @@ An error prints one red line, no traceback, and exits with a code that says what
 - 0: done.
 - 1: any other redbatch error (``ConfigError`` for a bad URL or setting, a Redis error, ...).
 - 2: a usage error: typer's (a missing argument, an unknown option), or a module that
-  defines no batcher with a handler.
+  defines no batcher with a handler nor job queue with a function.
 - 3: ``NotFound``: something named does not exist (a dead letter's id, ...).
 - 4: ``StoreUnavailable``: the store cannot be reached, or refuses writes.
 """
@@ -38,6 +38,7 @@ from rich.table import Table
 from redbatch.batcher import Batcher
 from redbatch.demo import DemoOptions, demo_service, run_demo
 from redbatch.errors import NotFound, RedbatchError, StoreUnavailable
+from redbatch.jobs import Jobs
 from redbatch.logs import LOG_FORMAT_ENV, LogFormat, json_handler, log_format_from_env
 from redbatch.metrics import instrument, serve_metrics
 from redbatch.stores import Store, connect
@@ -220,22 +221,25 @@ def _import_file(path: Path) -> ModuleType:
     return module
 
 
-def module_batchers(module: ModuleType) -> list[Batcher]:
-    """The Batchers with a handler that ``module`` defines at module level (each once)."""
-    found: dict[int, Batcher] = {}
+def module_batchers(module: ModuleType) -> list[Batcher | Jobs]:
+    """The Batchers with a handler and the job queues (``Jobs``) with a function that
+    ``module`` defines at module level (each once)."""
+    found: dict[int, Batcher | Jobs] = {}
     for value in vars(module).values():
-        if isinstance(value, Batcher):
+        if isinstance(value, Batcher | Jobs):
             found.setdefault(id(value), value)
-    batchers = []
+    batchers: list[Batcher | Jobs] = []
     for batcher in found.values():
-        if batcher.handler_fn is None:
+        if isinstance(batcher, Batcher) and batcher.handler_fn is None:
             err_console.print(f"[yellow]skipping batcher {batcher.name!r}: it has no handler[/]")
+        elif isinstance(batcher, Jobs) and not batcher.functions:
+            err_console.print(f"[yellow]skipping job queue {batcher.name!r}: it has no function[/]")
         else:
             batchers.append(batcher)
     return batchers
 
 
-def load_batchers(target: str) -> list[Batcher]:
+def load_batchers(target: str) -> list[Batcher | Jobs]:
     try:
         module = import_target(target)
     except (RedbatchError, typer.Exit):
@@ -245,7 +249,7 @@ def load_batchers(target: str) -> list[Batcher]:
         fail(f"cannot import {target!r}: {type(exc).__name__}: {exc}")
     batchers = module_batchers(module)
     if not batchers:
-        fail(f"{target!r} defines no redbatch.Batcher with a handler at module level")
+        fail(f"{target!r} defines no redbatch.Batcher with a handler nor redbatch.Jobs with a function")
     stores = {id(b.store): b.store for b in batchers}
     if len(stores) > 1:
         urls = ", ".join(f"{b.name} on {b.store.url}" for b in batchers)
@@ -275,7 +279,8 @@ def worker(
         LogFormatChoice, typer.Option(envvar=LOG_FORMAT_ENV, help="text, or one JSON object per line.")
     ] = LogFormatChoice.text,
 ) -> None:
-    """Run the handlers of every Batcher MODULE defines, until SIGTERM or Ctrl-C."""
+    """Run the handlers of every Batcher and the functions of every Jobs queue MODULE
+    defines, until SIGTERM or Ctrl-C."""
     if url is not None:
         os.environ["REDBATCH_URL"] = url
     configure_logging(logging.INFO, "json" if log_format is LogFormatChoice.json else "text")
@@ -319,7 +324,9 @@ def serve(
     module: Annotated[
         str | None,
         typer.Option(
-            "--worker", help="Also run the handlers of MODULE's batchers, in-process.", show_default=False
+            "--worker",
+            help="Also run MODULE's batchers and job queues in-process, and serve them.",
+            show_default=False,
         ),
     ] = None,
     host: Annotated[
@@ -350,6 +357,7 @@ def serve(
         os.environ["REDBATCH_URL"] = url
     configure_logging(logging.INFO)
     runner = load = None
+    registry = None
     if demo:
         if module is not None:
             fail("--demo runs the demo's own worker: leave out --worker")
@@ -360,7 +368,11 @@ def serve(
     elif module is not None:
         batchers = load_batchers(module)
         store = batchers[0].store
-        runner = Worker(store, batchers, concurrency=concurrency, handle_signals=False)
+        instruments = instrument(batchers)
+        registry = instruments.registry
+        runner = Worker(
+            store, batchers, concurrency=concurrency, handle_signals=False, hooks=instruments.hooks
+        )
     else:
         store = connect(url)
     auth = "bearer token required for writes" if settings.api_token else "no token: writes are open"
@@ -368,7 +380,11 @@ def serve(
     err_console.print(f"dashboard: http://{host}:{port}/", soft_wrap=True, highlight=False)
     try:
         application = create_app(
-            store, worker=runner, token=settings.api_token, max_body=settings.max_body_bytes
+            store,
+            worker=runner,
+            token=settings.api_token,
+            max_body=settings.max_body_bytes,
+            metrics=registry,
         )
         if load is not None:
             load.start()
@@ -509,5 +525,17 @@ def dead_letters_purge(
     console.print(f"purged {count} dead letters of {batcher!r}")
 
 
+# ---------------------------------------------------------------- jobs and groups
+
+# Registered last: the commands' module reuses this one's options and helpers. Run as
+# ``python -m redbatch.cli``, this file is ``__main__``: it hands over to the module proper
+# (which has every command) rather than import the jobs commands into a second copy.
 if __name__ == "__main__":
-    app()
+    from redbatch.cli import app as _app  # the module proper, see above
+
+    _app()
+else:
+    from redbatch.cli_jobs import groups_app, jobs_app
+
+    app.add_typer(jobs_app, name="jobs")
+    app.add_typer(groups_app, name="groups")

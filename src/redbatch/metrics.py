@@ -37,11 +37,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from redbatch.batcher import Batcher
 from redbatch.errors import ConfigError
 from redbatch.hooks import HandlerOutcome, SettleOutcome, WorkerHooks
+from redbatch.jobs import Jobs
 
 if TYPE_CHECKING:
-    from redbatch.batcher import Batcher
     from redbatch.types import ClaimedBatch
 
 log = logging.getLogger("redbatch.metrics")
@@ -140,12 +141,12 @@ class PrometheusHooks(WorkerHooks):
     def _counter(self, name: str, help_text: str, labels: Sequence[str] = ("batcher",)) -> Counter:
         return Counter(name, help_text, labels, registry=self.registry)
 
-    def track(self, batcher: Batcher) -> None:
+    def track(self, batcher: Batcher | Jobs) -> None:
         """Export ``batcher``'s series now, at 0, rather than from its first batch on, so
         that rates and alerts see a worker that has done nothing yet."""
         self._of(batcher)
 
-    def _of(self, batcher: Batcher) -> _Children:
+    def _of(self, batcher: Batcher | Jobs) -> _Children:
         """The labelled children of one batcher, made once: ``labels()`` costs a lock each call."""
         children = self._children.get(batcher.name)
         if children is None:
@@ -323,17 +324,40 @@ class Instruments:
     registry: CollectorRegistry
 
 
+def jobs_source(queues: Sequence[Jobs]) -> MetricSource:
+    """A source of ``redbatch_jobs{queue,status}``: each job queue's jobs by status, one
+    store read per queue per scrape (``Jobs.counts``, served by the stores' indexes)."""
+
+    def collect() -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "redbatch_jobs", "Jobs by status, in the store.", labels=["queue", "status"]
+        )
+        for queue in queues:
+            try:
+                counts = queue.counts()
+            except Exception as exc:  # noqa: BLE001 - a scrape reports the failure, never raises it
+                log.warning("metrics: counting the jobs of %s failed: %s", queue.name, exc)
+                continue
+            for status, count in counts.items():
+                family.add_metric([queue.name, status], count)
+        return [family]
+
+    return collect
+
+
 def instrument(
-    batchers: Sequence[Batcher],
+    batchers: Sequence[Batcher | Jobs],
     registry: CollectorRegistry | None = None,
     sources: Iterable[MetricSource] = (),
 ) -> Instruments:
-    """The hooks and the queue collector of ``batchers``, on one registry.
+    """The hooks and the queue collector of ``batchers`` (and job queues), on one registry.
 
     Args:
-        batchers: The batchers the worker runs (or the service adds to).
+        batchers: The batchers and ``Jobs`` queues the worker runs (or the service serves).
+            A job queue's attempts count under its name like a batcher's, and its jobs by
+            status are ``redbatch_jobs``.
         registry: Where to register; default a new one.
-        sources: More metric sources for the collector (the jobs' counts, ...).
+        sources: More metric sources for the collector.
 
     Returns:
         ``Instruments``: pass ``.hooks`` to the ``Worker``, serve ``.registry``.
@@ -341,7 +365,9 @@ def instrument(
     hooks = PrometheusHooks(registry)
     for batcher in batchers:
         hooks.track(batcher)
-    collector = QueueCollector(batchers, sources)
+    queues = [b for b in batchers if isinstance(b, Jobs)]
+    all_sources = [*sources, jobs_source(queues)] if queues else list(sources)
+    collector = QueueCollector([b for b in batchers if isinstance(b, Batcher)], all_sources)
     hooks.registry.register(collector)
     return Instruments(hooks, collector, hooks.registry)
 
