@@ -196,7 +196,7 @@ def test_a_chain_advances_step_by_step_in_one_step_each(store: Store, clock: Fak
 
 
 def test_cancel_a_pending_job_drops_it_and_a_running_one_is_asked(store: Store, clock: FakeClock) -> None:
-    q = spec()
+    q = spec(lease_ms=60_000)  # the running job's lease outlasts the 10 s this test waits
     submit(store, q, clock, "running", "retrying")
     claimed = claim(store, q, clock)
     assert store.fail(q, claimed["retrying"].lease, clock.now, "boom", clock.now + 5000)
