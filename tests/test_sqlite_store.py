@@ -245,7 +245,7 @@ def test_a_version_1_file_gains_the_rules_table_and_keeps_its_data(tmp_path: Pat
         conn.execute("PRAGMA user_version = 1")
     conn.close()
     store = SQLiteStore(str(path))
-    assert store._conn().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert store._conn().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     assert store.stored_rules("b") is None
     store.append(SPEC, entries("k", 2), 10)
     assert store.stored_rules("b") == SPEC
@@ -288,7 +288,7 @@ def test_a_version_2_file_renames_its_buffered_column_and_keeps_its_counters(tmp
     _version_2_file(path)
     store = SQLiteStore(str(path))
     conn = store._conn()
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     columns = [row[1] for row in conn.execute("PRAGMA table_info(queues)")]
     assert "buffered_items" in columns and "buffered" not in columns
     assert store.counters(SPEC) == QueueCounters(
