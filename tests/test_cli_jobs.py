@@ -24,8 +24,6 @@ Env = tuple[str, dict[str, str], Store]
 
 
 def queue(store: Store) -> redbatch.Jobs:
-    if not hasattr(store, "submit_jobs"):
-        pytest.skip(f"{type(store).__name__} has no job operations yet")
     jobs = redbatch.Jobs(store, "work", max_attempts=1, lease=5)
 
     @jobs.function

@@ -75,9 +75,6 @@ def test_a_process_survives_a_server_restart(
 ) -> None:
     url, options = store_factory
     store = redbatch.connect(url, **options)
-    if not hasattr(store, "submit_jobs"):
-        store.close()
-        pytest.skip(f"{type(store).__name__} has no job operations yet")
     store.close()
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "PYTHONPATH": path, "REDBATCH_API_TOKEN": TOKEN}

@@ -56,7 +56,82 @@ class Waiter(Protocol):
 
 
 @runtime_checkable
-class Store(Protocol):
+class JobStore(Protocol):
+    """The job operations every store offers beside ``Store``'s (see ``redbatch.jobrecords``
+    for the model and ``redbatch.engine.JOB_TRANSITIONS`` for the rule every step follows).
+
+    ``spec`` is always a job queue's (``jobrecords.is_jobs(spec.name)``). On such a spec the
+    engine operations ``claim_due`` and ``fail`` (and ``heartbeat``, unchanged) also keep
+    the job records, in the same atomic step: ``claim_due`` moves a job to running (and
+    buries a lapsed one by the job's own ``max_attempts``, moving it to failed), ``fail``
+    to pending (a retry) or failed (dead). Their signatures do not change. Jobs are
+    acknowledged with ``finish_jobs``, never ``ack``.
+    """
+
+    def submit_jobs(
+        self, spec: QueueSpec, jobs: Sequence[NewJob], group: NewGroup | None, now_ms: int
+    ) -> list[bool]:
+        """Create jobs (and their group) in one atomic step; True for each job created.
+
+        A job whose id exists is left as it is (False), whatever its status: submitting an
+        id again is idempotent. With ``group``: when a group of that id exists, nothing at
+        all is created (all False); else the group is created with the jobs as its members
+        (their ``NewJob.group`` is its id), counting each created one as pending. An empty
+        group (no jobs) is finished at once and submits its callback. Each job created gets
+        one entry, its payload, under key ``id``, at deadline score ``score_ms`` (which may
+        be in the past: a lane's head start), and wakes workers like an append.
+        """
+
+    def finish_jobs(self, spec: QueueSpec, outcomes: Sequence[JobOutcome], now_ms: int) -> list[bool]:
+        """The ``ack`` of jobs: end each running job as its outcome says, in one step.
+
+        False (and nothing changed) for each lease no longer held. Every held one goes
+        through the engine's ``ack`` transition (counters included) and its record moves as
+        ``JOB_TRANSITIONS['finish_*']`` says; an ADVANCE appends ``next_payload`` under the
+        same key at ``next_score_ms`` in the same step. A member finishing its group submits
+        the group's callback (once per round).
+        """
+
+    def job_progress(self, spec: QueueSpec, lease: Lease, fraction: float | None, message: str) -> bool:
+        """Record a running job's progress; False (nothing changed) when the lease is lost."""
+
+    def cancel_job(self, spec: QueueSpec, job_id: str, now_ms: int) -> JobStatus:
+        """Cancel a job: a pending one is cancelled at once (its entry or waiting batch is
+        dropped), a running one is asked to stop (``cancel_requested``). Returns the status
+        the job has after the call; a finished job is left as it is. Raises ``NotFound``
+        for an unknown id."""
+
+    def retry_jobs(self, spec: QueueSpec, job_ids: Sequence[str], lane: Lane | None, score_ms: int,
+                   now_ms: int) -> list[str]:  # fmt: skip
+        """Put failed jobs back to pending: each gets its record's payload appended anew at
+        ``score_ms`` (in ``lane`` when given), attempt 0, its dead letter (if still held)
+        purged. Ids of jobs that are not failed (or unknown) are skipped. Returns the ids
+        retried. Members of a finished group reopen it (a new round)."""
+
+    def get_jobs(self, spec: QueueSpec, job_ids: Sequence[str]) -> list[JobRecord | None]:
+        """Records by id, None for each unknown id. One round trip."""
+
+    def list_jobs(self, spec: QueueSpec, status: JobStatus | None, group: str | None, limit: int,
+                  cursor: str | None) -> JobPage:  # fmt: skip
+        """Jobs newest first (by created_at, then id), optionally of one status and/or one
+        group, ``limit`` at a time; pass the page's cursor back for the next. Served by an
+        index, never a scan of every job. A cursor from another query raises ConfigError."""
+
+    def job_counts(self, spec: QueueSpec) -> dict[JobStatus, int]:
+        """How many jobs hold each status (every status present, 0 included)."""
+
+    def get_group(self, spec: QueueSpec, group_id: str) -> GroupRecord | None: ...
+
+    def cleanup_jobs(self, spec: QueueSpec, finished_before_ms: int, limit: int) -> int:
+        """Delete up to ``limit`` finished jobs that finished before ``finished_before_ms``,
+        oldest first, with a failed one's dead letter. A group member goes only with its
+        whole group, once the group finished before then (the group record, every member
+        and its callback jobs at once); members of an open group are kept. Returns how many
+        job records were deleted."""
+
+
+@runtime_checkable
+class Store(JobStore, Protocol):
     """Where all of redbatch's state lives. See the module docstring for the model."""
 
     url: str
@@ -166,81 +241,6 @@ class Store(Protocol):
         """A waiter woken when a key of one of these batchers may have become due."""
 
     def close(self) -> None: ...
-
-
-@runtime_checkable
-class JobStore(Protocol):
-    """The job operations every store offers beside ``Store``'s (see ``redbatch.jobrecords``
-    for the model and ``redbatch.engine.JOB_TRANSITIONS`` for the rule every step follows).
-
-    ``spec`` is always a job queue's (``jobrecords.is_jobs(spec.name)``). On such a spec the
-    engine operations ``claim_due`` and ``fail`` (and ``heartbeat``, unchanged) also keep
-    the job records, in the same atomic step: ``claim_due`` moves a job to running (and
-    buries a lapsed one by the job's own ``max_attempts``, moving it to failed), ``fail``
-    to pending (a retry) or failed (dead). Their signatures do not change. Jobs are
-    acknowledged with ``finish_jobs``, never ``ack``.
-    """
-
-    def submit_jobs(
-        self, spec: QueueSpec, jobs: Sequence[NewJob], group: NewGroup | None, now_ms: int
-    ) -> list[bool]:
-        """Create jobs (and their group) in one atomic step; True for each job created.
-
-        A job whose id exists is left as it is (False), whatever its status: submitting an
-        id again is idempotent. With ``group``: when a group of that id exists, nothing at
-        all is created (all False); else the group is created with the jobs as its members
-        (their ``NewJob.group`` is its id), counting each created one as pending. An empty
-        group (no jobs) is finished at once and submits its callback. Each job created gets
-        one entry, its payload, under key ``id``, at deadline score ``score_ms`` (which may
-        be in the past: a lane's head start), and wakes workers like an append.
-        """
-
-    def finish_jobs(self, spec: QueueSpec, outcomes: Sequence[JobOutcome], now_ms: int) -> list[bool]:
-        """The ``ack`` of jobs: end each running job as its outcome says, in one step.
-
-        False (and nothing changed) for each lease no longer held. Every held one goes
-        through the engine's ``ack`` transition (counters included) and its record moves as
-        ``JOB_TRANSITIONS['finish_*']`` says; an ADVANCE appends ``next_payload`` under the
-        same key at ``next_score_ms`` in the same step. A member finishing its group submits
-        the group's callback (once per round).
-        """
-
-    def job_progress(self, spec: QueueSpec, lease: Lease, fraction: float | None, message: str) -> bool:
-        """Record a running job's progress; False (nothing changed) when the lease is lost."""
-
-    def cancel_job(self, spec: QueueSpec, job_id: str, now_ms: int) -> JobStatus:
-        """Cancel a job: a pending one is cancelled at once (its entry or waiting batch is
-        dropped), a running one is asked to stop (``cancel_requested``). Returns the status
-        the job has after the call; a finished job is left as it is. Raises ``NotFound``
-        for an unknown id."""
-
-    def retry_jobs(self, spec: QueueSpec, job_ids: Sequence[str], lane: Lane | None, score_ms: int,
-                   now_ms: int) -> list[str]:  # fmt: skip
-        """Put failed jobs back to pending: each gets its record's payload appended anew at
-        ``score_ms`` (in ``lane`` when given), attempt 0, its dead letter (if still held)
-        purged. Ids of jobs that are not failed (or unknown) are skipped. Returns the ids
-        retried. Members of a finished group reopen it (a new round)."""
-
-    def get_jobs(self, spec: QueueSpec, job_ids: Sequence[str]) -> list[JobRecord | None]:
-        """Records by id, None for each unknown id. One round trip."""
-
-    def list_jobs(self, spec: QueueSpec, status: JobStatus | None, group: str | None, limit: int,
-                  cursor: str | None) -> JobPage:  # fmt: skip
-        """Jobs newest first (by created_at, then id), optionally of one status and/or one
-        group, ``limit`` at a time; pass the page's cursor back for the next. Served by an
-        index, never a scan of every job. A cursor from another query raises ConfigError."""
-
-    def job_counts(self, spec: QueueSpec) -> dict[JobStatus, int]:
-        """How many jobs hold each status (every status present, 0 included)."""
-
-    def get_group(self, spec: QueueSpec, group_id: str) -> GroupRecord | None: ...
-
-    def cleanup_jobs(self, spec: QueueSpec, finished_before_ms: int, limit: int) -> int:
-        """Delete up to ``limit`` finished jobs that finished before ``finished_before_ms``,
-        oldest first, with a failed one's dead letter. A group member goes only with its
-        whole group, once the group finished before then (the group record, every member
-        and its callback jobs at once); members of an open group are kept. Returns how many
-        job records were deleted."""
 
 
 def replaced_rules(name: str, record: Mapping[str, Any] | None) -> QueueSpec | None:

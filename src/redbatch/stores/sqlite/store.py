@@ -3,7 +3,8 @@
 ``SQLiteStore`` opens the transaction (``_write`` or ``_read``, from ``connection.Database``)
 and runs the operation's SQL in it: producing, claiming, the lease holders' heartbeat, ack
 and fail, and the operators' clear, flush, peek and counters. Dead letters' steps are in
-``dead_letters``.
+``dead_letters``; the job operations (``JobStore``) in ``jobs``, whose record steps
+``claim_due`` and ``fail`` also take on a job queue (``is_jobs(spec.name)``).
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from typing import Any
 
 from redbatch.engine import due_at, wakes
 from redbatch.errors import ConfigError
+from redbatch.jobrecords import is_jobs
 from redbatch.stores.base import LEASE_EXPIRED_ERROR, RulesChanged, Waiter, new_batch_id, replaced_rules
 from redbatch.stores.sqlite import dead_letters as letters
-from redbatch.stores.sqlite.connection import SYNCHRONOUS, Database, Tx, sqlite_path
+from redbatch.stores.sqlite import jobs
+from redbatch.stores.sqlite.connection import SYNCHRONOUS, Tx, sqlite_path
 from redbatch.stores.sqlite.schema import (
     CHUNK,
     COUNTERS,
@@ -47,7 +50,7 @@ _RESCHEDULE_IDLE_KEYS = (
 )
 
 
-class SQLiteStore(Database):
+class SQLiteStore(jobs.JobOperations):
     """Batching state in one SQLite file, shared safely by the processes of one host.
 
     ``path`` is a file path or a ``sqlite://`` URL; ``busy_timeout`` is how many seconds a
@@ -111,7 +114,8 @@ class SQLiteStore(Database):
         with self._write() as tx:
             row = self._rules_row(tx.cur, spec.name)
             self._record_rules(tx.cur, spec, now_ms)  # the same rules too: repairs a hand-edited row
-            if row is None or row["version"] != spec.version:
+            # A job's deadline is its own score (its lane, its delay), never the batching rule.
+            if (row is None or row["version"] != spec.version) and not is_jobs(spec.name):
                 params = {**spec.rules(), "name": spec.name, "now": now_ms}
                 tx.wake = tx.cur.execute(_RESCHEDULE_IDLE_KEYS, params).rowcount > 0
         return replaced_rules(spec.name, None if row is None else dict(zip(row.keys(), row, strict=True)))
@@ -215,11 +219,15 @@ class SQLiteStore(Database):
         return claimed
 
     def _lease(self, tx: Tx, spec: QueueSpec, row: Any, now_ms: int) -> ClaimedBatch | None:
-        key_id, batch_id = row["id"], row["batch_id"]
-        if batch_id is not None and row["running"] and row["attempt"] >= spec.max_attempts:
-            # transition: bury_lapsed
+        key_id, batch_id, job_queue = row["id"], row["batch_id"], is_jobs(spec.name)
+        lapsed = batch_id is not None and row["running"]
+        allowed = jobs.max_attempts(tx, spec, row["key"]) if lapsed and job_queue else spec.max_attempts
+        if lapsed and row["attempt"] >= allowed:
+            # transition: bury_lapsed (a job by its own max_attempts)
             tx.add(in_flight=-1)
             letters.bury(tx, key_id, LEASE_EXPIRED_ERROR, now_ms)
+            if job_queue:  # job: bury_lapsed
+                jobs.failed(tx, spec, row["key"], LEASE_EXPIRED_ERROR, batch_id, now_ms)
             self._reschedule(tx, spec, key_id, now_ms)
             return None
         if batch_id is None:  # transition: claim
@@ -238,6 +246,8 @@ class SQLiteStore(Database):
             (token, now_ms + spec.lease_ms, key_id),
         )
         meta = tx.cur.execute("SELECT attempt, created_at FROM keys WHERE id = ?", (key_id,)).fetchone()
+        if job_queue:  # job: claim, claim_retry, reclaim
+            jobs.claimed(tx, spec, row["key"], meta["attempt"], now_ms)
         items = batch_items(tx.cur, batch_id)
         return ClaimedBatch(
             Lease(row["key"], batch_id, token),
@@ -297,6 +307,7 @@ class SQLiteStore(Database):
     def heartbeat(self, spec: QueueSpec, leases: Sequence[Lease], lease_until_ms: int) -> list[bool]:
         with self._write(spec.name) as tx:
             # transition: heartbeat
+            # job: heartbeat (a job's record does not change: its lease is the key's)
             return [
                 tx.cur.execute(
                     "UPDATE keys SET due_at = ? WHERE queue = ? AND key = ? AND batch_id = ?"
@@ -350,6 +361,9 @@ class SQLiteStore(Database):
                     (error, retry_at_ms, row["id"]),
                 )
                 tx.add(retrying=1)
+            if is_jobs(spec.name):  # job: fail_dead, fail_retry
+                dead_letter = lease.batch_id if retry_at_ms is None else None
+                jobs.failed(tx, spec, lease.key, error, dead_letter, now_ms)
             return True
 
     @staticmethod
@@ -368,25 +382,27 @@ class SQLiteStore(Database):
 
     def clear(self, spec: QueueSpec, key: str) -> int:
         with self._write(spec.name) as tx:
-            row = tx.cur.execute(
-                "SELECT id, batch_id, running, batch_size FROM keys WHERE queue = ? AND key = ?",
-                (spec.name, key),
-            ).fetchone()
-            if row is None:
-                return 0
-            # transition: clear
-            dropped = tx.cur.execute("DELETE FROM pending WHERE key_id = ?", (row["id"],)).rowcount
-            tx.cur.execute("UPDATE keys SET pending = 0, first_at = NULL WHERE id = ?", (row["id"],))
-            tx.add(buffered_items=-dropped)
-            if row["batch_id"] is not None and not row["running"]:
-                tx.cur.execute("DELETE FROM batch_items WHERE batch_id = ?", (row["batch_id"],))
-                dropped += row["batch_size"]
-                tx.add(retrying=-1)
-                tx.cur.execute(END_BATCH, (row["id"],))
-            if row["batch_id"] is None or not row["running"]:
-                tx.cur.execute("DELETE FROM keys WHERE id = ?", (row["id"],))
-                tx.add(open_keys=-1)
-            return dropped
+            return self._clear_key(tx, spec, key)
+
+    def _clear_key(self, tx: Tx, spec: QueueSpec, key: str) -> int:
+        row = tx.cur.execute(
+            "SELECT id, batch_id, running, batch_size FROM keys WHERE queue = ? AND key = ?", (spec.name, key)
+        ).fetchone()
+        if row is None:
+            return 0
+        # transition: clear
+        dropped = tx.cur.execute("DELETE FROM pending WHERE key_id = ?", (row["id"],)).rowcount
+        tx.cur.execute("UPDATE keys SET pending = 0, first_at = NULL WHERE id = ?", (row["id"],))
+        tx.add(buffered_items=-dropped)
+        if row["batch_id"] is not None and not row["running"]:
+            tx.cur.execute("DELETE FROM batch_items WHERE batch_id = ?", (row["batch_id"],))
+            dropped += row["batch_size"]
+            tx.add(retrying=-1)
+            tx.cur.execute(END_BATCH, (row["id"],))
+        if row["batch_id"] is None or not row["running"]:
+            tx.cur.execute("DELETE FROM keys WHERE id = ?", (row["id"],))
+            tx.add(open_keys=-1)
+        return dropped
 
     def flush(self, spec: QueueSpec, key: str | None, now_ms: int) -> int:
         where = "queue = ? AND batch_id IS NULL AND pending > 0" + ("" if key is None else " AND key = ?")
