@@ -7,6 +7,9 @@ from importlib import resources
 from typing import Any
 
 import redis
+import redis.asyncio
+import redis.asyncio.retry
+import redis.asyncio.sentinel
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
@@ -29,6 +32,16 @@ def new_client(url: str, connect_timeout: float, socket_timeout: float) -> redis
         socket_connect_timeout=connect_timeout,
         socket_timeout=socket_timeout,
         retry=Retry(NoBackoff(), 0),
+    )
+
+
+def new_async_client(url: str, connect_timeout: float, socket_timeout: float) -> redis.asyncio.Redis:
+    """``new_client`` on redis-py's asyncio client (for one event loop: see wire.py)."""
+    return redis.asyncio.Redis.from_url(
+        url,
+        socket_connect_timeout=connect_timeout,
+        socket_timeout=socket_timeout,
+        retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
     )
 
 
@@ -59,6 +72,35 @@ def new_sentinel_client(
     }
     sentinel = Sentinel(sentinels, sentinel_kwargs=dict(bounded), **bounded)  # type: ignore[no-untyped-call]
     client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        service,
+        username=username,
+        password=password,
+        db=db,
+        client_name=client_name,
+        **bounded,
+    )
+    return client
+
+
+def new_async_sentinel_client(
+    sentinels: list[tuple[str, int]],
+    service: str,
+    *,
+    username: str | None,
+    password: str | None,
+    db: int,
+    client_name: str | None,
+    connect_timeout: float,
+    socket_timeout: float,
+) -> redis.asyncio.Redis:
+    """``new_sentinel_client`` on redis-py's asyncio client (for one event loop)."""
+    bounded: dict[str, Any] = {
+        "socket_connect_timeout": connect_timeout,
+        "socket_timeout": socket_timeout,
+        "retry": redis.asyncio.retry.Retry(NoBackoff(), 0),
+    }
+    sentinel = redis.asyncio.sentinel.Sentinel(sentinels, sentinel_kwargs=dict(bounded), **bounded)  # type: ignore[no-untyped-call]
+    client: redis.asyncio.Redis = sentinel.master_for(
         service,
         username=username,
         password=password,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
 import redis
@@ -46,20 +46,49 @@ def unavailable(fn: Callable[P, T]) -> Callable[P, T]:
             try:
                 return fn(*args, **kwargs)
             except redis.ConnectionError as exc:
-                if type(exc) is not redis.ConnectionError:  # authentication, LOADING, ...
+                if not _dropped(exc):
                     raise
-                log.info("Redis connection dropped (%s); trying once more on a new one", exc)
                 return fn(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
-        except redis.ResponseError as exc:
-            # redis-py cuts the code off the replies it has a class for (READONLY, OOM, ...)
-            reply = str(exc)
-            code = exc.status_code or reply.split(" ", 1)[0]
-            if not reply.startswith(code):
-                reply = f"{code} {reply}"
-            if code in REFUSALS:
-                raise StoreUnavailable(f"Redis refused the command: {reply}") from exc
-            raise RedbatchError(f"Redis error: {reply}") from exc
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+            raise _translated(exc) from exc
 
     return wrapper
+
+
+def unavailable_async(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """``unavailable`` for a coroutine function (the asyncio client's operations)."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            try:
+                return await fn(*args, **kwargs)
+            except redis.ConnectionError as exc:
+                if not _dropped(exc):
+                    raise
+                return await fn(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+            raise _translated(exc) from exc
+
+    return wrapper
+
+
+def _dropped(exc: redis.ConnectionError) -> bool:
+    """Whether the connection merely dropped (worth one more try on a new one)."""
+    if type(exc) is not redis.ConnectionError:  # authentication, LOADING, ...
+        return False
+    log.info("Redis connection dropped (%s); trying once more on a new one", exc)
+    return True
+
+
+def _translated(exc: redis.RedisError) -> RedbatchError:
+    if not isinstance(exc, redis.ResponseError):
+        return StoreUnavailable(f"Redis is unavailable: {exc}")
+    # redis-py cuts the code off the replies it has a class for (READONLY, OOM, ...)
+    reply = str(exc)
+    code = exc.status_code or reply.split(" ", 1)[0]
+    if not reply.startswith(code):
+        reply = f"{code} {reply}"
+    if code in REFUSALS:
+        return StoreUnavailable(f"Redis refused the command: {reply}")
+    return RedbatchError(f"Redis error: {reply}")

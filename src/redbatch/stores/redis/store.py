@@ -13,6 +13,8 @@ ones; ``Rules`` (rules.py) and ``DeadLetters`` (dead_letters.py) hold the rest.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import heapq
 import logging
 from collections import Counter, defaultdict
@@ -20,15 +22,17 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
+import redis.asyncio
 
 from redbatch import engine
 from redbatch.stores.base import LEASE_EXPIRED_ERROR, RulesChanged, Waiter, mask_url, new_batch_id
-from redbatch.stores.redis.client import load_scripts, new_client
+from redbatch.stores.redis.client import load_scripts, new_async_client, new_client
 from redbatch.stores.redis.core import Partition, read_entry
 from redbatch.stores.redis.dead_letters import DeadLetters
-from redbatch.stores.redis.errors import unavailable
+from redbatch.stores.redis.errors import unavailable, unavailable_async
 from redbatch.stores.redis.rules import Rules
 from redbatch.stores.redis.waiter import RedisWaiter
+from redbatch.stores.redis.wire import AsyncClients, command, entry_frame, frame, framed, send, send_async
 from redbatch.types import ClaimedBatch, Entry, Lease, QueueCounters, QueueSpec
 
 log = logging.getLogger("redbatch.store.redis")
@@ -51,7 +55,9 @@ class RedisStore(Rules, DeadLetters):
     a Redis. ``partitions``: how many partitions (hash tags) each batcher's keys are spread
     over, a key's chosen by crc32. ``connect_timeout``, ``socket_timeout``: seconds to
     connect, and to wait for any one reply (client.py). ``client``: a redis-py client to use
-    instead of one built from ``url``, with whatever timeouts it has.
+    instead of one built from ``url``, with whatever timeouts it has; ``async_client``: what
+    makes its asyncio twin, one per event loop, for ``append_async`` (without it, a given
+    client's ``append_async`` runs ``append`` on a thread).
     """
 
     durable = True
@@ -65,11 +71,15 @@ class RedisStore(Rules, DeadLetters):
         connect_timeout: float = 3.0,
         socket_timeout: float = 10.0,
         client: redis.Redis | None = None,
+        async_client: Callable[[], redis.asyncio.Redis] | None = None,
     ) -> None:
         self.url = mask_url(url)
         self.prefix = prefix
         self.partitions = partitions
         self.client = client or new_client(url, connect_timeout, socket_timeout)
+        if async_client is None and client is None:
+            async_client = functools.partial(new_async_client, url, connect_timeout, socket_timeout)
+        self._async_clients = None if async_client is None else AsyncClients(async_client)
         self._scripts = load_scripts(self.client)
         self._parts = {}
 
@@ -81,6 +91,32 @@ class RedisStore(Rules, DeadLetters):
 
     @unavailable
     def append(self, spec: QueueSpec, entries: Sequence[Entry], now_ms: int) -> None:
+        packed = self._append_command(spec, entries, now_ms)
+        result = self._send_append(packed)
+        if result == _NO_RULES:  # the batcher's first append: record its rules, then retry
+            self._write_rules("record", spec, now_ms)
+            result = self._send_append(packed)
+        if result < 0:
+            raise RulesChanged(spec.name)
+
+    @unavailable_async
+    async def append_async(self, spec: QueueSpec, entries: Sequence[Entry], now_ms: int) -> None:
+        """``append`` on this event loop's asyncio client: the same script and command."""
+        if self._async_clients is None:  # a client given without an asyncio one
+            await asyncio.to_thread(self.append, spec, entries, now_ms)
+            return
+        client = self._async_clients.get()
+        packed = self._append_command(spec, entries, now_ms)
+        result = await self._send_append_async(client, packed)
+        if result == _NO_RULES:  # rare: a thread rather than a second copy of the rules code
+            await asyncio.to_thread(self._write_rules, "record", spec, now_ms)
+            result = await self._send_append_async(client, packed)
+        if result < 0:
+            raise RulesChanged(spec.name)
+
+    def _append_command(self, spec: QueueSpec, entries: Sequence[Entry], now_ms: int) -> bytes:
+        """append.lua's EVALSHA, framed (see wire.py): one script over every partition the
+        entries fall in, so all or none in one round trip."""
         by_part: dict[Partition, dict[str, list[Entry]]] = defaultdict(dict)
         for entry in entries:
             keyed = by_part[self._partition_of(spec.name, entry.key)]
@@ -89,24 +125,38 @@ class RedisStore(Rules, DeadLetters):
                 keyed[entry.key] = [entry]
             else:
                 group.append(entry)
-        # One script over every partition the entries fall in: all or none, one round trip.
         keys: list[str] = []
-        args: list[Any] = [
-            now_ms, *self._rule_args(spec), int(spec.dedupe), self._channel(spec.name), spec.version
-        ]  # fmt: skip
+        body: list[bytes] = []
         stamp = b"%d:" % now_ms  # entries are "arrived_ms:digest:json", readable with redis-cli
+        plain = stamp + b":"  # without dedupe, every entry's digest is empty
         for part, keyed in by_part.items():
             keys += (part.due, part.age, part.stats, part.rules)
-            args += (part.base, len(keyed))
+            body += (frame(part.base), frame(len(keyed)))
             for key, group in keyed.items():
-                args += (key, len(group))
-                args += [b"%s%s:%s" % (stamp, e.digest.encode(), e.payload) for e in group]
-        result = int(self._eval("append", keys, args))
-        if result == _NO_RULES:  # the batcher's first append: record its rules, then retry
-            self._write_rules("record", spec, now_ms)
-            result = int(self._eval("append", keys, args))
-        if result < 0:
-            raise RulesChanged(spec.name)
+                body += (frame(key), frame(len(group)))
+                if spec.dedupe:
+                    body += [entry_frame(b"%b%b:" % (stamp, d.encode()), p) for _, p, d in group]
+                else:
+                    body += [b"$%d\r\n%b%b\r\n" % (len(plain) + len(p), plain, p) for _, p, _ in group]
+        head = [
+            "EVALSHA", self._scripts["append"].sha, len(keys), *keys,
+            now_ms, *self._rule_args(spec), int(spec.dedupe), self._channel(spec.name), spec.version,
+        ]  # fmt: skip
+        return command(len(head) + len(body), framed(head) + body)
+
+    def _send_append(self, packed: bytes) -> int:
+        try:
+            return int(send(self.client, packed))
+        except redis.exceptions.NoScriptError:  # Redis lost it (a restart, SCRIPT FLUSH)
+            self.client.script_load(self._scripts["append"].script)
+            return int(send(self.client, packed))
+
+    async def _send_append_async(self, client: redis.asyncio.Redis, packed: bytes) -> int:
+        try:
+            return int(await send_async(client, packed))
+        except redis.exceptions.NoScriptError:
+            await client.script_load(self._scripts["append"].script)
+            return int(await send_async(client, packed))
 
     # ------------------------------------------------------------------ claiming
 
@@ -342,3 +392,5 @@ class RedisStore(Rules, DeadLetters):
 
     def close(self) -> None:
         self.client.close()
+        if self._async_clients is not None:
+            self._async_clients.close()
