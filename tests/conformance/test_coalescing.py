@@ -26,6 +26,7 @@ class CountingStore:
         self.store = store
         self.delay = delay
         self.calls: list[int] = []
+        self.threads: list[int] = []
         self.before: dict[int, Callable[[], None]] = {}
         self._lock = threading.Lock()
 
@@ -53,6 +54,7 @@ class CountingStore:
     def _count(self, entries: Sequence[Entry]) -> None:
         with self._lock:
             self.calls.append(len(entries))
+            self.threads.append(threading.get_ident())
             number = len(self.calls)
         hook = self.before.get(number)
         if hook is not None:

@@ -105,7 +105,7 @@ class RedisStore(Rules, DeadLetters):
         if self._async_clients is None:  # a client given without an asyncio one
             await asyncio.to_thread(self.append, spec, entries, now_ms)
             return
-        client = self._async_clients.get()
+        client = await self._async_clients.get()
         packed = self._append_command(spec, entries, now_ms)
         result = await self._send_append_async(client, packed)
         if result == _NO_RULES:  # rare: a thread rather than a second copy of the rules code

@@ -23,7 +23,7 @@ import contextlib
 import socket
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import Any
 
 import redis
@@ -87,35 +87,55 @@ class AsyncClients:
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
+        self._closers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._closing: set[concurrent.futures.Future[None]] = set()
 
-    def get(self) -> redis.asyncio.Redis:
-        """The running loop's client."""
+    async def get(self) -> redis.asyncio.Redis:
+        """The running loop's client. It is closed when the loop shuts its asynchronous
+        generators down (``asyncio.run`` does, before closing the loop): a generator of
+        ours, suspended until then, holds the client and closes it in its ``finally``."""
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:
             with self._lock:
-                client = self._clients.get(loop)
-                if client is None:
-                    client = self._clients[loop] = self._factory()
+                client = self._factory()
+                self._clients[loop] = client
+            closer = _close_at_shutdown(client)
+            self._closers[loop] = closer
+            await closer.__anext__()
         return client
 
     def close(self) -> None:
-        """Close every loop's client, as far as its loop allows: a loop that is running
-        closes it soon (this may be called from one of its coroutines, or from another
-        thread), an idle one at once; a closed loop's sockets are shut down, and their file
-        descriptors freed when the garbage collector takes their transports."""
+        """Close every loop's client as far as its loop allows: a running loop (this thread's,
+        when a coroutine closes the store, or another thread's) closes it soon; an idle one
+        at once, unless this thread is inside another loop, which cannot wait for it. Else
+        (a closed loop) its sockets are shut down, their descriptors freed when the garbage
+        collector takes their transports."""
         with self._lock:
             clients, self._clients = list(self._clients.items()), weakref.WeakKeyDictionary()
+            self._closers = weakref.WeakKeyDictionary()
+        try:
+            inside_a_loop = asyncio.get_running_loop() is not None
+        except RuntimeError:
+            inside_a_loop = False
         for loop, client in clients:
-            if loop.is_closed():
-                _shut_down(client)
-            elif loop.is_running():
+            if loop.is_running():
                 future = asyncio.run_coroutine_threadsafe(client.aclose(), loop)
                 self._closing.add(future)  # held until done: a task nobody holds may vanish
                 future.add_done_callback(self._closing.discard)
+            elif loop.is_closed() or inside_a_loop:
+                _shut_down(client)
             else:
                 loop.run_until_complete(client.aclose())
+
+
+async def _close_at_shutdown(client: redis.asyncio.Redis) -> AsyncGenerator[None, None]:
+    try:
+        yield
+    finally:
+        await client.aclose()
 
 
 def _shut_down(client: redis.asyncio.Redis) -> None:
