@@ -100,17 +100,16 @@ class Producer:
         return Entry(key, payload, item_digest(item) if self.spec.dedupe else "")
 
     def _entries(self, items: Iterable[tuple[str, Any]]) -> list[Entry]:
-        """``_entry`` of each pair; a key repeated in the call is checked once."""
-        keys: dict[Any, str] = {}
-        dedupe, limit = self.spec.dedupe, self.max_item_bytes
+        """``_entry`` of each pair, as one loop: ``add_many``'s own cost per item. A key
+        repeated in the call is checked once; ``Entry._make`` is the C tuple constructor."""
+        keys: dict[str, str] = {}
+        dedupe, limit, make = self.spec.dedupe, self.max_item_bytes, Entry._make
         entries = []
         for key, item in items:
             checked = keys.get(key) if type(key) is str else None
             if checked is None:
-                checked = check_key(key)
-                keys[checked] = checked
-            digest = item_digest(item) if dedupe else ""
-            entries.append(Entry(checked, encode_item(item, limit), digest))
+                checked = keys[key] = check_key(key)
+            entries.append(make((checked, encode_item(item, limit), item_digest(item) if dedupe else "")))
         return entries
 
     def add(self, key: str, item: Any) -> None:

@@ -49,8 +49,11 @@ def unavailable(fn: Callable[P, T]) -> Callable[P, T]:
                 if not _dropped(exc):
                     raise
                 return fn(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
-            raise _translated(exc) from exc
+        except redis.RedisError as exc:
+            mapped = translated(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
 
     return wrapper
 
@@ -67,8 +70,11 @@ def unavailable_async(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]
                 if not _dropped(exc):
                     raise
                 return await fn(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
-            raise _translated(exc) from exc
+        except redis.RedisError as exc:
+            mapped = translated(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
 
     return wrapper
 
@@ -81,14 +87,17 @@ def _dropped(exc: redis.ConnectionError) -> bool:
     return True
 
 
-def _translated(exc: redis.RedisError) -> RedbatchError:
-    if not isinstance(exc, redis.ResponseError):
+def translated(exc: BaseException) -> RedbatchError | None:
+    """The redbatch error a redis-py failure means (see the table above); None for others."""
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
         return StoreUnavailable(f"Redis is unavailable: {exc}")
-    # redis-py cuts the code off the replies it has a class for (READONLY, OOM, ...)
-    reply = str(exc)
-    code = exc.status_code or reply.split(" ", 1)[0]
-    if not reply.startswith(code):
-        reply = f"{code} {reply}"
-    if code in REFUSALS:
-        return StoreUnavailable(f"Redis refused the command: {reply}")
-    return RedbatchError(f"Redis error: {reply}")
+    if isinstance(exc, redis.ResponseError):
+        # redis-py cuts the code off the replies it has a class for (READONLY, OOM, ...)
+        reply = str(exc)
+        code = exc.status_code or reply.split(" ", 1)[0]
+        if not reply.startswith(code):
+            reply = f"{code} {reply}"
+        if code in REFUSALS:
+            return StoreUnavailable(f"Redis refused the command: {reply}")
+        return RedbatchError(f"Redis error: {reply}")
+    return None

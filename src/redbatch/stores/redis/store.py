@@ -116,28 +116,44 @@ class RedisStore(Rules, DeadLetters):
 
     def _append_command(self, spec: QueueSpec, entries: Sequence[Entry], now_ms: int) -> bytes:
         """append.lua's EVALSHA, framed (see wire.py): one script over every partition the
-        entries fall in, so all or none in one round trip."""
-        by_part: dict[Partition, dict[str, list[Entry]]] = defaultdict(dict)
-        for entry in entries:
-            keyed = by_part[self._partition_of(spec.name, entry.key)]
-            group = keyed.get(entry.key)
-            if group is None:
-                keyed[entry.key] = [entry]
-            else:
-                group.append(entry)
+        entries fall in, so all or none in one round trip. Each entry is framed as it is
+        grouped under its key, in one pass."""
+        stamp = b"%d:" % now_ms  # entries are "arrived_ms:digest:json", readable with redis-cli
+        by_key: dict[str, list[bytes]] = {}
+        if spec.dedupe:
+            for key, payload, digest in entries:
+                framed_entry = entry_frame(b"%b%b:" % (stamp, digest.encode()), payload)
+                group = by_key.get(key)
+                if group is None:
+                    by_key[key] = [framed_entry]
+                else:
+                    group.append(framed_entry)
+        else:
+            plain = stamp + b":"  # every digest is empty
+            extra = len(plain)
+            for key, payload, _ in entries:
+                framed_entry = b"$%d\r\n%b%b\r\n" % (extra + len(payload), plain, payload)
+                group = by_key.get(key)
+                if group is None:
+                    by_key[key] = [framed_entry]
+                else:
+                    group.append(framed_entry)
+        parts = self._partitions(spec.name)
+        by_part: dict[Partition, dict[str, list[bytes]]]
+        if len(parts) == 1:
+            by_part = {parts[0]: by_key}
+        else:
+            by_part = defaultdict(dict)
+            for key, group in by_key.items():
+                by_part[self._partition_of(spec.name, key)][key] = group
         keys: list[str] = []
         body: list[bytes] = []
-        stamp = b"%d:" % now_ms  # entries are "arrived_ms:digest:json", readable with redis-cli
-        plain = stamp + b":"  # without dedupe, every entry's digest is empty
         for part, keyed in by_part.items():
             keys += (part.due, part.age, part.stats, part.rules)
             body += (frame(part.base), frame(len(keyed)))
             for key, group in keyed.items():
                 body += (frame(key), frame(len(group)))
-                if spec.dedupe:
-                    body += [entry_frame(b"%b%b:" % (stamp, d.encode()), p) for _, p, d in group]
-                else:
-                    body += [b"$%d\r\n%b%b\r\n" % (len(plain) + len(p), plain, p) for _, p, _ in group]
+                body += group
         head = [
             "EVALSHA", self._scripts["append"].sha, len(keys), *keys,
             now_ms, *self._rule_args(spec), int(spec.dedupe), self._channel(spec.name), spec.version,
