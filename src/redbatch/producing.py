@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from redbatch.checks import check_key, encode_item, item_digest
+from redbatch.checks import DUMPS_OPTIONS, check_key, encode_item, item_digest
 from redbatch.coalesce import AsyncCoalescer, Coalescer, store_thread
 from redbatch.stores.base import RulesChanged, Store
 from redbatch.types import Clock, Entry, QueueSpec
@@ -101,15 +101,26 @@ class Producer:
 
     def _entries(self, items: Iterable[tuple[str, Any]]) -> list[Entry]:
         """``_entry`` of each pair, as one loop: ``add_many``'s own cost per item. A key
-        repeated in the call is checked once; ``Entry._make`` is the C tuple constructor."""
+        repeated in the call is checked once; an item is encoded here and handed to
+        ``encode_item`` (the checks, and their errors) only when it might fail them: orjson
+        refused it, it is too large, or it holds a null (NaN and infinities encode as one);
+        ``Entry._make`` is the C tuple constructor."""
         keys: dict[str, str] = {}
-        dedupe, limit, make = self.spec.dedupe, self.max_item_bytes, Entry._make
+        dedupe, limit, make, dumps = self.spec.dedupe, self.max_item_bytes, Entry._make, orjson.dumps
         entries = []
         for key, item in items:
             checked = keys.get(key) if type(key) is str else None
             if checked is None:
                 checked = keys[key] = check_key(key)
-            entries.append(make((checked, encode_item(item, limit), item_digest(item) if dedupe else "")))
+            try:
+                encoded = dumps(item, option=DUMPS_OPTIONS)
+            except TypeError:
+                encoded = b"null"  # encode_item raises the InvalidItem
+            if len(encoded) > limit or encoded.find(b"null") != -1:
+                payload = encode_item(item, limit)
+            else:
+                payload = b"%b" % encoded  # a compact copy, as encode_item keeps
+            entries.append(make((checked, payload, item_digest(item) if dedupe else "")))
         return entries
 
     def add(self, key: str, item: Any) -> None:
