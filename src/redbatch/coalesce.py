@@ -240,6 +240,7 @@ class AsyncCoalescer:
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopQueue] = (
             weakref.WeakKeyDictionary()
         )
+        self._loops_lock = threading.Lock()  # loops of several threads may arrive at once
 
     def queued(self) -> int:
         """Requests of the running loop waiting for a call (not those of the call on its way)."""
@@ -251,7 +252,8 @@ class AsyncCoalescer:
         loop = asyncio.get_running_loop()
         queue = self._loops.get(loop)
         if queue is None:
-            queue = self._loops[loop] = _LoopQueue()
+            with self._loops_lock:
+                queue = self._loops.setdefault(loop, _LoopQueue())
         done: asyncio.Future[None] = loop.create_future()
         queue.waiting.append((entries, done))
         if queue.leader is None:
