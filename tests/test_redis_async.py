@@ -13,7 +13,7 @@ import pytest
 
 import redbatch
 from redbatch import Batcher, StoreUnavailable
-from tests.servers import RedisServer, TLSFiles, free_port
+from tests.servers import RedisServer, SentinelGroup, TLSFiles, free_port
 from tests.test_redis_store import SLACK, SOCKET_TIMEOUT, TIMEOUTS, takes_less_than
 from tests.test_redis_tls_acl import authority, tls_files, tls_server  # noqa: F401 - fixtures
 
@@ -120,3 +120,23 @@ def test_rediss_add_async(tls_server: RedisServer, tls_files: TLSFiles) -> None:
     asyncio.run(main())
     assert sorted(p.value for p in b.peek("k")) == list(range(20))
     store.close()
+
+
+def test_a_sentinel_store_adds_from_coroutines(tmp_path_factory: pytest.TempPathFactory) -> None:
+    group = SentinelGroup(tmp_path_factory.mktemp("sentinel")).start()
+    try:
+        store = redbatch.connect(group.url(), prefix=f"s{uuid.uuid4().hex[:8]}", **TIMEOUTS)
+        b = Batcher(store, "b")
+        seen: list[int] = []
+
+        async def main() -> None:
+            await asyncio.gather(*(b.add_async("k", n) for n in range(20)))
+            client = await store._async_clients.get()  # type: ignore[attr-defined]
+            seen.append(int((await client.connection_pool.get_master_address())[1]))
+
+        asyncio.run(main())
+        assert seen == [group.master_port()]  # the asyncio client found the master the Sentinels name
+        assert sorted(p.value for p in b.peek("k")) == list(range(20))
+        store.close()
+    finally:
+        group.stop()
