@@ -21,11 +21,14 @@ leader wakes the new front request, whose caller leads the next call, then hands
 - one call of a batcher is on its way at a time, so calls (and a thread's adds) reach the
   store in the order they were made.
 
-``AsyncCoalescer`` is the same for coroutines, with no thread in the way: the callers of one
-event loop queue futures, and one leader task per loop (as the worker's ``_ack_loop``) makes
-the store call, awaiting the store's ``append_async``, then resolves the futures. Calls made
-by different loops, or by threads and coroutines, are separate queues and may overlap; each
-is one atomic store step, so they interleave only between calls.
+``AsyncCoalescer`` is the same for coroutines, with no thread in the way. A caller that finds
+its loop idle makes its store call itself, at once (a lone add pays no task switch); callers
+arriving while a call is on its way queue futures, and one leader task per loop (as the
+worker's ``_ack_loop``) makes each next call for all of them, awaiting the store's
+``append_async``, then resolves their futures. A call made by a caller carries only its own
+entries, so cancelling that caller (a timeout) never fails another's add. Calls made by
+different loops, or by threads and coroutines, are separate queues and may overlap; each is
+one atomic store step, so they interleave only between calls.
 """
 
 from __future__ import annotations
@@ -208,22 +211,26 @@ if hasattr(os, "register_at_fork"):
 
 
 class _LoopQueue:
-    """One event loop's waiting requests, and its leader task while it has one."""
+    """One event loop's waiting requests, its leader task while it has one, and whether a
+    caller's own call is on its way."""
 
-    __slots__ = ("leader", "waiting")
+    __slots__ = ("busy", "leader", "waiting")
 
     def __init__(self) -> None:
         self.waiting: deque[tuple[list[Entry], asyncio.Future[None]]] = deque()
         self.leader: asyncio.Task[None] | None = None
+        self.busy = False
 
 
 class AsyncCoalescer:
     """``Coalescer`` for coroutines: ``await submit(entries)`` stores them with whatever else
     this loop's callers are waiting to store, through ``send`` (a coroutine function).
 
-    A caller cancelled before its entries were taken is left out of the call; one cancelled
-    after they were taken returns at once, and its entries are stored or not as the call
-    goes. Cancelling the leader task (its loop shutting down) fails the call's callers with
+    A caller that makes its own call (its loop was idle), cancelled while the call is on its
+    way, interrupts only that call: its entries may or may not be stored. A queued caller
+    cancelled before its entries were taken is left out of the next call; one cancelled after
+    they were taken returns at once, and its entries are stored or not as the call goes.
+    Cancelling the leader task (its loop shutting down) fails the call's callers with
     ``StoreUnavailable``: their entries may or may not be stored.
     """
 
@@ -254,10 +261,17 @@ class AsyncCoalescer:
         if queue is None:
             with self._loops_lock:
                 queue = self._loops.setdefault(loop, _LoopQueue())
+        if queue.leader is None and not queue.busy:  # idle: this caller's own call, at once
+            queue.busy = True
+            try:
+                await self._send(entries)
+            finally:
+                queue.busy = False
+                if queue.waiting:  # those who came meanwhile: the next call is the leader's
+                    queue.leader = loop.create_task(self._lead(queue), name="redbatch-add")
+            return
         done: asyncio.Future[None] = loop.create_future()
-        queue.waiting.append((entries, done))
-        if queue.leader is None:
-            queue.leader = loop.create_task(self._lead(queue), name="redbatch-add")
+        queue.waiting.append((entries, done))  # a leader takes it: the running one, or the next
         await done
 
     async def _lead(self, queue: _LoopQueue) -> None:

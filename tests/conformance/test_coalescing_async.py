@@ -62,9 +62,10 @@ def test_no_thread_per_call(store: Store) -> None:
 
     asyncio.run(main())
     asyncio.run(main())  # a second event loop, as a second asyncio.run makes
-    assert len(counting.calls) == 20 and sum(counting.calls) == 2 * 5 * 21
+    # Per round: the first add's own call, one call for the 19 that came meanwhile, the lone add's.
+    assert counting.calls == [1, 19, 1] * 10
     if hasattr(store, "append_async"):
-        assert counting.threads == [loop_threads[0]] * 10 + [loop_threads[1]] * 10
+        assert counting.threads == [loop_threads[0]] * 15 + [loop_threads[1]] * 15
     else:
         assert len(set(counting.threads)) == 1
         assert counting.threads[0] not in loop_threads
@@ -83,7 +84,7 @@ def test_an_invalid_item_fails_only_its_own_coroutine(store: Store) -> None:
     outcomes = asyncio.run(main())
     assert [i for i, o in enumerate(outcomes) if o is not None] == [3]
     assert isinstance(outcomes[3], InvalidItem)
-    assert counting.calls == [15]  # the valid ones shared one call
+    assert counting.calls == [1, 14]  # the first add's own call; the other valid ones shared one
     assert sorted(pending(b, "k")) == [i for i in range(16) if i != 3]
 
 
@@ -94,37 +95,39 @@ def test_a_store_failure_reaches_every_coroutine_of_its_call(store: Store) -> No
     def fail_once() -> None:
         raise StoreUnavailable("the store went away for one call")
 
-    counting.before[1] = fail_once
+    counting.before[2] = fail_once  # the call carrying the 15 adds that queued behind the first
 
     async def main() -> list[Any]:
         return await asyncio.gather(*(b.add_async("k", i) for i in range(16)), return_exceptions=True)
 
     outcomes = asyncio.run(main())
-    assert counting.calls == [16]
-    assert all(isinstance(o, StoreUnavailable) for o in outcomes)
-    assert len({id(o) for o in outcomes}) == 1  # one call, one exception
-    assert pending(b, "k") == []
+    assert counting.calls == [1, 15]
+    assert outcomes[0] is None
+    assert all(isinstance(o, StoreUnavailable) for o in outcomes[1:])
+    assert len({id(o) for o in outcomes[1:]}) == 1  # one call, one exception
+    assert pending(b, "k") == [0]
 
     async def after() -> None:
         await b.add_async("k", "after")
 
     asyncio.run(after())  # the failure ended with its call
-    assert pending(b, "k") == ["after"]
+    assert pending(b, "k") == [0, "after"]
 
 
 def test_the_rules_retry_covers_the_whole_group(store: Store) -> None:
     counting = CountingStore(store)
     b = batcher_on(counting)
     newer = Batcher(store, "co", max_items=50, max_wait=600.0, dedupe=True)
-    counting.before[1] = lambda: store.publish_rules(newer.spec, int(time.time() * 1000))
+    counting.before[2] = lambda: store.publish_rules(newer.spec, int(time.time() * 1000))
 
     async def main() -> None:
         await asyncio.gather(*(b.add_async("k", i % 8) for i in range(16)))  # equal pairs
 
     asyncio.run(main())
     assert b.spec.version == newer.spec.version
-    assert counting.calls == [16, 16]  # refused, then retried, together
-    assert sorted(pending(b, "k")) == list(range(8))  # retried with dedupe
+    assert counting.calls == [1, 15, 15]  # the first alone; then refused, and retried, together
+    first, *retried = pending(b, "k")  # the first was stored without dedupe, the rest with it
+    assert first == 0 and sorted(retried) == list(range(8))
 
 
 def test_a_coroutine_cancelled_before_its_call_is_left_out(store: Store) -> None:
@@ -146,6 +149,26 @@ def test_a_coroutine_cancelled_before_its_call_is_left_out(store: Store) -> None
     asyncio.run(main())
     assert pending(b, "k") == ["first", "kept"]
     assert counting.calls == [1, 1]
+
+
+def test_a_coroutine_cancelled_during_its_own_call_fails_nobody_else(store: Store) -> None:
+    counting = CountingStore(store, delay=0.05)
+    b = batcher_on(counting)
+
+    async def main() -> None:
+        alone = asyncio.create_task(b.add_async("k", "alone"))  # its own call: the loop is idle
+        while not counting.calls:
+            await asyncio.sleep(0)
+        later = [asyncio.create_task(b.add_async("k", n)) for n in range(5)]
+        await asyncio.sleep(0)  # queued behind the call on its way
+        alone.cancel()
+        await asyncio.gather(*later)  # a leader task carried them: none failed
+        with pytest.raises(asyncio.CancelledError):
+            await alone
+
+    asyncio.run(main())
+    assert counting.calls[-1] == 5
+    assert [v for v in pending(b, "k") if v != "alone"] == list(range(5))
 
 
 def test_a_lone_add_async_makes_one_call_for_its_item(store: Store) -> None:
