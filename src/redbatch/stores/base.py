@@ -146,6 +146,10 @@ class Store(JobStore, Protocol):
         The batcher's recorded rules must be ``spec``'s (same ``version``): else nothing is
         stored and ``RulesChanged`` is raised. When none are recorded yet, ``spec``'s are
         recorded in the same step.
+
+        A store with an asyncio client also has ``async def append_async(spec, entries,
+        now_ms)``, the same step awaited on the running event loop (see ``AsyncAppend``);
+        batchers look for it, and make the calls of stores without it on one thread.
         """
 
     def publish_rules(self, spec: QueueSpec, now_ms: int) -> QueueSpec | None:
@@ -241,6 +245,14 @@ class Store(JobStore, Protocol):
         """A waiter woken when a key of one of these batchers may have become due."""
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class AsyncAppend(Protocol):
+    """What a store offers when it can append on an event loop without a thread (Redis)."""
+
+    async def append_async(self, spec: QueueSpec, entries: Sequence[Entry], now_ms: int) -> None:
+        """``Store.append``, awaited on the running loop: the same step, the same errors."""
 
 
 def replaced_rules(name: str, record: Mapping[str, Any] | None) -> QueueSpec | None:

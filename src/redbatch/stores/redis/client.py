@@ -7,6 +7,9 @@ from importlib import resources
 from typing import Any
 
 import redis
+import redis.asyncio
+import redis.asyncio.retry
+import redis.asyncio.sentinel
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
@@ -31,6 +34,16 @@ def new_client(url: str, connect_timeout: float, socket_timeout: float) -> redis
         socket_connect_timeout=connect_timeout,
         socket_timeout=socket_timeout,
         retry=Retry(NoBackoff(), 0),
+    )
+
+
+def new_async_client(url: str, connect_timeout: float, socket_timeout: float) -> redis.asyncio.Redis:
+    """``new_client`` on redis-py's asyncio client (for one event loop: see wire.py)."""
+    return redis.asyncio.Redis.from_url(
+        url,
+        socket_connect_timeout=connect_timeout,
+        socket_timeout=socket_timeout,
+        retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
     )
 
 
@@ -96,6 +109,35 @@ def new_cluster_client(
         client_name=client_name,
         socket_connect_timeout=connect_timeout,
         socket_timeout=socket_timeout,
+    )
+    return client
+
+
+def new_async_sentinel_client(
+    sentinels: list[tuple[str, int]],
+    service: str,
+    *,
+    username: str | None,
+    password: str | None,
+    db: int,
+    client_name: str | None,
+    connect_timeout: float,
+    socket_timeout: float,
+) -> redis.asyncio.Redis:
+    """``new_sentinel_client`` on redis-py's asyncio client (for one event loop)."""
+    bounded: dict[str, Any] = {
+        "socket_connect_timeout": connect_timeout,
+        "socket_timeout": socket_timeout,
+        "retry": redis.asyncio.retry.Retry(NoBackoff(), 0),
+    }
+    sentinel = redis.asyncio.sentinel.Sentinel(sentinels, sentinel_kwargs=dict(bounded), **bounded)  # type: ignore[no-untyped-call]
+    client: redis.asyncio.Redis = sentinel.master_for(
+        service,
+        username=username,
+        password=password,
+        db=db,
+        client_name=client_name,
+        **bounded,
     )
     return client
 

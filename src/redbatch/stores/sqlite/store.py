@@ -130,7 +130,11 @@ class SQLiteStore(jobs.JobOperations):
     def append(self, spec: QueueSpec, entries: Sequence[Entry], now_ms: int) -> None:
         by_key: dict[str, list[Entry]] = {}
         for entry in entries:
-            by_key.setdefault(entry.key, []).append(entry)
+            group = by_key.get(entry.key)
+            if group is None:
+                by_key[entry.key] = [entry]
+            else:
+                group.append(entry)
         with self._write(spec.name) as tx:
             row = tx.cur.execute("SELECT version FROM rules WHERE name = ?", (spec.name,)).fetchone()
             if row is None:
@@ -139,44 +143,61 @@ class SQLiteStore(jobs.JobOperations):
                 raise RulesChanged(spec.name)  # rolls the transaction back: nothing stored
             head = self._head(tx.cur, spec.name)
             # transition: append
+            # Set-based: the keys' rows in one read, their updates and the items in one
+            # executemany each, rather than three statements per key.
+            found = self._key_rows(tx.cur, spec.name, list(by_key))
+            updates: list[tuple[int, int, int, int | None, int, int | None, int]] = []
+            rows: list[tuple[int, int, str, bytes]] = []
             for key, group in by_key.items():
-                deadline = self._append_key(tx, spec, key, group, now_ms)
+                key_row = found.get(key)
+                if spec.dedupe:
+                    group = self._unseen(tx.cur, None if key_row is None else key_row[0], group)  # noqa: PLW2901
+                    if not group:
+                        continue
+                if key_row is None:
+                    deadline: int | None = due_at(spec, now_ms, now_ms, len(group), now_ms)
+                    tx.cur.execute(
+                        "INSERT INTO keys (queue, key, due_at, pending, first_at, last_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        (spec.name, key, deadline, len(group), now_ms, now_ms),
+                    )
+                    key_id = tx.cur.lastrowid
+                    assert key_id is not None
+                    tx.add(open_keys=1)
+                else:
+                    key_id, pending, first, batch_id = key_row
+                    pending += len(group)
+                    first = now_ms if first is None else first
+                    deadline = None if batch_id is not None else due_at(spec, first, now_ms, pending, now_ms)
+                    updates.append((pending, first, now_ms, deadline, now_ms, deadline, key_id))
+                rows += [(key_id, now_ms, e.digest, e.payload) for e in group]
                 if deadline is not None and wakes(deadline, head, now_ms):
                     tx.wake = True
+            if updates:
+                # A key already due (flushed, or overdue) stays due: more items never delay it.
+                tx.cur.executemany(
+                    "UPDATE keys SET pending = ?, first_at = ?, last_at = ?,"
+                    " due_at = CASE WHEN ? IS NULL OR due_at <= ? THEN due_at ELSE ? END WHERE id = ?",
+                    updates,
+                )
+            tx.cur.executemany(
+                "INSERT INTO pending (key_id, arrived_at, digest, payload) VALUES (?, ?, ?, ?)", rows
+            )
+            tx.add(buffered_items=len(rows))
 
-    def _append_key(self, tx: Tx, spec: QueueSpec, key: str, group: list[Entry], now_ms: int) -> int | None:
-        """Add one key's items; return its new deadline, or None when it did not move."""
-        row = tx.cur.execute(
-            "SELECT id, pending, first_at, batch_id FROM keys WHERE queue = ? AND key = ?", (spec.name, key)
-        ).fetchone()
-        if spec.dedupe:
-            group = self._unseen(tx.cur, None if row is None else row["id"], group)
-        if not group:
-            return None
-        if row is None:
-            deadline: int | None = due_at(spec, now_ms, now_ms, len(group), now_ms)
-            tx.cur.execute(
-                "INSERT INTO keys (queue, key, due_at, pending, first_at, last_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (spec.name, key, deadline, len(group), now_ms, now_ms),
-            )
-            key_id = tx.cur.lastrowid
-            tx.add(open_keys=1)
-        else:
-            key_id, pending = row["id"], row["pending"] + len(group)
-            first = now_ms if row["first_at"] is None else row["first_at"]
-            deadline = None if row["batch_id"] is not None else due_at(spec, first, now_ms, pending, now_ms)
-            # A key already due (flushed, or overdue) stays due: more items never delay it.
-            tx.cur.execute(
-                "UPDATE keys SET pending = ?, first_at = ?, last_at = ?,"
-                " due_at = CASE WHEN ? IS NULL OR due_at <= ? THEN due_at ELSE ? END WHERE id = ?",
-                (pending, first, now_ms, deadline, now_ms, deadline, key_id),
-            )
-        tx.cur.executemany(
-            "INSERT INTO pending (key_id, arrived_at, digest, payload) VALUES (?, ?, ?, ?)",
-            [(key_id, now_ms, e.digest, e.payload) for e in group],
-        )
-        tx.add(buffered_items=len(group))
-        return deadline
+    @staticmethod
+    def _key_rows(cur: sqlite3.Cursor, name: str, keys: list[str]) -> dict[str, tuple[Any, ...]]:
+        """(id, pending, first_at, batch_id) of each of ``keys`` that has a row."""
+        found: dict[str, tuple[Any, ...]] = {}
+        for i in range(0, len(keys), CHUNK):
+            chunk = keys[i : i + CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            for row in cur.execute(
+                f"SELECT key, id, pending, first_at, batch_id FROM keys WHERE queue = ? AND key IN ({marks})",
+                (name, *chunk),
+            ):
+                found[row[0]] = tuple(row)[1:]
+        return found
 
     @staticmethod
     def _unseen(cur: sqlite3.Cursor, key_id: int | None, group: list[Entry]) -> list[Entry]:
