@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 from types import ModuleType
@@ -97,6 +98,20 @@ def configure_logging(level: int, log_format: LogFormat = "text") -> None:
         logger.removeHandler(other)
     if wanted not in logger.handlers:
         logger.addHandler(wanted)
+
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, bytes):  # a CorruptItem's raw bytes, shown as text
+        return value.decode(errors="replace")
+    return str(value)
+
+
+def print_json(value: object) -> None:
+    """One JSON document on plain stdout (rich would wrap or colour it)."""
+    typer.echo(orjson.dumps(value, default=_json_default).decode())
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -416,12 +431,16 @@ _STAT_ROWS: list[tuple[str, Callable[[BatcherStats], str]]] = [
 def stats(
     batchers: Annotated[list[str] | None, typer.Argument(help="Batcher names.", show_default=False)] = None,
     url: UrlOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Show the counters of the named batchers."""
     if not batchers:
         fail("name at least one batcher: redbatch stats BATCHER... (there is no registry of names yet)")
     with opened(url) as store:
         rows = [Batcher.open(store, name).stats() for name in batchers]
+        if as_json:
+            print_json([asdict(row) for row in rows])
+            return
         table = Table(title=f"batchers on {store.url}", title_justify="left")
         table.add_column("")
         for row in rows:
@@ -438,10 +457,14 @@ def inspect(
     key: Annotated[str, typer.Argument(help="The key whose pending items to show.", show_default=False)],
     limit: Annotated[int, typer.Option(min=1, help="Show at most this many (the oldest).")] = 20,
     url: UrlOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Show the oldest items waiting under KEY (not those in a running batch)."""
     with opened(url) as store:
         items = Batcher.open(store, batcher).peek(key, limit)
+    if as_json:
+        print_json([asdict(item) for item in items])
+        return
     if not items:
         console.print(f"no items pending under {key!r} of {batcher!r}")
         return
@@ -468,10 +491,14 @@ def dead_letters_list(
     batcher: BatcherArg,
     limit: Annotated[int, typer.Option(min=1, help="Show at most this many, oldest first.")] = 20,
     url: UrlOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """List dead letters, oldest first, with the error of their last attempt."""
     with opened(url) as store:
         letters = Batcher.open(store, batcher).dead_letters(limit=limit)
+    if as_json:
+        print_json([asdict(letter) for letter in letters])
+        return
     if not letters:
         console.print(f"no dead letters in {batcher!r}")
         return

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
-from typing import Annotated, Any
+from typing import Annotated
 
 import orjson
 import typer
@@ -18,7 +18,18 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from redbatch.cli import UrlOption, _ago, _clip, _when, console, fail, opened, reports_errors
+from redbatch.cli import (
+    JsonOption,
+    UrlOption,
+    _ago,
+    _clip,
+    _when,
+    console,
+    fail,
+    opened,
+    print_json,
+    reports_errors,
+)
 from redbatch.jobs import Jobs
 from redbatch.jobtypes import GroupProgress, Job
 
@@ -28,14 +39,8 @@ jobs_app = typer.Typer(
 groups_app = typer.Typer(help="Show a group of jobs' progress, live with --watch.", no_args_is_help=True)
 
 QueueArg = Annotated[str, typer.Argument(help="The job queue's name.", show_default=False)]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 STATUSES = ("pending", "running", "succeeded", "failed", "cancelled")
 STATUS_STYLE = {"succeeded": "green", "failed": "red", "running": "cyan", "cancelled": "yellow"}
-
-
-def _print_json(value: Any) -> None:
-    # Plain stdout: rich would wrap or colour it.
-    typer.echo(orjson.dumps(value, default=str).decode())
 
 
 def _status(status: str) -> str:
@@ -73,7 +78,7 @@ def jobs_list(
     with opened(url) as store:
         page = Jobs.open(store, queue).list(status, group, limit, cursor)
     if as_json:
-        _print_json({"jobs": [asdict(job) for job in page.jobs], "cursor": page.cursor})
+        print_json({"jobs": [asdict(job) for job in page.jobs], "cursor": page.cursor})
         return
     if not page.jobs:
         console.print(f"no jobs in {queue!r}" + (f" with status {status}" if status else ""))
@@ -110,7 +115,7 @@ def jobs_show(
     with opened(url) as store:
         job = Jobs.open(store, queue).get(job_id)
     if as_json:
-        _print_json(asdict(job))
+        print_json(asdict(job))
         return
     table = Table(title=f"{queue} / {escape(job.id)}", title_justify="left", show_header=False)
     table.add_column("")
@@ -172,7 +177,7 @@ def jobs_counts(queue: QueueArg, as_json: JsonOption = False, url: UrlOption = N
     with opened(url) as store:
         counts = Jobs.open(store, queue).counts()
     if as_json:
-        _print_json(counts)
+        print_json(counts)
         return
     table = Table(title=f"{queue}: jobs by status", title_justify="left")
     table.add_column("status")
@@ -226,18 +231,18 @@ def groups_show(
         elif watch:
             progress = _watch_bar(jobs, progress, interval)
     if as_json and not watch:
-        _print_json(asdict(progress))
+        print_json(asdict(progress))
     elif not as_json:
         console.print(_group_table(queue, progress))
 
 
 def _watch_json(jobs: Jobs, progress: GroupProgress, interval: float) -> None:
-    _print_json(asdict(progress))
+    print_json(asdict(progress))
     while progress.finished_at is None:
         time.sleep(interval)  # the poll interval the user chose
         latest = jobs.progress(progress.id)
         if latest != progress:
-            _print_json(asdict(latest))
+            print_json(asdict(latest))
         progress = latest
 
 
