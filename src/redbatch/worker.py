@@ -453,7 +453,7 @@ class Worker:
         outcome: SettleOutcome
         failure = attempt.failure
         if failure is None:
-            held = await self._finish(served, attempt.done)
+            held = await self._finish(served, attempt.done_under(lease))
             outcome = "acked"
         else:
             retry_at = served.retry_at(claimed, now) if failure.retryable else None
