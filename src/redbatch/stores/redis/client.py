@@ -100,16 +100,21 @@ def new_cluster_client(
     connection); a MOVED or ASK redirection is still followed, since the command did not
     run. Building the client asks the nodes for the map, each one that does not answer
     costing up to connect_timeout plus socket_timeout.
+
+    Building it also sends COMMAND (a read) to one master, the first of the map; while that
+    master is dead and not yet failed over, a second try goes to another master, so that a
+    process started then still opens the store. Only then are retries turned off.
     """
     client: RedisCluster = RedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in nodes],  # type: ignore[no-untyped-call]
-        retry=Retry(NoBackoff(), 0),
+        retry=Retry(NoBackoff(), 1),
         username=username,
         password=password,
         client_name=client_name,
         socket_connect_timeout=connect_timeout,
         socket_timeout=socket_timeout,
     )
+    client.set_retry(Retry(NoBackoff(), 0))
     return client
 
 
