@@ -54,26 +54,30 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 @dataclass(frozen=True, slots=True)
 class JobSizes:
-    """How much work each measurement does; a full run takes about 4 minutes on a quiet
-    2-core machine, ``--quick`` about 30 seconds."""
+    """How much work each measurement does: a full run takes about 4 minutes on a quiet
+    2-core machine (arq, bound by its 0.5 s poll, takes a third of it), ``--quick`` about 30
+    seconds."""
 
     quick: bool
     runs: int
-    """Repetitions of each processed/s and latency measurement (median shown)."""
+    """Repetitions of each processed/s measurement (each with its own load: an enqueue/s
+    sample); the table shows the median."""
     jobs: int
     """Jobs loaded (and timed as enqueue/s) before each processed/s run."""
     latency_jobs: int
+    """Jobs of the one latency run per subject (p99 rests on the slowest 1% of them)."""
     latency_rate: float
-    """Jobs per second submitted in the latency runs."""
+    """Jobs per second submitted in the latency run."""
     concurrency: int = 32
-    """Jobs in flight per worker process, for the subjects that have the setting."""
+    """Jobs in flight per worker process, for the subjects that have the setting (the
+    no-op benchmarks of streaQ and SAQ use 32)."""
     workers: tuple[int, ...] = (1, 2)
     step_timeout: float = 90.0
     """No wait for workers lasts longer than this; a subject that cannot finish in time
     gets "failed" in that cell and the run goes on."""
 
 
-FULL = JobSizes(quick=False, runs=1, jobs=5_000, latency_jobs=400, latency_rate=100.0)
+FULL = JobSizes(quick=False, runs=3, jobs=3_000, latency_jobs=500, latency_rate=100.0)
 QUICK = JobSizes(quick=True, runs=1, jobs=1_000, latency_jobs=100, latency_rate=100.0, step_timeout=30.0)
 
 
@@ -199,9 +203,9 @@ def notes(sizes: JobSizes) -> str:
             f"{sizes.jobs:,} no-op jobs loaded from one producer process before each processed/s",
             "run (each load is an enqueue/s sample); then the workers start, wait until all are",
             "ready, and processed/s is counted from the moment they are let go to the last job's",
-            f"start. Latency: {sizes.latency_jobs:,} jobs submitted one call each at",
-            f"{sizes.latency_rate:g}/s to 1 running worker process. Every worker logs at WARNING.",
-            f"Median of {sizes.runs} run(s). Ratios: redbatch's value ÷ the best peer's (jobs/s:",
+            f"start; median of {sizes.runs} run(s). Latency: one run of {sizes.latency_jobs:,} jobs",
+            f"submitted one call each at {sizes.latency_rate:g}/s to 1 running worker process.",
+            "Every worker logs at WARNING. Ratios: redbatch's value ÷ the best peer's (jobs/s:",
             "higher is better; latency: lower is better). Goal (issue 8): >= 2x the best peer's",
             "processed jobs/s per worker process.",
         ]
@@ -345,14 +349,13 @@ class Harness:
                 cell.runs.append(rate)
                 row.errors += errors
         p50, p99 = row.cells["latency_p50"], row.cells["latency_p99"]
-        for _ in range(self.sizes.runs):
-            self.log(f"{row.name}: submit-to-start latency")
-            try:
-                waits, errors = self.latency(key, peer)
-            except StepFailed as exc:
-                p50.failed = p99.failed = str(exc)
-                self.log(f"{row.name}: {exc}")
-                break
+        self.log(f"{row.name}: submit-to-start latency")
+        try:
+            waits, errors = self.latency(key, peer)
+        except StepFailed as exc:
+            p50.failed = p99.failed = str(exc)
+            self.log(f"{row.name}: {exc}")
+        else:
             p50.runs.append(percentile(waits, 50))
             p99.runs.append(percentile(waits, 99))
             row.errors += errors
@@ -385,7 +388,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--only", action="append", choices=list(MODULES), metavar="SUBJECT",
         help=f"measure only this subject (repeatable): {', '.join(MODULES)}",
     )  # fmt: skip
-    parser.add_argument("--runs", type=int, help="repetitions per measurement (median shown)")
+    parser.add_argument("--runs", type=int, help="repetitions per processed/s measurement (median shown)")
     parser.add_argument("--jobs", type=int, help="jobs per processed/s run")
     parser.add_argument("--latency-jobs", type=int, help="jobs per latency run")
     parser.add_argument("--latency-rate", type=float, help="jobs/s submitted in the latency runs")
@@ -426,7 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, sizes: JobSizes) -> int:
-    mode = ("quick" if sizes.quick else "full") + f", {sizes.runs} run(s) per measurement, median shown"
+    mode = ("quick" if sizes.quick else "full") + f", {sizes.runs} run(s) per throughput, median shown"
     keys = [k for k in MODULES if not args.only or k in args.only]
     environment = describe()
     rows: list[Row] = []
