@@ -239,7 +239,7 @@ def markdown(environment: dict[str, Any], rows: list[Row], sizes: JobSizes, mode
 
 
 class Harness:
-    """One run: the server, the sizes, and the worker processes of the current step."""
+    """One run: the server and the sizes; each measurement starts and stops its own workers."""
 
     def __init__(self, server: RedisServer, sizes: JobSizes, verbose: bool = True) -> None:
         self.server = server
