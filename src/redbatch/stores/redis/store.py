@@ -25,7 +25,7 @@ from redis.cluster import RedisCluster
 
 from redbatch import engine
 from redbatch.checks import item_digest
-from redbatch.errors import PartlyStored, RedbatchError
+from redbatch.errors import ConfigError, PartlyStored, RedbatchError
 from redbatch.stores.base import LEASE_EXPIRED_ERROR, RulesChanged, Waiter, mask_url, new_batch_id
 from redbatch.stores.redis.client import load_scripts, new_client
 from redbatch.stores.redis.core import Partition, read_entry
@@ -57,7 +57,10 @@ class RedisStore(Rules, DeadLetters):
     a Redis. ``partitions``: how many partitions (hash tags) each batcher's keys are spread
     over, a key's chosen by crc32. ``connect_timeout``, ``socket_timeout``: seconds to
     connect, and to wait for any one reply (client.py). ``client``: a redis-py client to use
-    instead of one built from ``url``, with whatever timeouts it has.
+    instead of one built from ``url``, with whatever timeouts it has. ``replicas``: how many
+    replicas must confirm every write (WAIT, in the same round trip as the script) before
+    it returns, else NotReplicated; ``replicas_timeout``: seconds that WAIT waits at most
+    (under ``socket_timeout``). Not on Redis Cluster (ConfigError).
     """
 
     durable = True
@@ -71,12 +74,25 @@ class RedisStore(Rules, DeadLetters):
         connect_timeout: float = 3.0,
         socket_timeout: float = 10.0,
         client: redis.Redis | None = None,
+        replicas: int = 0,
+        replicas_timeout: float = 1.0,
     ) -> None:
         self.url = mask_url(url)
         self.prefix = prefix
         self.partitions = partitions
         self.client = client or new_client(url, connect_timeout, socket_timeout)
         self.cluster = isinstance(self.client, RedisCluster)
+        self.replicas, self.replicas_timeout_ms = replicas, round(replicas_timeout * 1000)
+        if replicas and self.cluster:
+            raise ConfigError(
+                f"replicas={replicas} is not offered on Redis Cluster ({self.url}): a cluster's"
+                " failover is its own, and its masters share no WAIT; use redis:// or redis+sentinel://"
+            )
+        if replicas < 0 or (replicas and not 0 < replicas_timeout < socket_timeout):
+            raise ConfigError(
+                f"replicas must be 0 or more and replicas_timeout over 0 and under socket_timeout"
+                f" ({socket_timeout:g}s), not replicas={replicas}, replicas_timeout={replicas_timeout:g}"
+            )
         # An append's call id (Cluster) must outlive the call and its one resend.
         self._call_ttl_ms = max(_MIN_CALL_TTL_MS, round(2000 * (connect_timeout + socket_timeout)))
         self._scripts = load_scripts(self.client)
@@ -127,7 +143,7 @@ class RedisStore(Rules, DeadLetters):
         pipe = self._pipeline()
         for part, keyed in by_part.items():
             keys, args = self._append_call(spec, {part: keyed}, now_ms, call)
-            pipe.execute_command("EVALSHA", self._scripts["append"].sha, len(keys), *keys, *args)
+            self._queue_script(pipe, "append", keys, args)
         replies = dict(zip(by_part, self._execute(pipe, raise_on_error=False), strict=True))
         stored: set[Partition] = set()
         refused: list[Partition] = []
@@ -267,7 +283,7 @@ class RedisStore(Rules, DeadLetters):
         pipe = self._pipeline()
         for part, share in shares.items():
             keys, args = self._claim_call(spec, part, now_ms, share)
-            pipe.execute_command("EVALSHA", self._scripts["claim"].sha, len(keys), *keys, *args)
+            self._queue_script(pipe, "claim", keys, args)
         claimed: list[ClaimedBatch] = []
         failure: Exception | None = None
         replies = self._execute(pipe, raise_on_error=False)
