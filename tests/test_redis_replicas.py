@@ -41,8 +41,13 @@ def pair(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServer]]:
         master.stop()
 
 
-def open_store(master: RedisServer, options: str = "replicas=1&replicas_timeout=0.3") -> RedisStore:
-    store = redbatch.connect(f"{master.url}?{options}", prefix=f"r{uuid.uuid4().hex[:8]}", socket_timeout=5)
+CONFIRM = "replicas=1&replicas_timeout=3"  # ample on a loaded machine: these writes must go through
+REFUSE = "replicas=1&replicas_timeout=0.3"  # the replica is stopped: this is how long it takes
+
+
+def open_store(master: RedisServer, options: str = CONFIRM, prefix: str = "") -> RedisStore:
+    prefix = prefix or f"r{uuid.uuid4().hex[:8]}"
+    store = redbatch.connect(f"{master.url}?{options}", prefix=prefix, socket_timeout=5)
     assert isinstance(store, RedisStore)
     return store
 
@@ -63,7 +68,7 @@ def test_every_write_of_a_batch_waits_and_the_batch_goes_through(
     pair: tuple[RedisServer, RedisServer],
 ) -> None:
     master, _ = pair
-    store = open_store(master, "replicas=1&partitions=3")
+    store = open_store(master, f"{CONFIRM}&partitions=3")
     batcher = Batcher(store, "b", max_items=5, max_wait=60)
     seen: list[int] = []
 
@@ -92,9 +97,10 @@ def test_a_stopped_replica_makes_writes_not_replicated(pair: tuple[RedisServer, 
     """SIGSTOP the replica: an add runs on the master, then WAIT times out: NotReplicated
     (a StoreUnavailable) within about replicas_timeout, the item stored on the master."""
     master, replica = pair
-    store = open_store(master)
+    patient = open_store(master)
+    store = open_store(master, REFUSE, prefix=patient.prefix)
+    Batcher(patient, "b", max_wait=60).add("k", 0)
     batcher = Batcher(store, "b", max_wait=60)
-    batcher.add("k", 0)
     assert replica.process is not None
     os.kill(replica.process.pid, signal.SIGSTOP)
     try:
@@ -109,14 +115,15 @@ def test_a_stopped_replica_makes_writes_not_replicated(pair: tuple[RedisServer, 
             batcher.clear("k")
     finally:
         os.kill(replica.process.pid, signal.SIGCONT)
-    batcher.add("k", 2)  # the replica caught up: writes go through again
+    Batcher(patient, "b", max_wait=60).add("k", 2)  # the replica catches up: writes go through
     store.close()
+    patient.close()
 
 
 def test_a_transaction_over_partitions_waits_too(pair: tuple[RedisServer, RedisServer]) -> None:
     """Rules over several partitions are one MULTI: its wait follows on another connection."""
     master, replica = pair
-    store = open_store(master, "replicas=1&replicas_timeout=0.3&partitions=4")
+    store = open_store(master, f"{REFUSE}&partitions=4")
     assert replica.process is not None
     os.kill(replica.process.pid, signal.SIGSTOP)
     try:
