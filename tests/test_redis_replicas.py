@@ -134,6 +134,18 @@ def test_a_transaction_over_partitions_waits_too(pair: tuple[RedisServer, RedisS
     store.close()
 
 
+def test_a_replica_answering_is_unavailable_not_an_error(pair: tuple[RedisServer, RedisServer]) -> None:
+    """What a Sentinel client meets on a demoted master: a call that writes nothing runs,
+    then its WAIT is refused; that is StoreUnavailable (retry later), as READONLY is."""
+    _, replica = pair
+    store = open_store(replica)
+    with pytest.raises(redbatch.StoreUnavailable, match="replica"):
+        Batcher(store, "b", max_wait=60).flush("nothing-here")
+    with pytest.raises(redbatch.StoreUnavailable):  # READONLY, or the same when it read first
+        Batcher(store, "b", max_wait=60).add("k", 0)
+    store.close()
+
+
 def test_a_lost_script_is_loaded_again(pair: tuple[RedisServer, RedisServer]) -> None:
     master, _ = pair
     store = open_store(master)

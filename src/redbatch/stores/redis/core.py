@@ -12,7 +12,7 @@ from typing import Any
 
 import redis
 
-from redbatch.errors import NotReplicated
+from redbatch.errors import NotReplicated, StoreUnavailable
 from redbatch.types import QueueSpec
 
 # An entry is "arrived_ms:digest:json" (lib.lua's digest_of reads the same framing).
@@ -159,6 +159,14 @@ class RedisCore:
 
         The writes before it ran on the master either way; only their copies are in doubt.
         """
+        if isinstance(reply, redis.ResponseError) and "WAIT cannot be used with replica" in str(reply):
+            # A connection to a replica: through Sentinel, to an old master demoted in a
+            # failover (or named by a Sentinel that had not heard of the failover yet).
+            # A write would have been refused (READONLY) and the connection dropped; this
+            # call only read. Drop the pool's idle connections, so the next call asks the
+            # Sentinels where the master is now.
+            self.client.connection_pool.disconnect(inuse_connections=False)
+            raise StoreUnavailable("Redis refused the command: the server is a replica now (a failover?)")
         if isinstance(reply, Exception):
             raise reply
         if int(reply) < self.replicas:
