@@ -64,6 +64,11 @@ class Sizes:
     add_threads: tuple[int, ...] = (1, 16, 64)
     add_thread_items: int = 10_000
 
+    # 10. add_async from coroutines
+    add_coroutines: tuple[int, ...] = (1, 1_000)
+    add_async_items: int = 50_000
+    """Items of the 1,000-coroutine case; one coroutine adds a fifth as many."""
+
     # ceilings
     redis_benchmark_requests: int = 50_000
 
@@ -95,6 +100,7 @@ QUICK = Sizes(
     mem_celery_items=2_000,
     loss_items=3_000,
     add_thread_items=2_000,
+    add_async_items=10_000,
     redis_benchmark_requests=20_000,
     step_timeout=60.0,
 )

@@ -30,6 +30,7 @@ PER_ITEM = "per-item round trips"
 LIST_LOCK = "list + lock"
 CELERY = "celery-batches"
 RAW = "raw RPUSH (Python)"
+RAW_SQLITE = "raw executemany (SQLite)"
 REDIS_BENCHMARK = "redis-benchmark"
 
 REDBATCH_SUBJECTS = (REDBATCH_REDIS, REDBATCH_CLUSTER, REDBATCH_SQLITE, REDBATCH_MEMORY)

@@ -6,8 +6,18 @@ from collections.abc import Iterable
 
 from benchmarks.config import Sizes
 from benchmarks.results import Measurement, Target, format_value
-from benchmarks.subjects import CELERY, PER_ITEM, RAW, REDBATCH_SUBJECTS
+from benchmarks.subjects import (
+    CELERY,
+    PER_ITEM,
+    RAW,
+    RAW_SQLITE,
+    REDBATCH_REDIS,
+    REDBATCH_SQLITE,
+    REDBATCH_SUBJECTS,
+)
 
+ASYNC_ITEMS_PER_SECOND = 50_000
+"""1,000 coroutines of one event loop add at least this many items/s on Redis."""
 THREADS_SPEED_UP = 4.0
 """16 threads of one producer add at least this many times one thread's items/s."""
 FLATNESS = 2.0
@@ -55,10 +65,20 @@ def _check(ms: list[Measurement], sizes: Sizes) -> list[Target]:
     for m in (m for m in redbatch if m.figure.startswith("8.") and m.case == "16 threads"):
         one = _find(ms, "8.", m.subject, "1 thread")
         targets.append(_ratio_target("add: 16 threads vs 1", m, one, THREADS_SPEED_UP, "1 thread"))
+    for m in (m for m in redbatch if m.figure.startswith("10.") and m.case == "1,000 coroutines"):
+        if m.subject == REDBATCH_REDIS:
+            assert m.value is not None
+            goal = f">= {ASYNC_ITEMS_PER_SECOND:,} items/s"
+            met = m.value >= ASYNC_ITEMS_PER_SECOND
+            measured = f"{m.value:,.0f}/s"
+            targets.append(Target("add_async: 1,000 coroutines", m.subject, measured, goal, met, ""))
     for m in (m for m in redbatch if m.figure.startswith("2.")):
-        targets.append(
-            _ratio_target("add_many vs raw RPUSH", m, _find(ms, "2.", RAW, m.case), 0.5, "raw RPUSH")
-        )
+        if m.subject == REDBATCH_SQLITE:
+            raw = _find(ms, "2.", RAW_SQLITE, m.case)
+            targets.append(_ratio_target("add_many vs raw executemany", m, raw, 0.5, "raw executemany"))
+        else:
+            raw = _find(ms, "2.", RAW, m.case)
+            targets.append(_ratio_target("add_many vs raw RPUSH", m, raw, 0.6, "raw RPUSH"))
     for m in (m for m in redbatch if m.figure.startswith("3.") and "1-item" not in m.case):
         targets.append(
             _ratio_target("end-to-end vs celery", m, _find(ms, "3.", CELERY, m.case), 5, "celery-batches")

@@ -1,6 +1,7 @@
 """Story 5, decision processes: the Python side of the long "processes" the HTTP service
-starts and polls (``POST /jobs`` submits ``decide``; ``GET /jobs/{id}`` reads its status,
-progress and result, also after a server restart, since all of it lives in the store).
+starts and polls (``POST /jobs/decisions`` submits ``decide``; ``GET /jobs/decisions/id/{id}``
+reads its status, progress and result, also after a server restart, since all of it lives in
+the store). ``redbatch serve --worker examples/decision_service.py`` serves it.
 
 The same code runs on ``memory://`` in development, SQLite on one host and Redis in
 production: only the store URL changes.
@@ -19,9 +20,10 @@ import redbatch
 STAGES = ("gather evidence", "score options", "check policy", "decide")
 
 
-def decisions(store: redbatch.Store, stage_seconds: float = 0.05) -> redbatch.Jobs:
-    """The job queue ``decisions`` and its function ``decide``."""
-    jobs = redbatch.Jobs(store, "decisions", max_attempts=3, lease=30.0, timeout=3600.0)
+def decisions(store: redbatch.Store, stage_seconds: float = 0.05, lease: float = 30.0) -> redbatch.Jobs:
+    """The job queue ``decisions`` and its function ``decide``; ``lease`` is how soon another
+    worker takes over the process of one that died."""
+    jobs = redbatch.Jobs(store, "decisions", max_attempts=3, lease=lease, timeout=3600.0)
 
     @jobs.function
     def decide(params: dict[str, Any], ctx: redbatch.JobContext) -> dict[str, Any]:

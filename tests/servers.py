@@ -82,7 +82,12 @@ class RedisServer:
             finally:
                 client.close()
 
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def stop(self) -> None:
+        """SIGKILL, as a crash would (a cluster node keeps its nodes.conf for a restart)."""
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
@@ -209,15 +214,19 @@ def cluster_port() -> int:
 @dataclass
 class RedisClusterGroup:
     """A Redis Cluster of ``masters`` redis-servers (``--cluster-enabled yes``) on free loopback
-    ports, joined by ``redis-cli --cluster create``: what ``redis+cluster://`` is tested on."""
+    ports, with ``replicas`` replicas each, joined by ``redis-cli --cluster create``: what
+    ``redis+cluster://`` is tested on, and what the chaos harness fails over."""
 
     directory: Path
     masters: int = 3
+    replicas: int = 0
     node_timeout_ms: int = 2000
     servers: list[RedisServer] | None = None
 
     def start(self, timeout: float = 30.0) -> RedisClusterGroup:
-        """Start and join every node; on any failure stop those already started, then raise."""
+        """Start and join every node, and return once every node says the cluster is ok and
+        every replica is in sync with its master; on any failure stop those already
+        started, then raise."""
         try:
             return self._start(timeout)
         except BaseException:
@@ -226,7 +235,7 @@ class RedisClusterGroup:
 
     def _start(self, timeout: float) -> RedisClusterGroup:
         self.servers = []
-        for n in range(self.masters):
+        for n in range(self.masters * (1 + self.replicas)):
             folder = self.directory / f"node{n}"
             folder.mkdir(parents=True, exist_ok=True)
             node = RedisServer(
@@ -244,38 +253,70 @@ class RedisClusterGroup:
             raise RuntimeError("redis-cli is not installed: the README's test command installs it")
         nodes = [f"127.0.0.1:{s.port}" for s in self.servers]
         subprocess.run(
-            [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+            [cli, "--cluster", "create", *nodes, "--cluster-replicas", str(self.replicas), "--cluster-yes"],
             check=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             timeout=timeout,
         )
-        deadline = time.monotonic() + timeout
-        while not self._ready():  # every node has every slot assigned and says ok
-            if time.monotonic() > deadline:
-                raise RuntimeError("the cluster did not come up")
-            time.sleep(0.05)
+        self.wait_ok(timeout)
         return self
 
+    def wait_ok(self, timeout: float) -> None:
+        """Wait (bounded) until every running node has every slot served, knows every node
+        and says ok, and every replica's link to its master is up."""
+        deadline = time.monotonic() + timeout
+        while not self._ready():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the cluster did not come up")
+            time.sleep(0.05)  # a readiness probe: nothing to wait on but the nodes' answers
+
     def _ready(self) -> bool:
-        for server in self.servers or []:
+        running = [s for s in self.servers or [] if s.running]
+        for server in running:
             client = redis.Redis(port=server.port, socket_timeout=0.5, socket_connect_timeout=0.5)
             try:
                 info = client.cluster("INFO")
+                role = client.info("replication")
             except redis.RedisError:
                 return False
             finally:
                 client.close()
             fields = {str(name): str(value) for name, value in dict(info).items()}  # parsed by redis-py
-            if fields.get("cluster_state") != "ok" or fields.get("cluster_known_nodes") != str(self.masters):
+            if fields.get("cluster_state") != "ok" or fields.get("cluster_slots_ok") != "16384":
                 return False
-            if fields.get("cluster_slots_ok") != "16384":
+            if fields.get("cluster_known_nodes") != str(len(self.servers or [])):
+                return False
+            if role.get("role") == "slave" and role.get("master_link_status") != "up":
                 return False
         return True
 
     def url(self) -> str:
         assert self.servers is not None
         return "redis+cluster://" + ",".join(f"127.0.0.1:{s.port}" for s in self.servers)
+
+    def masters_now(self) -> dict[int, list[tuple[int, int]]]:
+        """The masters serving slots now, as the first running node to answer sees them:
+        each one's port and its slot ranges (inclusive)."""
+        for server in self.servers or []:
+            if not server.running:
+                continue
+            client = redis.Redis(port=server.port, socket_timeout=0.5, socket_connect_timeout=0.5)
+            try:
+                reply = client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+            except redis.RedisError:
+                continue
+            finally:
+                client.close()
+            masters: dict[int, list[tuple[int, int]]] = {}
+            for start, end, master, *_ in reply:  # each: first slot, last slot, [host, port, id], replicas
+                masters.setdefault(int(master[1]), []).append((int(start), int(end)))
+            return masters
+        raise RuntimeError("no cluster node answered")
+
+    def server(self, port: int) -> RedisServer:
+        assert self.servers is not None
+        return next(s for s in self.servers if s.port == port)
 
     def stop(self) -> None:
         for server in self.servers or []:

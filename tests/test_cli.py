@@ -6,6 +6,7 @@ subprocesses with real signals, synchronised on what they write, with deadlines.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -222,6 +223,28 @@ def test_stats_inspect_and_dead_letters(cli_env: tuple[str, dict[str, str], Stor
     assert orders.stats().dead == 0
 
 
+def test_read_commands_print_json(cli_env: tuple[str, dict[str, str], Store]) -> None:
+    url, _, store = cli_env
+    dead_id = make_dead_letter(store)
+    orders = redbatch.Batcher(store, "orders", max_items=100, max_wait=60)
+    orders.add_many([("k-1", {"sku": "A-1"}), ("k-1", [2])])
+
+    code, output = invoke("stats", "orders", "--json", "--url", url)
+    assert code == 0, output
+    (stats,) = json.loads(output)
+    assert (stats["name"], stats["buffered_items"], stats["dead"]) == ("orders", 2, 1)
+
+    code, output = invoke("inspect", "orders", "k-1", "--json", "--url", url)
+    assert code == 0, output
+    assert [item["value"] for item in json.loads(output)] == [{"sku": "A-1"}, [2]]
+
+    code, output = invoke("dead-letters", "list", "orders", "--json", "--url", url)
+    assert code == 0, output
+    (letter,) = json.loads(output)
+    assert letter["id"] == dead_id and letter["items"] == [{"n": 1}, {"n": 2}]
+    assert letter["error"].endswith("ValueError: poison item")
+
+
 def test_a_batcher_the_store_never_saw_is_not_found(cli_env: tuple[str, dict[str, str], Store]) -> None:
     url, _, store = cli_env
     redbatch.Batcher(store, "known").add("k", 1)
@@ -318,6 +341,7 @@ def test_every_bad_url_is_one_line_exit_1_and_no_password(url: str, password: st
 # ---------------------------------------------------------------- worker
 
 WORKER_MODULE = """
+import json
 import json
 import os
 
@@ -416,6 +440,7 @@ def test_worker_reports_a_missing_module(tmp_path: Path) -> None:
 
 
 STUCK_MODULE = """
+import json
 import os
 import threading
 

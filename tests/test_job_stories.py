@@ -40,9 +40,6 @@ def test_a_killed_worker_does_not_break_the_group(
 ) -> None:
     url, options = store_factory
     store = redbatch.connect(url, **options)
-    if not hasattr(store, "submit_jobs"):
-        store.close()
-        pytest.skip(f"{type(store).__name__} has no job operations yet")
     record = tmp_path / "callbacks.jsonl"
     jobs = documents.pipeline(store, record)
     procs: list[subprocess.Popen[bytes]] = []

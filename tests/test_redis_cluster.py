@@ -200,3 +200,22 @@ def test_wake_ups_from_every_master_reach_a_waiting_worker(store: RedisStore) ->
         assert len(seen) == 3
     finally:
         waiter.close()
+
+
+def test_a_store_opens_while_the_master_of_slot_0_is_dead(tmp_path: Path) -> None:
+    """redis-py sends COMMAND to the first master of the map when it builds a cluster client:
+    a process started while that master is down (before its failover: the chaos harness's
+    replacement workers) still opens the store, with no hidden retries once it is built."""
+    cluster = RedisClusterGroup(tmp_path).start()
+    try:
+        masters = cluster.masters_now()
+        first = next(port for port, ranges in masters.items() if any(a == 0 for a, _ in ranges))
+        cluster.server(first).stop()
+        store = open_store(cluster)
+        try:
+            assert store.client.retry.get_retries() == 0
+            assert store.client.get_default_node().port != first
+        finally:
+            store.close()
+    finally:
+        cluster.stop()

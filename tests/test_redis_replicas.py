@@ -4,6 +4,7 @@ acknowledged add lost across real Sentinel failovers."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -116,6 +117,30 @@ def test_a_stopped_replica_makes_writes_not_replicated(pair: tuple[RedisServer, 
     finally:
         os.kill(replica.process.pid, signal.SIGCONT)
     Batcher(patient, "b", max_wait=60).add("k", 2)  # the replica catches up: writes go through
+    store.close()
+    patient.close()
+
+
+def test_async_adds_wait_too(pair: tuple[RedisServer, RedisServer]) -> None:
+    """``add_async`` frames its command by hand (wire.py); its WAIT goes with it."""
+    master, replica = pair
+    patient = open_store(master)
+    store = open_store(master, REFUSE, prefix=patient.prefix)
+
+    async def adds() -> None:
+        await Batcher(patient, "b", max_wait=60).add_async("k", 0)
+        with redis.Redis(port=replica.port) as on_replica:
+            assert on_replica.llen(f"{{{patient.prefix}:b:0}}:i:k") == 1
+        assert replica.process is not None
+        os.kill(replica.process.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(NotReplicated):
+                await Batcher(store, "b", max_wait=60).add_async("k", 1)
+        finally:
+            os.kill(replica.process.pid, signal.SIGCONT)
+
+    asyncio.run(adds())
+    assert [p.value for p in Batcher(patient, "b", max_wait=60).peek("k")] == [0, 1]
     store.close()
     patient.close()
 

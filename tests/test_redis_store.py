@@ -3,6 +3,7 @@ partitions. The conformance suite covers the behaviour every store shares."""
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import time
@@ -10,15 +11,31 @@ import uuid
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 import redis
+from redis.crc import key_slot
 
 import redbatch
 import redbatch.stores.redis
-from redbatch import Batcher, CorruptItem, RedbatchError, StoreUnavailable
+from redbatch import Batcher, CorruptItem, RedbatchError, StoreUnavailable, engine
+from redbatch.jobrecords import (
+    JOBS_PREFIX,
+    JobOutcome,
+    JobStatus,
+    Lane,
+    NewGroup,
+    NewJob,
+    OutcomeKind,
+    callback_job_id,
+)
 from redbatch.stores.redis import RedisStore
+from redbatch.stores.redis.client import JOB_SCRIPTS
+from redbatch.types import QueueSpec
 from tests.conformance.helpers import ack, claim, claim_one, fail, items, make
 from tests.conftest import FakeClock
 from tests.servers import RedisServer, free_port
@@ -367,3 +384,224 @@ def test_a_dead_letter_holding_an_unframed_entry_replays_whole(
     assert [d.items[0] for d in b.dead_letters()] == [1]
     b.add("k", 1)  # no digest was left behind for an item that does not wait
     assert [p.value for p in b.peek("k")] == [1]
+
+
+# ---------------------------------------------------------------- job queues
+
+
+def job_spec(lease_ms: int = 1000) -> QueueSpec:
+    return QueueSpec(JOBS_PREFIX + "q", 1, 0, 0, False, 3, lease_ms)
+
+
+def new_job(job_id: str, now: int, group: str = "", attempts: int = 2) -> NewJob:
+    return NewJob(job_id, "f", orjson.dumps({"id": job_id}), now, Lane.NORMAL, attempts, 1, group)
+
+
+def test_lib_lua_states_the_engines_job_transitions() -> None:
+    """lib.lua's JOB_ROWS is redbatch.engine.JOB_TRANSITIONS stated again, row for row."""
+    lib = resources.files("redbatch.stores.redis").joinpath("lua/lib.lua").read_text()
+    table = lib[lib.index("local JOB_ROWS = {") : lib.index("local JOB_STATUSES")]
+    rows = {
+        name: (frozenset(re.findall(r"(\w+) = true", leaves)), enters)
+        for name, leaves, enters in re.findall(r"^\s+(\w+) = \{\{([^}]*)\}, '(\w+)'\},$", table, re.M)
+    }
+    assert rows == dict(engine.JOB_TRANSITIONS)
+
+
+def test_every_job_transition_is_cited_by_the_script_that_makes_it() -> None:
+    """As test_engine.py checks ``-- transition: NAME`` for the engine's table, this checks
+    ``-- job transition: NAME`` for JOB_TRANSITIONS: each row cited, no other name."""
+    lua = resources.files("redbatch.stores.redis").joinpath("lua")
+    cited = {
+        name
+        for script in lua.iterdir()
+        if script.name.endswith(".lua")
+        for name in re.findall(r"-- job transition: (\w+)", script.read_text())
+    }
+    assert cited == set(engine.JOB_TRANSITIONS)
+
+
+def test_a_job_queue_has_one_partition_whatever_the_store_has(redis_server: RedisServer) -> None:
+    store = RedisStore(redis_server.url, prefix=f"t{uuid.uuid4().hex[:12]}", partitions=3)
+    assert [p.base for p in store._partitions(job_spec().name)] == [f"{{{store.prefix}:jobs:q:0}}:"]
+    assert len(store._partitions("batcher")) == 3
+    store.close()
+
+
+def persistent_server(port: int, directory: Path) -> RedisServer:
+    """A redis-server that writes every change to its append-only file before answering."""
+    return RedisServer(port, directory, ("--appendonly", "yes", "--appendfsync", "always"))
+
+
+def test_job_state_survives_a_redis_server_restart(tmp_path: Path, clock: FakeClock) -> None:
+    server = persistent_server(free_port(), tmp_path).start()
+    try:
+        store = RedisStore(server.url)
+        q = job_spec(lease_ms=60_000)
+        members = [new_job(f"m{i}", clock.now, group="g") for i in range(3)]
+        store.submit_jobs(q, members, NewGroup("g", b'"cb"', "cb"), clock.now)
+        store.submit_jobs(q, [new_job("solo", clock.now)], None, clock.now)
+        claimed = {c.lease.key: c for c in store.claim_due(q, clock.now, 10)}
+        ok = JobOutcome(claimed["m0"].lease, OutcomeKind.SUCCEEDED, b"42")
+        assert store.finish_jobs(q, [ok], clock.now) == [True]
+        assert store.fail(q, claimed["m1"].lease, clock.now, "boom", None)
+        assert store.job_progress(q, claimed["m2"].lease, 0.5, "half")
+        before = (
+            store.get_jobs(q, ["m0", "m1", "m2", "solo"]),
+            store.get_group(q, "g"),
+            store.job_counts(q),
+            store.list_jobs(q, None, None, 10, None),
+            store.counters(q),
+        )
+        store.close()
+
+        server.stop()  # SIGKILL: only what the append-only file holds comes back
+        server.start()
+
+        store = RedisStore(server.url)
+        after = (
+            store.get_jobs(q, ["m0", "m1", "m2", "solo"]),
+            store.get_group(q, "g"),
+            store.job_counts(q),
+            store.list_jobs(q, None, None, 10, None),
+            store.counters(q),
+        )
+        assert after == before
+        # and the work goes on from where it was: the group ends, its callback is due
+        done = JobOutcome(claimed["m2"].lease, OutcomeKind.SUCCEEDED, b"1")
+        assert store.finish_jobs(q, [done], clock.now) == [True]
+        assert {c.lease.key for c in store.claim_due(q, clock.now, 10)} == {callback_job_id("g", 1)}
+        group = store.get_group(q, "g")
+        assert group is not None and group.counts[JobStatus.FAILED] == 1 and group.finished_at == clock.now
+        store.close()
+    finally:
+        server.stop()
+
+
+class KeysSeen:
+    """Wraps a store's ``_eval`` (every script call of a one-partition queue goes through
+    it) to record the KEYS each script is given, then calls the script as before."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.calls: list[tuple[str, list[str]]] = []
+        self._eval = store._eval
+        store._eval = self  # type: ignore[method-assign]
+
+    def __call__(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        self.calls.append((name, list(keys)))
+        return self._eval(name, keys, args)
+
+
+def run_every_job_step(store: RedisStore, clock: FakeClock) -> None:
+    """Every job operation, and claim and fail on a job queue, each at least once."""
+    q = job_spec()
+    members = [new_job(f"m{i}", clock.now, group="g", attempts=1) for i in range(4)]
+    store.submit_jobs(q, members, NewGroup("g", b'"cb"', "cb"), clock.now)
+    store.submit_jobs(q, [new_job("solo", clock.now), new_job("later", clock.now + 60_000)], None, clock.now)
+    claimed = {c.lease.key: c for c in store.claim_due(q, clock.now, 10)}
+    assert store.job_progress(q, claimed["m0"].lease, 0.5, "half")
+    assert store.heartbeat(q, [claimed["m0"].lease], clock.now + 1000) == [True]
+    assert store.fail(q, claimed["solo"].lease, clock.now, "again", clock.now)
+    assert store.fail(q, claimed["m1"].lease, clock.now, "dead", None)
+    advance = JobOutcome(claimed["m2"].lease, OutcomeKind.ADVANCE, b"1", b'"next"', clock.now, "g")
+    assert store.finish_jobs(q, [advance], clock.now) == [True]
+    assert store.cancel_job(q, "m0", clock.now) == JobStatus.RUNNING
+    assert store.cancel_job(q, "later", clock.now) == JobStatus.CANCELLED
+    clock.advance(2)  # m3's lease lapses with its only attempt used: buried
+    claimed = {c.lease.key: c for c in store.claim_due(q, clock.now, 10)}
+    assert set(claimed) == {"solo", "m2"}
+    outcomes = [JobOutcome(c.lease, OutcomeKind.SUCCEEDED, b"2") for c in claimed.values()]
+    assert store.finish_jobs(q, outcomes, clock.now) == [True, True]
+    assert store.retry_jobs(q, ["m1", "m3"], None, clock.now, clock.now) == ["m1", "m3"]
+    store.list_jobs(q, JobStatus.PENDING, "g", 10, None)
+    store.get_jobs(q, ["m0"])
+    store.get_group(q, "g")
+    store.job_counts(q)
+    clock.advance(60)
+    assert store.cleanup_jobs(q, clock.now, 100) >= 2  # solo and later at least
+
+
+def test_every_job_script_touches_one_slot(own_server: RedisServer, clock: FakeClock) -> None:
+    """Cluster-ready: every key a job script is given, and every key a job step writes
+    (whether given or built inside the script), shares the queue's one hash tag."""
+    store = RedisStore(own_server.url, prefix="app", partitions=3)
+    tag = "{app:jobs:q:0}:"
+    admin = redis.Redis(port=own_server.port)
+    admin.config_set("notify-keyspace-events", "KA")
+    watcher = admin.pubsub()
+    watcher.psubscribe("__keyspace@0__:*")
+    watcher.subscribe("end-of-test")
+    seen = KeysSeen(store)
+
+    run_every_job_step(store, clock)
+
+    admin.publish("end-of-test", "1")  # delivered after every notification before it
+    written: set[str] = set()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        message = watcher.get_message(timeout=1)
+        if message is None or message["type"] not in ("pmessage", "message"):
+            continue
+        if message["channel"] == b"end-of-test":
+            break
+        written.add(message["channel"].decode().removeprefix("__keyspace@0__:"))
+    else:
+        pytest.fail("the end of the test's notifications never came")
+    watcher.close()
+    admin.close()
+    store.close()
+
+    scripts = {name for name, _ in seen.calls}
+    assert scripts >= {*JOB_SCRIPTS, "claim", "fail", "heartbeat"}
+    given = {key for _, keys in seen.calls for key in keys}
+    assert written and given
+    assert {key for key in given | written if not key.startswith(tag)} == set()
+    assert {key_slot(key.encode()) for key in given | written} == {key_slot(tag.encode())}
+
+
+def test_cleanup_takes_a_group_whole_even_past_its_limit_when_it_comes_first(
+    store: RedisStore, clock: FakeClock
+) -> None:
+    q = job_spec()
+    store.submit_jobs(q, [new_job("solo", clock.now)], None, clock.now)
+    store.submit_jobs(q, [new_job(f"m{i}", clock.now, group="g") for i in range(3)], NewGroup("g"), clock.now)
+    claimed = store.claim_due(q, clock.now, 10)
+    by_key = {c.lease.key: c for c in claimed}
+    assert store.finish_jobs(q, [JobOutcome(by_key["solo"].lease, OutcomeKind.SUCCEEDED)], clock.now)
+    clock.advance(1)
+    others = [JobOutcome(c.lease, OutcomeKind.SUCCEEDED) for c in claimed if c.lease.key != "solo"]
+    assert store.finish_jobs(q, others, clock.now) == [True] * 3
+    clock.advance(1)
+    assert store.cleanup_jobs(q, clock.now, 2) == 1  # solo; the group of 3 would pass the limit
+    assert store.get_group(q, "g") is not None
+    assert store.cleanup_jobs(q, clock.now, 2) == 3  # first in line: it goes whole
+    assert store.get_group(q, "g") is None
+    assert store.list_jobs(q, None, None, 10, None).jobs == []
+    assert store.cleanup_jobs(q, clock.now, 2) == 0
+
+
+def test_job_operations_refuse_bad_input_and_store_nothing(store: RedisStore, clock: FakeClock) -> None:
+    q = job_spec()
+    with pytest.raises(redbatch.ConfigError, match="names group"):
+        store.submit_jobs(q, [new_job("a", clock.now), new_job("b", clock.now, group="g")], None, clock.now)
+    with pytest.raises(redbatch.ConfigError, match="names group"):
+        store.submit_jobs(q, [new_job("a", clock.now, group="h")], NewGroup("g"), clock.now)
+    assert store.get_jobs(q, ["a", "b"]) == [None, None] and store.get_group(q, "g") is None
+    with pytest.raises(redbatch.ConfigError, match="not a job queue"):
+        store.submit_jobs(QueueSpec("b", 1, 0, 0, False, 3, 1000), [new_job("a", clock.now)], None, clock.now)
+    store.submit_jobs(q, [new_job(f"j{i}", clock.now) for i in range(3)], None, clock.now)
+    (running,) = store.claim_due(q, clock.now, 1)
+    for fraction in (-0.1, 1.5, float("nan")):
+        with pytest.raises(redbatch.ConfigError, match="fraction"):
+            store.job_progress(q, running.lease, fraction, "")
+    page = store.list_jobs(q, None, None, 1, None)
+    assert page.cursor is not None
+    with pytest.raises(redbatch.ConfigError, match="another query"):
+        store.list_jobs(q, JobStatus.PENDING, None, 1, page.cursor)
+    for garbage in ("", "not a cursor", "W10="):
+        with pytest.raises(redbatch.ConfigError, match="not a cursor"):
+            store.list_jobs(q, None, None, 1, garbage)
+    with pytest.raises(redbatch.ConfigError, match="limit"):
+        store.list_jobs(q, None, None, 0, None)
+    with pytest.raises(redbatch.NotFound):
+        store.cancel_job(q, "nope", clock.now)

@@ -1,5 +1,6 @@
-"""Schemathesis against the live service's OpenAPI: generated requests to every route, with the
-token, find no 5xx and no response that breaks the schema. Bounded to run in seconds.
+"""Schemathesis against the live service's OpenAPI: generated requests to every route (batchers,
+jobs and groups), with the token, find no 5xx and no response that breaks the schema. Bounded
+to run in seconds.
 
 The schema is read from the app object when this module is collected (schemathesis makes
 its test cases then, before any fixture runs; its lazy ``from_fixture`` loader does not work
@@ -27,9 +28,13 @@ STORE = redbatch.connect("memory://")
 # A batcher with a handler and a worker, so generated adds, flushes and replays run for real.
 SERVED = redbatch.Batcher(STORE, "served", max_wait=0.05, max_attempts=1, lease=5)
 SERVED.handler(lambda batch: None)
+# A job queue with functions, so generated submits, groups, cancels and retries run for real.
+JOBS = redbatch.Jobs(STORE, "work", max_attempts=1, lease=5)
+JOBS.function("echo")(lambda params, ctx: params)
+JOBS.function("fail")(lambda params, ctx: 1 / 0)
 APP = create_app(
     STORE,
-    worker=redbatch.Worker(STORE, [SERVED], concurrency=2, handle_signals=False),
+    worker=redbatch.Worker(STORE, [SERVED, JOBS], concurrency=2, handle_signals=False),
     token=TOKEN,
     max_body=64 * 1024,
 )

@@ -6,9 +6,11 @@ that every operation answers exactly as the in-memory reference store does.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import multiprocessing
 import os
+import re
 import select
 import signal
 import sqlite3
@@ -22,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -33,7 +36,18 @@ from hypothesis.stateful import (
 )
 
 import redbatch
+from redbatch.engine import JOB_TRANSITIONS
 from redbatch.errors import ConfigError, RedbatchError, StoreUnavailable
+from redbatch.jobrecords import (
+    JOBS_PREFIX,
+    JobOutcome,
+    JobStatus,
+    Lane,
+    NewGroup,
+    NewJob,
+    OutcomeKind,
+    callback_job_id,
+)
 from redbatch.stores.memory import MemoryStore
 from redbatch.stores.sqlite import (
     SCHEMA_VERSION,
@@ -41,6 +55,7 @@ from redbatch.stores.sqlite import (
     SELECT_NEXT_DUE,
     SELECT_OLDEST,
     SQLiteStore,
+    jobs,
     sqlite_path,
 )
 from redbatch.types import ClaimedBatch, DeadRecord, Entry, Lease, QueueCounters, QueueSpec
@@ -245,7 +260,7 @@ def test_a_version_1_file_gains_the_rules_table_and_keeps_its_data(tmp_path: Pat
         conn.execute("PRAGMA user_version = 1")
     conn.close()
     store = SQLiteStore(str(path))
-    assert store._conn().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert store._conn().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     assert store.stored_rules("b") is None
     store.append(SPEC, entries("k", 2), 10)
     assert store.stored_rules("b") == SPEC
@@ -288,7 +303,7 @@ def test_a_version_2_file_renames_its_buffered_column_and_keeps_its_counters(tmp
     _version_2_file(path)
     store = SQLiteStore(str(path))
     conn = store._conn()
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     columns = [row[1] for row in conn.execute("PRAGMA table_info(queues)")]
     assert "buffered_items" in columns and "buffered" not in columns
     assert store.counters(SPEC) == QueueCounters(
@@ -302,6 +317,47 @@ def test_a_version_2_file_renames_its_buffered_column_and_keeps_its_counters(tmp
     (claimed,) = store.claim_due(SPEC, 10, 1)
     assert (claimed.payloads, claimed.lease.fencing_token) == ((b"1", b"2", b"3"), 6)
     assert store.counters(SPEC).buffered_items == 0
+    store.close()
+
+
+def _version_3_file(path: Path) -> None:
+    """A version-3 file (before job records): version 2's data, its column renamed."""
+    _version_2_file(path)
+    with sqlite3.connect(path) as conn:
+        conn.execute("ALTER TABLE queues RENAME COLUMN buffered TO buffered_items")
+        conn.execute("PRAGMA user_version = 3")
+    conn.close()
+
+
+def test_a_version_3_file_gains_the_job_tables_keeps_its_data_and_runs_jobs(tmp_path: Path) -> None:
+    """Version 4 added the job records; a batcher's state in an older file is left as it was."""
+    path = tmp_path / "v3.db"
+    _version_3_file(path)
+    store = SQLiteStore(str(path))
+    conn = store._conn()
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"jobs", "job_groups", "job_counts"} <= tables
+    assert store.counters(SPEC) == QueueCounters(
+        open_keys=1, buffered_items=2, oldest_arrival=0, in_flight=0, retrying=0,
+        dead=1, flushed_batches=3, flushed_items=7, last_flush_at=900,
+    )  # fmt: skip
+    assert store.peek(SPEC, "k", 10) == [(0, b"1"), (0, b"2")]
+    (dead,) = store.dead_letters(SPEC, 10, 0)
+    assert (dead.batch_id, dead.payloads, dead.died_at) == ("gone", (b"0",), 800)
+    group = NewGroup("g", b'"all done"', "report")
+    assert store.submit_jobs(JOBS, [_job("a", 1_000, "g"), _job("b", 1_000, "g")], group, 1_000) == [True] * 2
+    claimed = store.claim_due(JOBS, 2_000, 10)
+    assert store.finish_jobs(JOBS, [_succeeded(c) for c in claimed], 2_000) == [True, True]
+    record = store.get_group(JOBS, "g")
+    assert record is not None and (record.total, record.finished_at) == (2, 2_000)
+    assert [c.lease.key for c in store.claim_due(JOBS, 2_000, 10)] == [callback_job_id("g", 1)]
+    assert store.job_counts(JOBS) == {
+        **dict.fromkeys(JobStatus, 0),
+        JobStatus.SUCCEEDED: 2,
+        JobStatus.RUNNING: 1,
+    }
+    assert store.counters(SPEC).buffered_items == 2  # the batcher's items are still there
     store.close()
 
 
@@ -1048,3 +1104,144 @@ def test_every_answer_matches_the_memory_store(tmp_path: Path, dedupe: bool) -> 
             max_examples=40, stateful_step_count=30, deadline=None, suppress_health_check=list(HealthCheck)
         ),
     )
+
+
+# ---------------------------------------------------------------- job records
+
+JOBS = QueueSpec(JOBS_PREFIX + "q", 1, 0, 0, False, 3, 60_000)
+
+
+def _job(job_id: str, now_ms: int, group: str = "") -> NewJob:
+    return NewJob(job_id, "f", orjson.dumps({"id": job_id}), now_ms, Lane.NORMAL, 3, 1, group)
+
+
+def _succeeded(claimed: ClaimedBatch, result: object = None) -> JobOutcome:
+    return JobOutcome(claimed.lease, OutcomeKind.SUCCEEDED, orjson.dumps(result))
+
+
+def _run_jobs(path: str, now_ms: int) -> None:
+    """A worker process: claim and finish jobs (its pid the result) until none is open."""
+    store = SQLiteStore(path)
+    waiter = store.waiter([JOBS.name])
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        claimed = store.claim_due(JOBS, now_ms, 4)
+        if claimed:
+            store.finish_jobs(JOBS, [_succeeded(c, os.getpid()) for c in claimed], now_ms)
+            continue
+        counts = store.job_counts(JOBS)
+        if counts[JobStatus.PENDING] == counts[JobStatus.RUNNING] == 0:
+            waiter.close()
+            store.close()
+            return
+        waiter.wait(1.0)  # until another process commits (it holds the last jobs)
+    raise SystemExit("jobs were left open past the deadline")
+
+
+def test_processes_on_one_file_see_each_others_jobs_and_count_a_group_exactly(tmp_path: Path) -> None:
+    """Jobs submitted here are run by three worker processes, each on its own connection;
+    their results, the group's counts and its one callback are seen here and by a new store."""
+    path = str(tmp_path / "jobs.db")
+    store = SQLiteStore(path)
+    members = [_job(f"doc-{i}", 1_000, "g") for i in range(60)]
+    assert all(store.submit_jobs(JOBS, members, NewGroup("g", b'"report"', "report"), 1_000))
+    workers = [SPAWN.Process(target=_run_jobs, args=(path, 2_000)) for _ in range(3)]
+    for proc in workers:
+        proc.start()
+    for proc in workers:
+        proc.join(DEADLINE * 2)
+        assert proc.exitcode == 0
+    pids = {proc.pid for proc in workers}
+    other = SQLiteStore(path)  # a connection that saw none of it happen
+    for reader in (store, other):
+        group = reader.get_group(JOBS, "g")
+        assert group is not None
+        assert (group.total, group.counts[JobStatus.SUCCEEDED], group.finished_at) == (60, 60, 2_000)
+        assert (group.round, group.callback_job) == (1, callback_job_id("g", 1))
+        records = reader.get_jobs(JOBS, [j.id for j in members] + [callback_job_id("g", 1)])
+        assert all(r is not None and r.status is JobStatus.SUCCEEDED for r in records)
+        assert {orjson.loads(r.result) for r in records if r is not None and r.result} <= pids
+        page = reader.list_jobs(JOBS, None, None, 100, None)
+        assert len(page.jobs) == 61 and page.cursor is None  # the callback was created once
+        assert reader.job_counts(JOBS)[JobStatus.SUCCEEDED] == 61
+        counters = reader.counters(JOBS)
+        assert (counters.flushed_batches, counters.open_keys, counters.in_flight) == (61, 0, 0)
+    store.close()
+    other.close()
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        *(
+            jobs.list_query(by_status=s, by_group=g, after=a)
+            for s, g, a in itertools.product((False, True), repeat=3)
+        ),
+        jobs._FINISHED_SINGLES,
+        jobs._FINISHED_GROUPS,
+    ],
+)
+def test_listing_and_cleaning_jobs_is_an_index_search_in_order(tmp_path: Path, query: str) -> None:
+    store = SQLiteStore(str(tmp_path / "x.db"))
+    params = [JOBS.name, *[1] * (query.count("?") - 1)]
+    plan = " | ".join(row[3] for row in store._conn().execute(f"EXPLAIN QUERY PLAN {query}", params))
+    assert "SEARCH jobs USING" in plan or "SEARCH job_groups USING" in plan, plan
+    assert "INDEX" in plan and "SCAN" not in plan and "TEMP B-TREE" not in plan, plan
+    store.close()
+
+
+def test_every_job_transition_is_cited_where_the_store_implements_it() -> None:
+    """As test_engine.py checks the engine's: ``# job: NAME[, NAME]`` marks each row's code."""
+    folder = Path(jobs.__file__).parent
+    cited = {
+        name
+        for source in folder.glob("*.py")
+        for names in re.findall(r"# job: (\w+(?:, \w+)*)", source.read_text())
+        for name in names.split(", ")
+    }
+    assert cited == set(JOB_TRANSITIONS)
+
+
+def test_a_cursor_of_another_query_or_none_at_all_is_a_config_error(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "x.db"))
+    store.submit_jobs(JOBS, [_job(f"j{i}", 1_000 + i) for i in range(3)], None, 1_000)
+    page = store.list_jobs(JOBS, None, None, 2, None)
+    assert [j.id for j in page.jobs] == ["j2", "j1"] and page.cursor is not None
+    assert [j.id for j in store.list_jobs(JOBS, None, None, 2, page.cursor).jobs] == ["j0"]
+    with pytest.raises(ConfigError, match="cursor"):
+        store.list_jobs(JOBS, JobStatus.PENDING, None, 2, page.cursor)
+    with pytest.raises(ConfigError, match="cursor"):
+        store.list_jobs(JOBS, None, "g", 2, page.cursor)
+    for garbage in ("", "not base64!", "bnVsbA==", page.cursor[:-4]):
+        with pytest.raises(ConfigError, match="cursor"):
+            store.list_jobs(JOBS, None, None, 2, garbage)
+    with pytest.raises(ConfigError, match="limit"):
+        store.list_jobs(JOBS, None, None, 0, None)
+    store.close()
+
+
+def test_publishing_a_job_queues_rules_keeps_each_jobs_own_deadline(tmp_path: Path) -> None:
+    """A delayed job is due at its own score; new rules must not reschedule it by max_wait."""
+    store = SQLiteStore(str(tmp_path / "x.db"))
+    later = replace(_job("later", 1_000), score_ms=50_000)
+    store.submit_jobs(JOBS, [later], None, 1_000)
+    store.publish_rules(JOBS, 1_000)
+    store.publish_rules(QueueSpec(JOBS.name, 1, 0, 0, False, 5, 60_000), 2_000)
+    assert store.next_due_ms(JOBS) == 50_000
+    assert store.claim_due(JOBS, 49_999, 10) == []
+    store.close()
+
+
+def test_cleanup_takes_a_group_larger_than_its_limit_whole(tmp_path: Path) -> None:
+    """A group goes whole, so one larger than ``limit`` would otherwise never go: it is
+    taken while fewer than ``limit`` records were deleted, with its callback jobs."""
+    store = SQLiteStore(str(tmp_path / "x.db"))
+    members = [_job(f"m{i}", 1_000, "g") for i in range(5)]
+    store.submit_jobs(JOBS, members, NewGroup("g", b'"cb"', "cb"), 1_000)
+    store.finish_jobs(JOBS, [_succeeded(c) for c in store.claim_due(JOBS, 1_000, 10)], 1_000)
+    store.finish_jobs(JOBS, [_succeeded(c) for c in store.claim_due(JOBS, 1_000, 10)], 1_000)  # the callback
+    assert store.cleanup_jobs(JOBS, 2_000, 2) == 6
+    assert store.get_group(JOBS, "g") is None
+    assert store.list_jobs(JOBS, None, None, 10, None).jobs == []
+    assert store.job_counts(JOBS) == dict.fromkeys(JobStatus, 0)
+    store.close()

@@ -1,5 +1,6 @@
 """Figure 2: ``add_many`` throughput: calls of 1,000 items spread over 100 keys, against the
-raw ceiling of one multi-value RPUSH per key, all keys pipelined in one round trip."""
+raw ceilings: on Redis one multi-value RPUSH per key, all keys pipelined in one round trip; on
+SQLite one bare executemany of the store's rows in one transaction."""
 
 from __future__ import annotations
 
@@ -8,10 +9,21 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from benchmarks.baselines.raw_redis import redis_benchmark, redis_benchmark_available
+from benchmarks.baselines.raw_sqlite import RawExecutemany
 from benchmarks.context import Context
 from benchmarks.items import encode, keyed_items
 from benchmarks.results import Measurement
-from benchmarks.subjects import CELERY, LIST_LOCK, PER_ITEM, RAW, REDIS_BENCHMARK, AdderSpec, make_adder
+from benchmarks.subjects import (
+    CELERY,
+    LIST_LOCK,
+    PER_ITEM,
+    RAW,
+    RAW_SQLITE,
+    REDBATCH_SQLITE,
+    REDIS_BENCHMARK,
+    AdderSpec,
+    make_adder,
+)
 
 FIGURE = "2. add_many"
 CASE = "bulk calls, 1 connection"
@@ -58,8 +70,24 @@ def run(ctx: Context) -> list[Measurement]:
         out.append(m)
     for subject in (PER_ITEM, LIST_LOCK, CELERY):
         out.append(Measurement(FIGURE, CASE, subject, "items/s", skipped="no bulk add in this pattern"))
+    if any(t.subject == REDBATCH_SQLITE for t in ctx.stores):
+        out.append(_raw_sqlite(ctx, shape))
     out.append(_redis_benchmark(ctx))
     return out
+
+
+def _raw_sqlite(ctx: Context, shape: str) -> Measurement:
+    ctx.log(f"{FIGURE}: {RAW_SQLITE}")
+    note = f"{shape}; one executemany of the store's pending rows per call, pre-encoded, synchronous=FULL"
+    m = Measurement(FIGURE, CASE, RAW_SQLITE, "items/s", note=note)
+    calls = _calls(ctx, pre_encoded=True)
+    for run in range(ctx.sizes.runs):
+        raw = RawExecutemany(str(ctx.workdir / f"raw-executemany-{run}.db"))
+        try:
+            m.runs.append(_time_calls(raw.add_many, calls))
+        finally:
+            raw.close()
+    return m
 
 
 def _redis_benchmark(ctx: Context) -> Measurement:

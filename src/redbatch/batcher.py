@@ -1,20 +1,16 @@
-"""The batching front door: add items, adopt the rules the store holds, operate a batcher.
+"""The batching front door: a batcher's settings, the rules the store holds, its operators.
 
-Over 500 lines on purpose: some 320 are the API reference's parameter blocks (the code is
-about 265). Checking and encoding items is ``redbatch.checks``; sharing store calls between
-concurrent adds is ``redbatch.coalesce``.
+Adding items is ``redbatch.producing`` (mixed in); checking and encoding them is
+``redbatch.checks``; sharing store calls between concurrent adds is ``redbatch.coalesce``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, TypeAlias
-
-import orjson
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeAlias
 
 from redbatch.checks import (
     DEFAULT_MAX_ITEM_BYTES,
@@ -22,23 +18,21 @@ from redbatch.checks import (
     check_name,
     dead_letter_ids,
     decode_item,
-    encode_item,
     is_async_callable,
-    item_digest,
     positive_int,
     seconds_to_ms,
 )
-from redbatch.coalesce import Coalescer
 from redbatch.errors import ConfigError, NotFound
-from redbatch.stores.base import RulesChanged, Store
+from redbatch.producing import Producer
+from redbatch.stores.base import Store
 from redbatch.types import (
     Batch,
     BatcherStats,
     Clock,
     DeadLetter,
-    Entry,
     PendingItem,
     QueueSpec,
+    WaitingKey,
     system_clock,
 )
 
@@ -46,11 +40,8 @@ Handler: TypeAlias = Callable[[Batch], None] | Callable[[Batch], Awaitable[None]
 
 log = logging.getLogger("redbatch.batcher")
 
-RULES_ATTEMPTS = 3
-"""Appends tried per add when the store keeps holding other rules (a publish in between)."""
 
-
-class Batcher:
+class Batcher(Producer):
     """A named accumulator: items added under a key are handed to the handler as one batch.
 
     A key is handed over when it holds ``max_items`` items, when its oldest item has
@@ -113,6 +104,8 @@ class Batcher:
             milliseconds).
         spec: The rules in effect: the store's, once this process has seen them.
         timeout: The handler timeout in seconds (rounded to the millisecond), or None.
+        items_added: Items this object stored since it was made (``add``, ``add_many`` and
+            their async forms whose store call returned), for ``redbatch.metrics``.
 
     Raises:
         ConfigError: A setting is out of range or of the wrong type (``True`` is not a
@@ -162,7 +155,7 @@ class Batcher:
         self.clock = clock
         self.configured = self.spec
         self._rules_lock = threading.Lock()
-        self._coalescer = Coalescer(self._append_now)
+        self._init_producing()
         self._handler: Handler | None = None
         self._handler_is_async = False
 
@@ -280,120 +273,6 @@ class Batcher:
                 rules.describe(),
             )
 
-    def _append_now(self, entries: list[Entry]) -> None:
-        """One store call for the adds the coalescer grouped; they arrive now, as it starts."""
-        self._append(entries, self.clock())
-
-    def _append(self, entries: list[Entry], now_ms: int) -> None:
-        """Append under the rules in effect; when the store holds others, adopt them, retry."""
-        attempt = 1
-        while True:
-            spec = self.spec
-            try:
-                self.store.append(spec, entries, now_ms)
-                return
-            except RulesChanged:
-                if attempt == RULES_ATTEMPTS:
-                    raise
-                attempt += 1
-                # None: the record vanished (a flushed Redis); the retry records this process's.
-                self.adopt_rules(self.store.stored_rules(self.name) or self.configured)
-                if self.spec.dedupe != spec.dedupe:
-                    entries = [self._with_digest(e) for e in entries]
-
-    def _with_digest(self, entry: Entry) -> Entry:
-        """An entry re-encoded for the dedupe rule in effect (its payload is valid JSON)."""
-        digest = item_digest(orjson.loads(entry.payload)) if self.spec.dedupe else ""
-        return entry._replace(digest=digest)
-
-    # ------------------------------------------------------------------ producing
-
-    def _entry(self, key: str, item: Any) -> Entry:
-        key = check_key(key)
-        payload = encode_item(item, self.max_item_bytes)
-        return Entry(key, payload, item_digest(item) if self.spec.dedupe else "")
-
-    def add(self, key: str, item: Any) -> None:
-        """Add one item under ``key``; it is durable (as the store allows) when this returns.
-
-        One store call, made under the rules in effect. Adds (and ``add_many`` calls) made
-        by other threads of this process while a store call of this batcher is on its way
-        share the next one (group commit, see ``redbatch.coalesce``): the item is checked and
-        encoded here, then stored with theirs, and its arrival time is that call's start. A
-        lone add makes its call at once, on this thread. When the store holds other rules (a
-        worker published new ones), nothing is stored: the batcher adopts the store's rules,
-        logs a warning, and adds again under them.
-
-        Args:
-            key: What the item is grouped by (a chat, an agent, a profile): a non-empty
-                ``str`` of at most 512 characters that UTF-8 can encode (no lone surrogates).
-            item: A JSON value: a dict with str keys, a list or tuple, a str, an int within
-                64 bits, a finite float, a bool or None, at most ``max_item_bytes`` encoded.
-                The handler receives it decoded from JSON, so a tuple comes back as a list.
-                (orjson also takes a ``uuid.UUID``, sent as its string, and an enum member,
-                sent as its value.)
-
-        Raises:
-            InvalidKey: ``key`` is not a valid key. Nothing was stored.
-            InvalidItem: ``item`` is not a JSON value (a set, bytes, a dataclass, a datetime,
-                a subclass of str or int, NaN or an infinity, ...) or is too large. Nothing
-                was stored.
-            StoreUnavailable: The store could not be reached in time, or refused the write
-                (a read-only replica during a failover, out of memory). Nothing was stored,
-                unless the store timed out after receiving the command (a Redis command that
-                timed out may have run): then adding again may store the item twice. Every
-                add carried by that store call gets the same exception.
-            RedbatchError: Any other error the store reported (a Redis error); or the store's
-                rules changed under three tries in a row (``RulesChanged``). Nothing was
-                stored.
-        """
-        self._coalescer.submit([self._entry(key, item)])
-
-    def add_many(self, items: Iterable[tuple[str, Any]]) -> int:
-        """Add many (key, item) pairs in one round trip, all or none; return how many.
-
-        Every pair is checked before anything is sent, so one bad pair stores nothing. An
-        empty iterable makes no store call. Concurrent adds share the store call, as for
-        ``add``; the pairs are never split over two calls.
-
-        Args:
-            items: (key, item) pairs, each as ``add`` takes them; consumed once.
-
-        Returns:
-            How many items were added.
-
-        Raises:
-            InvalidKey: A key is not a valid key. Nothing was stored.
-            InvalidItem: An item is not a JSON value or is too large. Nothing was stored.
-            StoreUnavailable: As for ``add``: nothing was stored, unless the store timed out
-                after receiving the command (then all may have been). On Redis Cluster the
-                pairs are stored all or none per partition: ``PartlyStored``, a
-                ``StoreUnavailable``, names the keys stored when only some partitions were.
-            RedbatchError: As for ``add``. Nothing was stored.
-        """
-        entries = [self._entry(key, item) for key, item in items]
-        if entries:
-            self._coalescer.submit(entries)
-        return len(entries)
-
-    async def add_async(self, key: str, item: Any) -> None:
-        """``add`` for async code: the item is checked here, the store call runs on a thread.
-
-        It shares store calls with concurrent adds as ``add`` does, and raises what ``add``
-        raises, with the same meaning; ``InvalidKey`` and ``InvalidItem`` before anything is
-        sent.
-        """
-        entry = self._entry(key, item)
-        await asyncio.to_thread(self._coalescer.submit, [entry])
-
-    async def add_many_async(self, items: Iterable[tuple[str, Any]]) -> int:
-        """``add_many`` for async code: the pairs are checked here, the store call runs on a
-        thread. Returns and raises what ``add_many`` does."""
-        entries = [self._entry(key, item) for key, item in items]
-        if entries:
-            await asyncio.to_thread(self._coalescer.submit, entries)
-        return len(entries)
-
     # ------------------------------------------------------------------ the retry rule
 
     def retry_at(self, attempt: int, now_ms: int, rng: random.Random | None = None) -> int | None:
@@ -469,6 +348,23 @@ class Batcher:
         """
         rows = self.store.peek(self.spec, check_key(key), positive_int("limit", limit))
         return [PendingItem(decode_item(p), None if a is None else a / 1000) for a, p in rows]
+
+    def oldest_keys(self, limit: int = 10) -> list[WaitingKey]:
+        """The ``limit`` keys whose oldest waiting item has waited longest, oldest first.
+
+        A read of the store's age index (O(log n + limit) on SQLite and Redis), for
+        dashboards: which keys hold the oldest items, and why. Keys whose only items are in
+        a running or retrying batch are not listed.
+
+        Raises:
+            ConfigError: ``limit`` is not an integer of at least 1.
+            StoreUnavailable: The store could not be reached in time.
+        """
+        rows = self.store.oldest_keys(self.spec, positive_int("limit", limit))
+        now = self.clock()
+        return [
+            WaitingKey(key, first / 1000, max(0, now - first) / 1000, count) for key, first, count in rows
+        ]
 
     def clear(self, key: str) -> int:
         """Drop a key's waiting items (and a batch waiting to retry); a running batch finishes.

@@ -25,7 +25,7 @@ every store's integers (SQLite's 64 bits, the doubles of Redis' scores and Lua).
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # Only JSON values: dataclasses, datetimes and subclasses of str/int/dict/list are refused
 # rather than silently converted into something the handler would not recognise.
-_DUMPS_OPTIONS = (
+DUMPS_OPTIONS = (
     orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS
 )
 
@@ -33,7 +33,7 @@ _DUMPS_OPTIONS = (
 def encode_item(item: Any, max_bytes: int = DEFAULT_MAX_ITEM_BYTES) -> bytes:
     """Encode one item as JSON, refusing non-JSON values and items over ``max_bytes``."""
     try:
-        encoded = orjson.dumps(item, option=_DUMPS_OPTIONS)
+        encoded = orjson.dumps(item, option=DUMPS_OPTIONS)
     except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
         raise InvalidItem(f"item is not a JSON value: {exc}") from None
     # orjson writes NaN and infinities as null: look for them only when a null was written
@@ -61,7 +61,7 @@ def _holds_non_finite(value: Any) -> bool:
 
 def item_digest(item: Any) -> str:
     """The dedupe identity of an item: equal JSON, key order ignored."""
-    canonical = orjson.dumps(item, option=_DUMPS_OPTIONS | orjson.OPT_SORT_KEYS)
+    canonical = orjson.dumps(item, option=DUMPS_OPTIONS | orjson.OPT_SORT_KEYS)
     return hashlib.blake2b(canonical, digest_size=16).hexdigest()
 
 

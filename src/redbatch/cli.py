@@ -6,13 +6,14 @@ An error prints one red line, no traceback, and exits with a code that says what
 - 0: done.
 - 1: any other redbatch error (``ConfigError`` for a bad URL or setting, a Redis error, ...).
 - 2: a usage error: typer's (a missing argument, an unknown option), or a module that
-  defines no batcher with a handler.
+  defines no batcher with a handler nor job queue with a function.
 - 3: ``NotFound``: something named does not exist (a dead letter's id, ...).
 - 4: ``StoreUnavailable``: the store cannot be reached, or refuses writes.
 """
 
 from __future__ import annotations
 
+import enum
 import functools
 import importlib
 import importlib.util
@@ -22,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 from types import ModuleType
@@ -35,8 +37,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from redbatch.batcher import Batcher
-from redbatch.demo import DemoOptions, run_demo
+from redbatch.demo import DemoOptions, demo_service, run_demo
 from redbatch.errors import NotFound, RedbatchError, StoreUnavailable
+from redbatch.jobs import Jobs
+from redbatch.logs import LOG_FORMAT_ENV, LogFormat, json_handler, log_format_from_env
+from redbatch.metrics import instrument, serve_metrics
 from redbatch.stores import Store, connect
 from redbatch.types import BatcherStats, CorruptItem
 from redbatch.worker import Worker
@@ -69,17 +74,44 @@ MAX_CELL = 120  # characters of an item or error shown in a table cell
 _log_handler = RichHandler(console=err_console, show_path=False)
 
 
+_json_log_handler = json_handler()
+
+
 @app.callback()
 def _setup() -> None:
-    configure_logging(logging.WARNING)
+    try:
+        log_format = log_format_from_env()
+    except RedbatchError as exc:
+        fail(str(exc))
+    configure_logging(logging.WARNING, log_format)
 
 
-def configure_logging(level: int) -> None:
-    """Show redbatch's log records on stderr through rich (above a live display, if any)."""
+def configure_logging(level: int, log_format: LogFormat = "text") -> None:
+    """Show redbatch's log records on stderr: through rich (above a live display, if any),
+    or as one JSON object per line (``redbatch.logs.JsonFormatter``)."""
     logger = logging.getLogger("redbatch")
     logger.setLevel(level)
-    if _log_handler not in logger.handlers:
-        logger.addHandler(_log_handler)
+    wanted, other = (
+        (_json_log_handler, _log_handler) if log_format == "json" else (_log_handler, _json_log_handler)
+    )
+    if other in logger.handlers:
+        logger.removeHandler(other)
+    if wanted not in logger.handlers:
+        logger.addHandler(wanted)
+
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, bytes):  # a CorruptItem's raw bytes, shown as text
+        return value.decode(errors="replace")
+    return str(value)
+
+
+def print_json(value: object) -> None:
+    """One JSON document on plain stdout (rich would wrap or colour it)."""
+    typer.echo(orjson.dumps(value, default=_json_default).decode())
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -162,6 +194,20 @@ def demo(
 # ---------------------------------------------------------------- worker
 
 
+class LogFormatChoice(enum.StrEnum):
+    text = "text"
+    json = "json"
+
+
+def _say(message: str, log_format: LogFormatChoice) -> None:
+    """A worker's own line on stderr; a JSON log record when the logs are JSON, so that
+    every line a log shipper reads parses."""
+    if log_format is LogFormatChoice.json:
+        logging.getLogger("redbatch.cli").info(message)
+    else:
+        err_console.print(message, soft_wrap=True, markup=False, highlight=False)
+
+
 def import_target(target: str) -> ModuleType:
     """Import a dotted module path (from the current directory too) or a ``.py`` file."""
     if target.endswith(".py") or os.sep in target or "/" in target:
@@ -190,22 +236,25 @@ def _import_file(path: Path) -> ModuleType:
     return module
 
 
-def module_batchers(module: ModuleType) -> list[Batcher]:
-    """The Batchers with a handler that ``module`` defines at module level (each once)."""
-    found: dict[int, Batcher] = {}
+def module_batchers(module: ModuleType) -> list[Batcher | Jobs]:
+    """The Batchers with a handler and the job queues (``Jobs``) with a function that
+    ``module`` defines at module level (each once)."""
+    found: dict[int, Batcher | Jobs] = {}
     for value in vars(module).values():
-        if isinstance(value, Batcher):
+        if isinstance(value, Batcher | Jobs):
             found.setdefault(id(value), value)
-    batchers = []
+    batchers: list[Batcher | Jobs] = []
     for batcher in found.values():
-        if batcher.handler_fn is None:
+        if isinstance(batcher, Batcher) and batcher.handler_fn is None:
             err_console.print(f"[yellow]skipping batcher {batcher.name!r}: it has no handler[/]")
+        elif isinstance(batcher, Jobs) and not batcher.functions:
+            err_console.print(f"[yellow]skipping job queue {batcher.name!r}: it has no function[/]")
         else:
             batchers.append(batcher)
     return batchers
 
 
-def load_batchers(target: str) -> list[Batcher]:
+def load_batchers(target: str) -> list[Batcher | Jobs]:
     try:
         module = import_target(target)
     except (RedbatchError, typer.Exit):
@@ -215,7 +264,7 @@ def load_batchers(target: str) -> list[Batcher]:
         fail(f"cannot import {target!r}: {type(exc).__name__}: {exc}")
     batchers = module_batchers(module)
     if not batchers:
-        fail(f"{target!r} defines no redbatch.Batcher with a handler at module level")
+        fail(f"{target!r} defines no redbatch.Batcher with a handler nor redbatch.Jobs with a function")
     stores = {id(b.store): b.store for b in batchers}
     if len(stores) > 1:
         urls = ", ".join(f"{b.name} on {b.store.url}" for b in batchers)
@@ -232,25 +281,50 @@ def worker(
         typer.Option("--url", help="Sets REDBATCH_URL before MODULE is imported, for its connect()."),
     ] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Batches handled at once.")] = 16,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0, max=65535, help="Serve Prometheus metrics at http://HOST:PORT/metrics (0: a free port)."
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option(help="The address the metrics port binds; anything but loopback is public.")
+    ] = "127.0.0.1",
+    log_format: Annotated[
+        LogFormatChoice, typer.Option(envvar=LOG_FORMAT_ENV, help="text, or one JSON object per line.")
+    ] = LogFormatChoice.text,
 ) -> None:
-    """Run the handlers of every Batcher MODULE defines, until SIGTERM or Ctrl-C."""
+    """Run the handlers of every Batcher and the functions of every Jobs queue MODULE
+    defines, until SIGTERM or Ctrl-C."""
     if url is not None:
         os.environ["REDBATCH_URL"] = url
-    configure_logging(logging.INFO)
+    configure_logging(logging.INFO, "json" if log_format is LogFormatChoice.json else "text")
     batchers = load_batchers(module)
     store = batchers[0].store
     names = ", ".join(b.name for b in batchers)
-    err_console.print(f"running {names} on {store.url}, concurrency {concurrency}; Ctrl-C to stop")
-    runner = Worker(store, batchers, concurrency=concurrency)
-    runner.run()
+    _say(f"running {names} on {store.url}, concurrency {concurrency}; Ctrl-C to stop", log_format)
+    hooks = None
+    server = None
+    if metrics_port is not None:
+        instruments = instrument(batchers)
+        server = serve_metrics(instruments.registry, metrics_port, metrics_host)
+        hooks = instruments.hooks
+        _say(f"metrics at {server.url}", log_format)
+    runner = Worker(store, batchers, concurrency=concurrency, hooks=hooks)
+    try:
+        runner.run()
+    finally:
+        if server is not None:
+            server.close()
     counts = runner.counters
     abandoned = ""
     if counts.abandoned:
         leases = "its lease" if counts.abandoned == 1 else "their leases"
         abandoned = f", {counts.abandoned} abandoned to {leases}"
-    err_console.print(
+    _say(
         f"stopped. Batches: {counts.succeeded} succeeded, {counts.retried} retried, "
-        f"{counts.dead_lettered} dead-lettered{abandoned}"
+        f"{counts.dead_lettered} dead-lettered{abandoned}",
+        log_format,
     )
     # Handlers stuck in sync code may still run in their (daemon) threads: returning ends
     # the process, so they cannot run beside another worker that reclaims their batches.
@@ -265,7 +339,9 @@ def serve(
     module: Annotated[
         str | None,
         typer.Option(
-            "--worker", help="Also run the handlers of MODULE's batchers, in-process.", show_default=False
+            "--worker",
+            help="Also run MODULE's batchers and job queues in-process, and serve them.",
+            show_default=False,
         ),
     ] = None,
     host: Annotated[
@@ -279,8 +355,12 @@ def serve(
         ),
     ] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Batches the worker handles at once.")] = 16,
+    demo: Annotated[
+        bool, typer.Option("--demo", help="Run the demo's chat load and its worker in-process, to watch.")
+    ] = False,
 ) -> None:
-    """Serve the HTTP API (OpenAPI at /docs) until SIGTERM or Ctrl-C; with --worker, run a worker too.
+    """Serve the HTTP API (OpenAPI at /docs) and the dashboard (/) until SIGTERM or Ctrl-C;
+    with --worker, run a worker too; with --demo, the demo's chat load and its worker.
 
     Mutating endpoints require Authorization: Bearer REDBATCH_API_TOKEN when that is set.
     """
@@ -291,21 +371,42 @@ def serve(
     if url is not None:
         os.environ["REDBATCH_URL"] = url
     configure_logging(logging.INFO)
-    runner = None
-    if module is not None:
+    runner = load = None
+    registry = None
+    if demo:
+        if module is not None:
+            fail("--demo runs the demo's own worker: leave out --worker")
+        store = connect(url)
+        runner, load, resumed = demo_service(store, concurrency)
+        if resumed:
+            err_console.print(resumed)
+    elif module is not None:
         batchers = load_batchers(module)
         store = batchers[0].store
-        runner = Worker(store, batchers, concurrency=concurrency, handle_signals=False)
+        instruments = instrument(batchers)
+        registry = instruments.registry
+        runner = Worker(
+            store, batchers, concurrency=concurrency, handle_signals=False, hooks=instruments.hooks
+        )
     else:
         store = connect(url)
     auth = "bearer token required for writes" if settings.api_token else "no token: writes are open"
     err_console.print(f"serving {store.url} on http://{host}:{port} ({auth}); Ctrl-C to stop")
+    err_console.print(f"dashboard: http://{host}:{port}/", soft_wrap=True, highlight=False)
     try:
         application = create_app(
-            store, worker=runner, token=settings.api_token, max_body=settings.max_body_bytes
+            store,
+            worker=runner,
+            token=settings.api_token,
+            max_body=settings.max_body_bytes,
+            metrics=registry,
         )
+        if load is not None:
+            load.start()
         run(application, host, port)
     finally:
+        if load is not None:  # what it added after the worker stopped waits for the next run
+            load.stop()
         store.close()
 
 
@@ -330,12 +431,16 @@ _STAT_ROWS: list[tuple[str, Callable[[BatcherStats], str]]] = [
 def stats(
     batchers: Annotated[list[str] | None, typer.Argument(help="Batcher names.", show_default=False)] = None,
     url: UrlOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Show the counters of the named batchers."""
     if not batchers:
         fail("name at least one batcher: redbatch stats BATCHER... (there is no registry of names yet)")
     with opened(url) as store:
         rows = [Batcher.open(store, name).stats() for name in batchers]
+        if as_json:
+            print_json([asdict(row) for row in rows])
+            return
         table = Table(title=f"batchers on {store.url}", title_justify="left")
         table.add_column("")
         for row in rows:
@@ -352,10 +457,14 @@ def inspect(
     key: Annotated[str, typer.Argument(help="The key whose pending items to show.", show_default=False)],
     limit: Annotated[int, typer.Option(min=1, help="Show at most this many (the oldest).")] = 20,
     url: UrlOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Show the oldest items waiting under KEY (not those in a running batch)."""
     with opened(url) as store:
         items = Batcher.open(store, batcher).peek(key, limit)
+    if as_json:
+        print_json([asdict(item) for item in items])
+        return
     if not items:
         console.print(f"no items pending under {key!r} of {batcher!r}")
         return
@@ -382,10 +491,14 @@ def dead_letters_list(
     batcher: BatcherArg,
     limit: Annotated[int, typer.Option(min=1, help="Show at most this many, oldest first.")] = 20,
     url: UrlOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """List dead letters, oldest first, with the error of their last attempt."""
     with opened(url) as store:
         letters = Batcher.open(store, batcher).dead_letters(limit=limit)
+    if as_json:
+        print_json([asdict(letter) for letter in letters])
+        return
     if not letters:
         console.print(f"no dead letters in {batcher!r}")
         return
@@ -439,5 +552,17 @@ def dead_letters_purge(
     console.print(f"purged {count} dead letters of {batcher!r}")
 
 
+# ---------------------------------------------------------------- jobs and groups
+
+# Registered last: the commands' module reuses this one's options and helpers. Run as
+# ``python -m redbatch.cli``, this file is ``__main__``: it hands over to the module proper
+# (which has every command) rather than import the jobs commands into a second copy.
 if __name__ == "__main__":
-    app()
+    from redbatch.cli import app as _app  # the module proper, see above
+
+    _app()
+else:
+    from redbatch.cli_jobs import groups_app, jobs_app
+
+    app.add_typer(jobs_app, name="jobs")
+    app.add_typer(groups_app, name="groups")

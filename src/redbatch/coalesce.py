@@ -20,17 +20,29 @@ leader wakes the new front request, whose caller leads the next call, then hands
   durable as the store makes them), and gets that call's exception if it failed;
 - one call of a batcher is on its way at a time, so calls (and a thread's adds) reach the
   store in the order they were made.
+
+``AsyncCoalescer`` is the same for coroutines, with no thread in the way. A caller that finds
+its loop idle makes its store call itself, at once (a lone add pays no task switch); callers
+arriving while a call is on its way queue futures, and one leader task per loop (as the
+worker's ``_ack_loop``) makes each next call for all of them, awaiting the store's
+``append_async``, then resolves their futures. A call made by a caller carries only its own
+entries, so cancelling that caller (a timeout) never fails another's add. Calls made by
+different loops, or by threads and coroutines, are separate queues and may overlap; each is
+one atomic store step, so they interleave only between calls.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 
+from redbatch.daemon_pool import DaemonThreadPool
 from redbatch.errors import StoreUnavailable
 from redbatch.types import Entry
 
@@ -196,3 +208,142 @@ def _reset_after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+class _LoopQueue:
+    """One event loop's waiting requests, its leader task while it has one, and whether a
+    caller's own call is on its way."""
+
+    __slots__ = ("busy", "leader", "waiting")
+
+    def __init__(self) -> None:
+        self.waiting: deque[tuple[list[Entry], asyncio.Future[None]]] = deque()
+        self.leader: asyncio.Task[None] | None = None
+        self.busy = False
+
+
+class AsyncCoalescer:
+    """``Coalescer`` for coroutines: ``await submit(entries)`` stores them with whatever else
+    this loop's callers are waiting to store, through ``send`` (a coroutine function).
+
+    A caller that makes its own call (its loop was idle), cancelled while the call is on its
+    way, interrupts only that call: its entries may or may not be stored. A queued caller
+    cancelled before its entries were taken is left out of the next call; one cancelled after
+    they were taken returns at once, and its entries are stored or not as the call goes.
+    Cancelling the leader task (its loop shutting down) fails the call's callers with
+    ``StoreUnavailable``: their entries may or may not be stored.
+    """
+
+    def __init__(
+        self,
+        send: Callable[[list[Entry]], Awaitable[None]],
+        *,
+        max_entries: int = MAX_ENTRIES,
+        max_bytes: int = MAX_BYTES,
+    ) -> None:
+        self._send = send
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopQueue] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._loops_lock = threading.Lock()  # loops of several threads may arrive at once
+
+    def queued(self) -> int:
+        """Requests of the running loop waiting for a call (not those of the call on its way)."""
+        queue = self._loops.get(asyncio.get_running_loop())
+        return 0 if queue is None else len(queue.waiting)
+
+    async def submit(self, entries: list[Entry]) -> None:
+        """Store ``entries`` (all or none) with whatever else is waiting; return once stored."""
+        loop = asyncio.get_running_loop()
+        queue = self._loops.get(loop)
+        if queue is None:
+            with self._loops_lock:
+                queue = self._loops.setdefault(loop, _LoopQueue())
+        if queue.leader is None and not queue.busy:  # idle: this caller's own call, at once
+            queue.busy = True
+            try:
+                await self._send(entries)
+            finally:
+                queue.busy = False
+                if queue.waiting:  # those who came meanwhile: the next call is the leader's
+                    queue.leader = loop.create_task(self._lead(queue), name="redbatch-add")
+            return
+        done: asyncio.Future[None] = loop.create_future()
+        queue.waiting.append((entries, done))  # a leader takes it: the running one, or the next
+        await done
+
+    async def _lead(self, queue: _LoopQueue) -> None:
+        # Single-threaded asyncio: nothing runs between the emptiness check and the
+        # ``finally``, so a request queued after the last call always finds a leader.
+        try:
+            while queue.waiting:
+                group = self._take_group(queue.waiting)
+                if not group:
+                    continue
+                try:
+                    if len(group) == 1:
+                        await self._send(group[0][0])
+                    else:
+                        await self._send([entry for entries, _ in group for entry in entries])
+                except Exception as exc:  # noqa: BLE001 - handed to every caller of the call
+                    for _, done in group:
+                        if not done.done():
+                            done.set_exception(exc)
+                    continue
+                except BaseException as exc:  # cancelled: the loop is going away
+                    failure = StoreUnavailable(
+                        f"the store call carrying these items was interrupted ({type(exc).__name__}):"
+                        " they may or may not be stored"
+                    )
+                    for _, done in group:
+                        if not done.done():
+                            done.set_exception(failure)
+                    raise
+                for _, done in group:
+                    if not done.done():
+                        done.set_result(None)
+        finally:
+            queue.leader = None
+            while queue.waiting:  # only when the leader itself was cancelled
+                _, done = queue.waiting.popleft()
+                if not done.done():
+                    done.set_exception(StoreUnavailable("the event loop stopped before these were sent"))
+
+    def _take_group(
+        self, waiting: deque[tuple[list[Entry], asyncio.Future[None]]]
+    ) -> list[tuple[list[Entry], asyncio.Future[None]]]:
+        """The front requests whose callers still wait, within the bounds (the first one
+        whatever its size)."""
+        group: list[tuple[list[Entry], asyncio.Future[None]]] = []
+        count = size = 0
+        while waiting:
+            entries, done = waiting[0]
+            if done.cancelled():
+                waiting.popleft()
+                continue
+            if group:
+                count += len(entries)
+                size += sum(len(e.payload) + len(e.key) for e in entries)
+                if count > self.max_entries or size > self.max_bytes:
+                    break
+            else:
+                count, size = len(entries), sum(len(e.payload) + len(e.key) for e in entries)
+            group.append(waiting.popleft())
+        return group
+
+
+_STORE_THREADS: weakref.WeakKeyDictionary[object, Executor] = weakref.WeakKeyDictionary()
+_STORE_THREADS_LOCK = threading.Lock()
+
+
+def store_thread(store: object) -> Executor:
+    """The one thread on which event loops make the store calls of a store without
+    ``append_async`` (SQLite, memory): one per store, not one per call. A daemon thread, so
+    that a store call stuck for good never holds the process open."""
+    with _STORE_THREADS_LOCK:
+        pool = _STORE_THREADS.get(store)
+        if pool is None:
+            pool = _STORE_THREADS[store] = DaemonThreadPool(1, thread_name_prefix="redbatch-store")
+        return pool

@@ -9,6 +9,7 @@ them: the point of a durable store.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import signal
@@ -30,6 +31,8 @@ from redbatch.errors import StoreUnavailable
 from redbatch.stores.base import Store
 from redbatch.types import Batch, BatcherStats, system_clock
 from redbatch.worker import Worker
+
+log = logging.getLogger("redbatch.demo")
 
 BATCHER_NAME = "demo-chat"
 TICK = 0.05  # seconds between producer steps
@@ -409,3 +412,56 @@ def _closing_line(summary: DemoSummary) -> str:
         "[green]nothing lost.[/] Waits are from arrival to hand-over (max_wait 2 s, idle 0.5 s). "
         "Press Ctrl-C mid-run, then run the demo again: it resumes what was pending."
     )
+
+
+# ---------------------------------------------------------------- redbatch serve --demo
+
+
+SERVE_DEMO_RATE = 40.0
+"""Messages per second ``redbatch serve --demo`` produces: enough to watch batches form."""
+
+
+class ChatProducer:
+    """The demo's chat load on a thread of its own, until stopped: ``redbatch serve --demo``
+    runs it beside the service and its in-process worker. A store error is logged and the
+    producer tries again on its next tick, as a real producer would."""
+
+    def __init__(self, batcher: Batcher, conversations: int = 300, rate: float = SERVE_DEMO_RATE) -> None:
+        self.batcher = batcher
+        self.rate = rate
+        self.load = ChatLoad(conversations, random.Random())
+        self.added = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="redbatch-demo-producer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.ident is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        budget = 0.0
+        while not self._stop.wait(TICK):  # the tick paces the load; stop() ends it at once
+            budget += self.rate * TICK
+            count = int(budget)
+            budget -= count
+            try:
+                for group in self.load.next_groups(count):
+                    self.added += self.batcher.add_many(group)
+            except StoreUnavailable as exc:
+                log.warning("the demo's producer could not add: %s", exc)
+
+
+def demo_service(store: Store, concurrency: int = 16) -> tuple[Worker, ChatProducer, str]:
+    """What ``redbatch serve --demo`` runs beside the service: a worker answering the demo's
+    chat batcher, the producer of its load, and a line saying what a previous run left."""
+    batcher = demo_batcher(store)
+    batcher.handler(reply_composer(Deliveries(run_started_at=system_clock() / 1000), random.Random()))
+    leftover = batcher.stats()
+    waiting = leftover.buffered_items + leftover.in_flight + leftover.retrying
+    note = f"resuming {leftover.buffered_items:,} items left by the previous run" if waiting else ""
+    worker = Worker(store, [batcher], concurrency=concurrency, handle_signals=False)
+    return worker, ChatProducer(batcher), note

@@ -16,6 +16,7 @@ and how a success is written (``ack`` or ``finish_jobs``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 import time
@@ -230,6 +231,14 @@ class Attempt:
     done: Any
     failure: Failure | None
     run: HandlerRun | None
+
+    def done_under(self, lease: Lease) -> Any:
+        """``done`` under ``lease``: a worker that won back the lease of a batch it still ran
+        (a store outage stopped its heartbeats) settles under the new lease, not the one
+        the attempt started with, which the store no longer honours."""
+        if isinstance(self.done, Lease):
+            return lease
+        return dataclasses.replace(self.done, lease=lease)
 
 
 class Served(Protocol):

@@ -122,6 +122,31 @@ class Jobs:
     def __repr__(self) -> str:
         return f"Jobs({self.name!r}, store={self.store.url!r})"
 
+    @classmethod
+    def open(cls, store: Store, name: str, *, clock: Clock = system_clock) -> Jobs:
+        """The job queue ``name`` with the attempts and lease ``store`` holds for it, for tools
+        and operators (as ``Batcher.open``): it reads, submits, cancels and cleans up, and
+        registers no function. Its other settings are the defaults. Reads the store once.
+
+        Raises:
+            NotFound: The store holds no rules for ``name`` (no worker ever ran it) and
+                no job in it.
+            ConfigError: ``name`` is not a valid queue name, or the store keeps no jobs.
+            StoreUnavailable: The store could not be reached in time.
+        """
+        if not isinstance(store, JobStore):
+            raise ConfigError(f"the store {store.url} does not support jobs")
+        rules = store.stored_rules(JOBS_PREFIX + check_name(name))
+        if rules is None:
+            # Not every store records rules on submit: a queue that holds jobs exists too.
+            jobs = cls(store, name, clock=clock)
+            if not any(store.job_counts(jobs.spec).values()):
+                raise NotFound(f"no job queue {name!r} in {store.url}: it holds no jobs, no worker ran it")
+            return jobs
+        jobs = cls(store, name, max_attempts=rules.max_attempts, lease=rules.lease_ms / 1000, clock=clock)
+        jobs.adopt_rules(rules)
+        return jobs
+
     @property
     def _jobs(self) -> JobStore:
         if not isinstance(self.store, JobStore):
@@ -239,14 +264,22 @@ class Jobs:
         return [j.id for j in jobs]
 
     def chain(
-        self, steps: Sequence[tuple[str, Any] | str], *, id: str | None = None, lane: str = "normal"
+        self,
+        steps: Sequence[tuple[str, Any] | str],
+        *,
+        id: str | None = None,
+        lane: str = "normal",
+        delay: float = 0.0,
+        max_attempts: int | None = None,
+        timeout: float | None = None,
     ) -> str:
         """Submit a pipeline as one job: ``[(fn, params), "next_fn", ...]``; each step's
-        result is the next step's params, and the job's result is the last step's. Each step
-        gets the queue's ``max_attempts``. Returns its id; raises what ``submit`` raises."""
+        result is the next step's params, and the job's result is the last step's. ``id``,
+        ``lane`` and ``delay`` are ``submit``'s; ``max_attempts`` and ``timeout`` (default
+        the queue's) hold for each step. Returns its id; raises what ``submit`` raises."""
         job_id = new_batch_id() if id is None else _job_id(id)
         now = self.clock()
-        job = self._new_job(list(steps), job_id, _lane(lane), 0.0, None, None, "", now)
+        job = self._new_job(list(steps), job_id, _lane(lane), delay, max_attempts, timeout, "", now)
         self._jobs.submit_jobs(self.spec, [job], None, now)
         return job_id
 

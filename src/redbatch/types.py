@@ -207,6 +207,23 @@ class PendingItem:
 
 
 @dataclass(frozen=True, slots=True)
+class WaitingKey:
+    """A key with items waiting, as ``Batcher.oldest_keys`` lists it.
+
+    Attributes:
+        key: The key.
+        oldest_arrival: When its oldest waiting item was added (Unix seconds).
+        oldest_item_age: How long that item has waited (seconds, by the reader's clock).
+        pending: How many items wait under it (not those of a running batch).
+    """
+
+    key: str
+    oldest_arrival: float
+    oldest_item_age: float
+    pending: int
+
+
+@dataclass(frozen=True, slots=True)
 class DeadLetter:
     """A batch that used up its attempts (or was found corrupt), with the error of its last
     one. ``Batcher.dead_letters`` lists them; ``replay`` and ``purge_dead`` take their ids.

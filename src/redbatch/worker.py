@@ -43,6 +43,7 @@ from redbatch.handlers import (
 from redbatch.hooks import SettleOutcome, WorkerHooks
 from redbatch.jobrunner import JobQueue
 from redbatch.jobs import Jobs
+from redbatch.logs import batch_fields
 from redbatch.stores.base import Store, Waiter
 from redbatch.types import ClaimedBatch, Clock, system_clock
 
@@ -404,7 +405,11 @@ class Worker:
             # second run of the same batch beside it.
             existing.claimed = claimed
             existing.lost = False
-            log.info("re-leased batch %s, still running here", claimed.lease.batch_id)
+            log.info(
+                "re-leased batch %s, still running here",
+                claimed.lease.batch_id,
+                extra=batch_fields(served.name, claimed),
+            )
             return
         running = _Running(served, claimed)
         self._running[claimed.lease.batch_id] = running
@@ -416,11 +421,14 @@ class Worker:
             await self._settle(running, attempt)
         except asyncio.CancelledError:
             self.counters.abandoned += 1
-            log.warning("batch %s abandoned; its lease will lapse", running.claimed.lease.batch_id)
+            fields = batch_fields(running.served.name, running.claimed)
+            log.warning("batch %s abandoned; its lease will lapse", fields["batch_id"], extra=fields)
         except StoreUnavailable as exc:  # the lease lapses and the batch is retried
-            log.error("could not record the outcome of batch %s: %s", running.claimed.lease.batch_id, exc)
+            fields = batch_fields(running.served.name, running.claimed)
+            log.error("could not record the outcome of batch %s: %s", fields["batch_id"], exc, extra=fields)
         except Exception:
-            log.exception("could not record the outcome of batch %s", running.claimed.lease.batch_id)
+            fields = batch_fields(running.served.name, running.claimed)
+            log.exception("could not record the outcome of batch %s", fields["batch_id"], extra=fields)
         finally:
             if self._running.get(running.claimed.lease.batch_id) is running:
                 del self._running[running.claimed.lease.batch_id]
@@ -445,7 +453,7 @@ class Worker:
         outcome: SettleOutcome
         failure = attempt.failure
         if failure is None:
-            held = await self._finish(served, attempt.done)
+            held = await self._finish(served, attempt.done_under(lease))
             outcome = "acked"
         else:
             retry_at = served.retry_at(claimed, now) if failure.retryable else None
@@ -460,6 +468,7 @@ class Worker:
                 lease.key,
                 claimed.attempt,
                 failure.error.strip().splitlines()[-1],
+                extra=batch_fields(served.name, claimed),
             )
         if not held:
             self.counters.refused += 1
@@ -469,6 +478,7 @@ class Worker:
                 served.name,
                 lease.key,
                 outcome,
+                extra=batch_fields(served.name, claimed),
             )
             self._hook(self.hooks.batch_settled, served.source, claimed, "refused")
             return
@@ -534,6 +544,7 @@ class Worker:
                             run.claimed.lease.batch_id,
                             served.name,
                             run.claimed.lease.key,
+                            extra=batch_fields(served.name, run.claimed),
                         )
                         self._hook(self.hooks.lease_lost, served.source, run.claimed)
 

@@ -12,6 +12,28 @@ a run that raised ``ItemsFailed`` delivers the items it did not name. Checks:
   one key that overlap in time (must be 0; runs refused by the fencing token, or abandoned
   after a timeout, may overlap and are counted apart as ``stale_overlaps``);
 - fencing: acknowledgements accepted from a stale token, or two accepted for one batch.
+
+With failovers (``failovers.jsonl``, written by failover.py), Redis replication being
+asynchronous, a promoted replica holds the old master's data as it was a moment before the
+kill: writes the old master acknowledged after that moment are gone. What that can do, and
+how it is counted:
+
+- an item added just before the kill is lost: counted per failover (``lost_per_failover``)
+  when its add returned at most ``FAILOVER_WINDOW`` seconds before the kill (plus
+  ``REPLY_SLACK`` after: a reply sent before the kill may be read after it) and its key
+  lived on the killed master; any other loss is ``lost_unattributed``, a violation;
+- a claim, heartbeat or acknowledgement is undone: the batch runs again (a duplicate, as
+  at least once allows), and its fencing tokens are handed out again, since the token
+  counter went back too. An acknowledgement then accepted with a lower token than a claim
+  the old master granted, or a batch acknowledged twice, is a failover's (and reported as
+  ``failover_stale_acks``, ``failover_double_acks``) when that claim or the first
+  acknowledgement came in the same window on the killed master's keys; otherwise it is a
+  violation as before;
+- overlaps are judged as before, and stay 0: the old master is dead before a replica is
+  promoted, so a run confirmed by the old master ended before any run the new one granted
+  began, and a run whose claim was undone cannot be confirmed by the new one (its ack is
+  refused: batch ids are random, never handed out again). Order holds for the same reason:
+  the new master's data is an earlier state of the old one's.
 """
 
 from __future__ import annotations
@@ -45,6 +67,8 @@ EXPECTED_EXCEPTIONS = frozenset(
 )
 _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*): ", re.MULTILINE)  # the last line of a traceback
 ADD_BOUND = 15.0  # longest a producer's add may take, StoreUnavailable included
+FAILOVER_WINDOW = 2.0  # seconds before a kill in which a write may not have been replicated
+REPLY_SLACK = 0.5  # seconds after a kill in which a reply the old master sent may be read
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
@@ -91,6 +115,7 @@ class Records:
 
     acked: set[ItemId]
     acked_at: dict[ItemId, float]  # time.time() when add returned
+    key_of: dict[ItemId, str]
     unacked: set[ItemId]
     poison: set[ItemId]
     produced: int
@@ -105,6 +130,7 @@ class Records:
     def load(cls, directory: Path) -> Records:
         acked: set[ItemId] = set()
         acked_at: dict[ItemId, float] = {}
+        key_of: dict[ItemId, str] = {}
         unacked: set[ItemId] = set()
         poison: set[ItemId] = set()
         errors: Counter[str] = Counter()
@@ -116,6 +142,7 @@ class Records:
                     continue
                 item = (p, int(rec["seq"]))
                 (acked if rec["ok"] else unacked).add(item)
+                key_of[item] = rec["key"]
                 if rec["ok"]:
                     acked_at[item] = float(rec["t"])
                 if rec.get("f") == "poison":
@@ -150,6 +177,7 @@ class Records:
         return cls(
             acked,
             acked_at,
+            key_of,
             unacked,
             poison,
             len(acked | unacked),
@@ -213,17 +241,82 @@ def describe(pair: tuple[Run, Run]) -> str:
     )
 
 
-def fencing_violations(claims: list[dict[str, Any]], settles: list[dict[str, Any]]) -> dict[str, int]:
-    """Accepted acknowledgements that a newer claim should have fenced off, and double acks."""
-    newest: dict[str, int] = {}
+@dataclass(frozen=True, slots=True)
+class Failover:
+    """One failover as the harness recorded it: when the master died, and its keys."""
+
+    n: int
+    killed_at: float
+    keys: frozenset[str]
+
+    def undid(self, key: str, t: float) -> bool:
+        """Whether a write on ``key`` answered at ``t`` may have died with the old master."""
+        return key in self.keys and self.killed_at - FAILOVER_WINDOW <= t <= self.killed_at + REPLY_SLACK
+
+
+def load_failovers(directory: Path) -> list[Failover]:
+    path = directory / "failovers.jsonl"
+    if not path.exists():
+        return []
+    return [Failover(r["n"], float(r["killed_at"]), frozenset(r["keys"])) for r in read_jsonl(path)]
+
+
+def undone_by(failovers: list[Failover], key: str, t: float) -> Failover | None:
+    """The first failover that may have undone a write on ``key`` answered at ``t``."""
+    return next((f for f in failovers if f.undid(key, t)), None)
+
+
+def fencing_violations(
+    claims: list[dict[str, Any]], settles: list[dict[str, Any]], failovers: list[Failover]
+) -> dict[str, int]:
+    """Accepted acknowledgements that a newer claim should have fenced off, and double acks;
+    those a failover explains (the newer claim, or the first ack, undone) counted apart."""
+    newer: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for claim in claims:
-        newest[claim["bid"]] = max(newest.get(claim["bid"], 0), int(claim["token"]))
-    accepted = [s for s in settles if s["kind"] == "ack" and s["ok"]]
-    stale = sum(1 for s in accepted if int(s["token"]) < newest.get(s["bid"], 0))
-    per_batch = Counter(s["bid"] for s in accepted)
+        newer[claim["bid"]].append(claim)
+    accepted = sorted((s for s in settles if s["kind"] == "ack" and s["ok"]), key=lambda s: s["t"])
+    stale = explained_stale = 0
+    for ack in accepted:
+        fencing = [c for c in newer[ack["bid"]] if int(c["token"]) > int(ack["token"])]
+        if fencing:
+            undone = all(undone_by(failovers, c["key"], c["t"]) for c in fencing)
+            explained_stale += undone
+            stale += not undone
+    first: dict[str, dict[str, Any]] = {}
+    double = explained_double = 0
+    for ack in accepted:
+        if ack["bid"] not in first:
+            first[ack["bid"]] = ack
+            continue
+        earlier = first[ack["bid"]]
+        undone = undone_by(failovers, earlier["key"], earlier["t"]) is not None
+        explained_double += undone
+        double += not undone
     return {
         "stale_acks_accepted": stale,
-        "double_acks": sum(1 for n in per_batch.values() if n > 1),
+        "double_acks": double,
+        "failover_stale_acks": explained_stale,
+        "failover_double_acks": explained_double,
+    }
+
+
+def loss_by_failover(rec: Records, lost: list[ItemId], failovers: list[Failover]) -> dict[str, Any]:
+    """Lost items each failover explains (added just before its kill, on its keys), and the rest."""
+    per: Counter[int] = Counter()
+    unexplained: list[ItemId] = []
+    before_kill: list[float] = []
+    for item in lost:
+        failover = undone_by(failovers, rec.key_of[item], rec.acked_at[item])
+        if failover is None:
+            unexplained.append(item)
+        else:
+            per[failover.n] += 1
+            before_kill.append(failover.killed_at - rec.acked_at[item])
+    return {
+        "lost_per_failover": [per[f.n] for f in failovers],
+        "lost_unattributed": len(unexplained),
+        "lost_unattributed_examples": unexplained[:EXAMPLES],
+        "lost_added_before_kill_max_seconds": round(max(before_kill), 3) if before_kill else None,
     }
 
 
@@ -260,6 +353,7 @@ def dead_letter_figures(dead: list[DeadLetter], runs: list[Run]) -> dict[str, An
 def check(directory: Path, dead: list[DeadLetter]) -> dict[str, Any]:
     """Every figure of one run, from its records and the store's dead letters."""
     rec = Records.load(directory)
+    failovers = load_failovers(directory)
     delivered: Counter[ItemId] = Counter()
     for run in rec.runs:
         delivered.update(run.delivered)
@@ -292,6 +386,7 @@ def check(directory: Path, dead: list[DeadLetter]) -> dict[str, Any]:
         "delivered_not_acknowledged": len(delivered.keys() & rec.unacked),
         "lost": len(lost),
         "lost_examples": lost[:EXAMPLES],
+        **loss_by_failover(rec, lost, failovers),
         "dead_letter_batches": len(dead),
         "dead_items": len(dead_items),
         "dead_items_not_poison": len(dead_items - rec.poison),
@@ -305,7 +400,7 @@ def check(directory: Path, dead: list[DeadLetter]) -> dict[str, Any]:
         "overlap_examples": [describe(p) for p in overlaps[:EXAMPLES]],
         "stale_overlaps": len(stale),
         "stale_overlap_examples": [describe(p) for p in stale[:EXAMPLES]],
-        **fencing_violations(rec.claims, rec.settles),
+        **fencing_violations(rec.claims, rec.settles, failovers),
         "runs": len(rec.runs),
         "runs_ok": results["ok"],
         "handler_raised": results["raised"],
@@ -342,12 +437,15 @@ def violations(summary: dict[str, Any]) -> list[str]:
 
     Under ``appendfsync everysec`` a Redis crash may lose acknowledged writes (Redis'
     documented behaviour), so loss and fencing after a restart are reported, not judged.
+    A failover may lose what it did not replicate: only what no failover explains is judged.
     """
     found = []
     lossy = summary["appendfsync"] != "always" and "redis" in summary["faults"]
     zero = ["order_violations", "overlaps", "unexpected_add_errors", "worker_unexpected_exits"]
     zero += ["worker_unexpected_exceptions", "dead_never_ran"]
-    if not lossy:
+    if "failover" in summary["faults"]:
+        zero += ["lost_unattributed", "stale_acks_accepted", "double_acks", "failover_timeouts"]
+    elif not lossy:
         zero += ["lost", "poison_not_dead", "stale_acks_accepted", "double_acks"]
     found += [f"{name} = {summary[name]}" for name in zero if summary[name]]
     if not summary["drained"]:

@@ -11,12 +11,16 @@ A run, all of it bounded in time:
    ``redis`` (SIGKILL redis-server, restart it on its port from its append-only file),
    ``net`` (the proxy drops every connection and refuses new ones, then restores),
    ``handler`` (handlers raise at random, hang past their timeout on rare items, and
-   always raise on poison items);
+   always raise on poison items), ``failover`` (with ``topology`` ``cluster`` or ``sentinel``:
+   SIGKILL a master, let a replica be promoted, rejoin the old one as a replica; see
+   failover.py);
 4. heal every fault, let the producers finish, wait until the store is drained, stop the
    workers with SIGTERM;
 5. check the records against the dead letters (``checker.check``) and print a summary.
 
-Run from the repository root: ``.venv/bin/python -m tests.chaos.harness --seconds 600 --all``.
+Run from the repository root: ``.venv/bin/python -m tests.chaos.harness --seconds 600 --all``,
+or against a cluster or Sentinel:
+``.venv/bin/python -m tests.chaos.harness --topology cluster --faults failover,kill``.
 """
 
 from __future__ import annotations
@@ -40,18 +44,23 @@ from typing import Any
 
 import orjson
 import redis
+from redis.crc import key_slot
 
 import redbatch
+from redbatch.stores.redis import RedisStore
 
 from .checker import check, format_summary, violations
+from .failover import TOPOLOGIES, FailoverDriver, start_topology
 from .proxy import TcpProxy
 from .reaper import Reaper
 from .redis_proc import ChaosRedis
 
 ROOT = Path(__file__).resolve().parents[2]
-FAULTS = ("kill", "stop", "redis", "net", "handler")
+FAULTS = ("kill", "stop", "redis", "net", "handler", "failover")
+SINGLE_ONLY = frozenset({"redis", "net"})  # faults of the one redis-server the harness runs
 BATCHER_NAME = "chaos"
 TICK = 0.25  # longest the injector waits before looking at its workers again
+FAILOVER_TICK = 0.05  # how often a failover under way is looked at (its promotion is timed)
 READY_TIMEOUT = 30.0
 PAUSE_TRIES = 40  # look for a busy worker to pause for up to 2 s
 PAUSE_RETRY_SECONDS = 0.05
@@ -90,6 +99,11 @@ class ChaosConfig:
     net_down: tuple[float, float] = (1.5, 4.0)
     drain_seconds: float = 60.0
     retry_seconds: float = 10.0  # how long a producer keeps retrying one item
+    topology: str = "single"  # or "cluster" (3 masters, a replica each) or "sentinel"
+    failover_every: float = 10.0
+    max_failovers: int | None = None
+    down_after_ms: int = 1000  # cluster-node-timeout, or Sentinel's down-after-milliseconds
+    store_options: dict[str, Any] = field(default_factory=dict)  # extra connect() options
     seed: int = 1
     fsync_records: bool = False  # records survive SIGKILL by write(); fsync is for machine crashes
     directory: Path | None = None
@@ -100,6 +114,12 @@ class ChaosConfig:
             raise ValueError(f"unknown faults {sorted(unknown)}; choose from {FAULTS}")
         if self.stop_seconds <= self.lease:
             raise ValueError("stop_seconds must exceed the lease, or nothing is reclaimed")
+        if self.topology not in ("single", *TOPOLOGIES):
+            raise ValueError(f"unknown topology {self.topology!r}; choose from single, {TOPOLOGIES}")
+        if self.topology == "single" and "failover" in self.faults:
+            raise ValueError("failover needs a topology with replicas: cluster or sentinel")
+        if self.topology != "single" and self.faults & SINGLE_ONLY:
+            raise ValueError(f"{sorted(self.faults & SINGLE_ONLY)} need topology single")
 
     def batcher_options(self) -> dict[str, Any]:
         return {
@@ -168,7 +188,11 @@ class ChaosRun:
         self.reaper: Reaper | None = None
         self.redis: ChaosRedis | None = None
         self.proxy: TcpProxy | None = None
+        self.failover: FailoverDriver | None = None
+        self.topology: Any = None  # failover.ClusterTopology or SentinelTopology
         self.client_url = ""
+        self.store_url = ""  # the store itself, not through the proxy
+        self._key_slots: dict[str, int] = {}
         self.deadline = 0.0
 
     # ------------------------------------------------------------------ the run
@@ -179,9 +203,9 @@ class ChaosRun:
         self.deadline = time.time() + config.seconds + config.drain_seconds + 120
         try:
             self.reaper = Reaper()
-            self.redis = ChaosRedis(self.directory / "redis", config.appendfsync, self.reaper.watch).start()
-            self.client_url = self.redis.url
+            self._start_store()
             if "net" in config.faults:
+                assert self.redis is not None  # "net" needs topology single
                 self.proxy = TcpProxy(self.redis.port).start()
                 self.client_url = f"redis://127.0.0.1:{self.proxy.port}/0"
             ready = [self._start_worker() for _ in range(config.workers)]
@@ -197,10 +221,13 @@ class ChaosRun:
             summary = check(self.directory, dead)
         finally:
             self._cleanup()
+        if self.failover is not None:
+            summary |= self.failover.summary()
         summary |= {
             "seconds": config.seconds,
             "wall_seconds": round(time.monotonic() - started, 1),
             "faults": sorted(config.faults),
+            "topology": config.topology,
             "appendfsync": config.appendfsync,
             "injected": dict(self.faults),
             "workers_started": next(self._worker_index),
@@ -217,20 +244,52 @@ class ChaosRun:
         """Inject the configured faults until ``until`` (monotonic), watching the workers."""
         kinds = {"kill": self.config.kill_every, "stop": self.config.stop_every}
         kinds |= {"redis": self.config.redis_every, "net": self.config.net_every}
+        kinds |= {"failover": self.config.failover_every}
         every = {kind: period for kind, period in kinds.items() if kind in self.config.faults}
         now = time.monotonic()
         next_at = {kind: now + self.rng.uniform(0.3, 1.0) * period for kind, period in every.items()}
         inject = {"kill": self._kill_worker, "stop": self._pause_worker}
-        inject |= {"redis": self._crash_redis, "net": self._cut_network}
+        inject |= {"redis": self._crash_redis, "net": self._cut_network, "failover": self._fail_over}
         while (now := time.monotonic()) < until:
             self._run_actions(now)
             self._watch_workers()
+            if self.failover is not None:
+                self.failover.poll()
             for kind, at in next_at.items():
                 if now >= at:
                     inject[kind]()
                     next_at[kind] = now + self.rng.uniform(0.5, 1.5) * every[kind]
-            soonest = min([until, now + TICK, *next_at.values(), *(a.at for a in self._actions[:1])])
+            tick = FAILOVER_TICK if self.failover is not None and self.failover.busy else TICK
+            soonest = min([until, now + tick, *next_at.values(), *(a.at for a in self._actions[:1])])
             self._wake.wait(max(0.0, soonest - time.monotonic()))
+
+    def _start_store(self) -> None:
+        """One redis-server, or a cluster or Sentinel group whose masters can be failed over."""
+        config = self.config
+        assert self.reaper is not None
+        if config.topology == "single":
+            self.redis = ChaosRedis(self.directory / "redis", config.appendfsync, self.reaper.watch).start()
+            self.client_url = self.store_url = self.redis.url
+            return
+        self.topology = start_topology(config.topology, self.directory / "redis", config.down_after_ms)
+        self.client_url = self.store_url = self.topology.url()
+        records = self.directory / "failovers.jsonl"
+        self.failover = FailoverDriver(self.topology, records, self._keys_in, self.rng)
+        self._keys_in(None)
+
+    def _keys_in(self, slots: list[tuple[int, int]] | None) -> list[str]:
+        """The chaos keys whose partition lies in ``slots`` (inclusive ranges; None: all)."""
+        if not self._key_slots:  # found once, before any master is killed
+            store = redbatch.connect(self.store_url, **self.config.store_options)
+            try:
+                assert isinstance(store, RedisStore)
+                for key in (f"k{n}" for n in range(self.config.keys)):
+                    self._key_slots[key] = key_slot(store._partition_of(BATCHER_NAME, key).base.encode())
+            finally:
+                store.close()
+        if slots is None:
+            return list(self._key_slots)
+        return [k for k, slot in self._key_slots.items() if any(a <= slot <= b for a, b in slots)]
 
     # ------------------------------------------------------------------ processes
 
@@ -241,7 +300,7 @@ class ChaosRun:
             "url": self.client_url,
             "name": BATCHER_NAME,
             "batcher": config.batcher_options(),
-            "store_options": {"connect_timeout": 2.0, "socket_timeout": 5.0},
+            "store_options": {"connect_timeout": 2.0, "socket_timeout": 5.0} | config.store_options,
             "seed": config.seed,
         } | (
             {"fail_p": config.fail_p, "poison_p": config.poison_p, "hang_p": config.hang_p}
@@ -366,6 +425,15 @@ class ChaosRun:
         self.faults["redis"] += 1
         self._later(self.rng.uniform(*self.config.redis_down), "redis", self.redis.restart)
 
+    def _fail_over(self) -> None:
+        limit = self.config.max_failovers
+        if self.failover is None or self.failover.busy:
+            return
+        if limit is not None and len(self.failover.done) >= limit:
+            return
+        self.failover.begin()
+        self.faults["failover"] += 1
+
     def _cut_network(self) -> None:
         if self.proxy is None or self.proxy.is_cut:
             return
@@ -379,6 +447,8 @@ class ChaosRun:
             heapq.heappop(self._actions).run()
         if self.redis is not None and not self.redis.running:
             self.redis.restart()
+        if self.failover is not None:
+            self.failover.finish(timeout=90.0)
         self._watch_workers()
 
     # ------------------------------------------------------------------ ending
@@ -394,8 +464,7 @@ class ChaosRun:
                 self.unexpected_exits.append(f"{child.name} did not stop by its deadline")
 
     def _direct_batcher(self) -> redbatch.Batcher:
-        assert self.redis is not None
-        store = redbatch.connect(self.redis.url)
+        store = redbatch.connect(self.store_url, **self.config.store_options)
         return redbatch.Batcher(store, BATCHER_NAME, **self.config.batcher_options())
 
     def _drain(self) -> tuple[bool, dict[str, Any]]:
@@ -442,13 +511,17 @@ class ChaosRun:
 
     def _leftover_keys(self) -> int:
         """Per-key records (pending, dedupe, key state, current batch) still in Redis."""
-        assert self.redis is not None
-        client = redis.Redis(port=self.redis.port)
-        try:
-            names = client.scan_iter(match=f"{{redbatch:{BATCHER_NAME}:*}}:*", count=1000)
-            return sum(1 for n in names if n.split(b"}:", 1)[1].split(b":", 1)[0] in (b"i", b"d", b"k", b"b"))
-        finally:
-            client.close()
+        ports = [self.redis.port] if self.redis is not None else self.topology.master_ports()
+        left = 0
+        for port in ports:
+            client = redis.Redis(port=port)
+            try:
+                names = client.scan_iter(match=f"{{redbatch:{BATCHER_NAME}:*}}:*", count=1000)
+                kinds = (n.split(b"}:", 1)[1].split(b":", 1)[0] for n in names)
+                left += sum(1 for kind in kinds if kind in (b"i", b"d", b"k", b"b"))
+            finally:
+                client.close()
+        return left
 
     def _cleanup(self) -> None:
         for child in [*self.workers.values(), *self.producers]:
@@ -460,6 +533,8 @@ class ChaosRun:
             self.proxy.close()
         if self.redis is not None:
             self.redis.kill()
+        if self.topology is not None:
+            self.topology.stop()
         if self.reaper is not None:
             self.reaper.close()
 
@@ -478,11 +553,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--producers", type=int, default=2)
     parser.add_argument("--rate", type=float, default=150.0, help="items per second per producer")
     parser.add_argument("--keys", type=int, default=40)
+    parser.add_argument("--topology", default="single", choices=["single", *TOPOLOGIES])
+    parser.add_argument("--failover-every", type=float, default=10.0, help="seconds between failovers")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--dir", type=Path, default=None, help="where records go (default: a temp dir)")
     parser.add_argument("--json", type=Path, default=None, help="also write the summary here")
     args = parser.parse_args(argv)
-    faults = frozenset(FAULTS) if args.all else frozenset(f for f in args.faults.split(",") if f)
+    every = set(FAULTS) - ({"failover"} if args.topology == "single" else SINGLE_ONLY)
+    faults = frozenset(every) if args.all else frozenset(f for f in args.faults.split(",") if f)
     config = ChaosConfig(
         seconds=args.seconds,
         faults=faults,
@@ -491,6 +569,8 @@ def main(argv: list[str] | None = None) -> int:
         producers=args.producers,
         rate=args.rate,
         keys=args.keys,
+        topology=args.topology,
+        failover_every=args.failover_every,
         seed=args.seed,
         directory=args.dir,
     )

@@ -1,10 +1,16 @@
-"""Chaos runs under pytest: four short ones (about 20 s each), and long ones marked slow.
+"""Chaos runs under pytest: six short ones (20 to 30 s each), and long ones marked slow.
 
 Each short run injects one family of faults for ``SHORT`` seconds and asserts what the
 product promises whatever happens: no acknowledged item lost, per-key order kept, no two
 acknowledged batches of one key overlapping, stale acknowledgements refused, producers
 answered within a bound, the store drained and clean at the end. Duplicates are allowed
 (at least once) and only reported. The summary is printed, so ``pytest -s`` shows it.
+
+The failover runs (Redis Cluster, 3 masters with a replica each; Sentinel, a master with
+2 replicas) SIGKILL a master mid-run and let Redis promote a replica; producers and workers
+must follow it without a restart. Replication is asynchronous, so items added just before
+the kill may be lost: the checker counts them per failover (``lost_per_failover``), judges
+any other loss, and the figures are printed.
 
 ``CHAOS_SECONDS`` sets the length of the slow runs (default 600 s).
 """
@@ -68,6 +74,37 @@ def test_handler_failures_hangs_and_poison(tmp_path: Path) -> None:
     assert summary["poison_acknowledged"] > 0
     assert summary["poison_not_dead"] == 0  # every poison item ended in dead letters...
     assert summary["dead_items_not_poison"] == 0  # ...alone: ItemsFailed kept its batch-mates out
+
+
+def assert_followed_failovers(summary: dict[str, Any], workers: int, failovers: int) -> None:
+    """Every failover finished, and the clients followed each one without a restart."""
+    assert violations(summary) == []
+    assert summary["failovers"] >= failovers and summary["failover_timeouts"] == []
+    assert summary["workers_started"] == workers, "a worker died: it did not follow the failover"
+    assert summary["not_acknowledged"] == 0, "a producer gave up on an add across a failover"
+    assert summary["add_errors"].get("StoreUnavailable", 0) >= 1, "producers never felt the failover"
+    print(f"{summary['topology']}: items lost per failover {summary['lost_per_failover']}")
+
+
+@pytest.mark.timeout(SHORT_TIMEOUT)
+@pytest.mark.parametrize("topology", ["cluster", "sentinel"])
+def test_a_master_killed_and_a_replica_promoted(tmp_path: Path, topology: str) -> None:
+    summary = run_chaos(
+        tmp_path, {"failover"}, topology=topology, seconds=SHORT, failover_every=4.0, max_failovers=1
+    )
+    assert_followed_failovers(summary, workers=3, failovers=1)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(LONG + 300)
+@pytest.mark.parametrize("topology", ["cluster", "sentinel"])
+def test_long_run_with_failovers_and_killed_workers(tmp_path: Path, topology: str) -> None:
+    """Many failovers (about one each 14 s), workers killed as well; loss per failover reported."""
+    summary = run_chaos(tmp_path, {"failover", "kill"}, topology=topology, seconds=LONG, failover_every=6.0)
+    assert violations(summary) == []
+    assert summary["failovers"] >= LONG // 30 and summary["failover_timeouts"] == []
+    lost = summary["lost_per_failover"]
+    print(f"{topology}: {sum(lost)} items lost over {len(lost)} failovers, per failover {lost}")
 
 
 @pytest.mark.slow

@@ -24,13 +24,6 @@ from tests.conftest import FakeClock
 WAIT = 20.0
 
 
-@pytest.fixture(autouse=True)
-def _needs_job_operations(store: Store) -> None:
-    # Removed once every store implements stores.base.JobStore (being built on branches).
-    if not hasattr(store, "submit_jobs"):
-        pytest.skip(f"{type(store).__name__} has no job operations yet")
-
-
 def make_jobs(store: Store, **kw: Any) -> redbatch.Jobs:
     settings: dict[str, Any] = {"backoff": 0.01, "max_backoff": 0.05, "lease": 5.0} | kw
     return redbatch.Jobs(store, "q", **settings)

@@ -145,12 +145,14 @@ def returned_adds(folder: Path, threads: int) -> dict[int, list[int]]:
     return found
 
 
-def kill_producer_mid_run(url: str, prefix: str, folder: Path, name: str, threads: int) -> None:
-    """Start a producer of ``threads`` threads adding to batcher ``name``; SIGKILL it once
-    every thread has had adds return, 1,000 in all."""
+def kill_producer_mid_run(
+    url: str, prefix: str, folder: Path, name: str, threads: int, *, coroutines: bool = False
+) -> None:
+    """Start a producer of ``threads`` threads (or coroutines) adding to batcher ``name``;
+    SIGKILL it once every thread has had adds return, 1,000 in all."""
     folder.mkdir()
     args = [sys.executable, "-m", "tests.proc_producer", url, prefix, str(folder)]
-    args += ["--threads", str(threads), "--name", name]
+    args += ["--threads", str(threads), "--name", name] + (["--asyncio"] if coroutines else [])
     with open(folder / "stderr", "wb") as stderr:
         producer = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
@@ -170,20 +172,23 @@ def kill_producer_mid_run(url: str, prefix: str, folder: Path, name: str, thread
             producer.wait(DEADLINE)
 
 
+@pytest.mark.parametrize("producer", ["threads", "coroutines"])
 def test_coalesced_adds_that_returned_survive_a_killed_producer(
-    durable: tuple[str, str], tmp_path: Path
+    durable: tuple[str, str], tmp_path: Path, producer: str
 ) -> None:
-    """16 threads of one producer add at once (sharing store calls); SIGKILL mid-run loses
-    none of the adds that returned, and stores none twice. Three rounds: three moments."""
+    """16 threads (or coroutines, with add_async) of one producer add at once, sharing store
+    calls; SIGKILL mid-run loses none of the adds that returned, and stores none twice.
+    Three rounds: three moments."""
     url, prefix = durable
     threads = 16
     store = redbatch.connect(url, **({"prefix": prefix} if url.startswith("redis") else {}))
     try:
         for round_ in range(3):
             name = f"producers-{round_}"
-            kill_producer_mid_run(url, prefix, tmp_path / name, name, threads)
+            folder = tmp_path / name
+            kill_producer_mid_run(url, prefix, folder, name, threads, coroutines=producer == "coroutines")
             b = redbatch.Batcher(store, name, max_items=1_000_000, max_wait=3600)
-            for t, promised in returned_adds(tmp_path / name, threads).items():
+            for t, promised in returned_adds(folder, threads).items():
                 stored = [p.value for p in b.peek(f"t{t}", limit=1_000_000)]
                 assert all(thread == t for thread, _ in stored)
                 numbers = [n for _, n in stored]

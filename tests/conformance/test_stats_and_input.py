@@ -239,3 +239,33 @@ def test_add_many_holds_items_compactly(store: Store, clock: FakeClock) -> None:
     assert b.stats().buffered_items == 10_001
     assert held < 10_000 * 400, f"{held / 10_000:.0f} bytes held per item"
     assert peak < 10_000 * 1_500, f"{peak / 10_000:.0f} bytes per item at the peak"
+
+
+def test_oldest_keys_come_from_the_age_index(store: Store, clock: FakeClock) -> None:
+    b = make(store, clock, max_items=2, max_wait=100)
+    assert b.oldest_keys() == []
+    b.add("late", 1)
+    clock.advance(-3)  # an earlier producer clock: arrivals, not insertion order, decide
+    b.add_many([("early", 1), ("early", 2), ("early", 3)])
+    clock.advance(1)
+    b.add_many([("tie-b", 1), ("tie-a", 1), ("<script>alert(1)</script>", "x")])
+    clock.advance(5)
+    rows = b.oldest_keys(10)
+    assert [(r.key, r.pending) for r in rows] == [
+        ("early", 3),
+        ("<script>alert(1)</script>", 1),
+        ("tie-a", 1),
+        ("tie-b", 1),
+        ("late", 1),
+    ]
+    assert (rows[0].oldest_arrival, rows[0].oldest_item_age) == ((clock.now - 6000) / 1000, 6.0)
+    assert [r.key for r in b.oldest_keys(2)] == ["early", "<script>alert(1)</script>"]
+    b.flush("early")
+    claimed = claim_one(b)  # early's first two items run; its third still waits
+    assert claimed.lease.key == "early"
+    assert [(r.key, r.pending) for r in b.oldest_keys(1)] == [("early", 1)]
+    assert fail(b, claimed, retry_in=None)
+    b.clear("early")
+    assert "early" not in [r.key for r in b.oldest_keys(10)]
+    with pytest.raises(ConfigError):
+        b.oldest_keys(0)

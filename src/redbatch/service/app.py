@@ -1,8 +1,7 @@
 """The app factory: a FastAPI application over one store, its batchers, and optionally an
 in-process worker run from the app's lifespan.
 
-The routes live beside it, one module per surface: ``batchers`` now; the jobs and groups
-routes (phase 2) go in a ``jobs`` module, included here the same way.
+The routes live beside it, one module per surface: ``batchers`` and ``jobs``.
 """
 
 from __future__ import annotations
@@ -13,13 +12,18 @@ import threading
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 import redbatch
 from redbatch.batcher import Batcher
 from redbatch.errors import RedbatchError
+from redbatch.jobs import Jobs
+from redbatch.metrics import instrument, render
 from redbatch.service import batchers as batcher_routes
+from redbatch.service import dashboard
+from redbatch.service import jobs as job_routes
 from redbatch.service.errors import ERROR_RESPONSES, NotReady, install_error_handlers
 from redbatch.service.limits import BodyLimit
 from redbatch.service.models import ErrorBody, Health
@@ -71,9 +75,10 @@ def create_app(
     batchers: Iterable[Batcher] = (),
     *,
     worker: Worker | None = None,
-    jobs: object | None = None,
+    jobs: Iterable[Jobs] = (),
     token: SecretStr | str | None = None,
     max_body: int = DEFAULT_MAX_BODY,
+    metrics: CollectorRegistry | None = None,
 ) -> FastAPI:
     """The HTTP service over ``store``.
 
@@ -83,18 +88,24 @@ def create_app(
             name is opened from the rules the store recorded for it (``Batcher.open``), and
             is a 404 when the store has none.
         worker: A worker to run in-process: started on a thread when the app starts, stopped
-            (in-flight batches finish) when it shuts down. Its batchers are served too.
-        jobs: Reserved for the jobs and groups routes (phase 2); must be None for now.
+            (in-flight batches finish) when it shuts down. Its batchers and job queues
+            are served too.
+        jobs: Job queues the service serves by name (``/jobs/{queue}``); any other name is
+            opened from the rules the store recorded for it, and is a 404 when it has none.
+            A queue with functions registered refuses jobs of other functions (422); one
+            without accepts any name, for a worker elsewhere to run.
         token: The bearer token mutating routes require; None requires none.
         max_body: The largest request body, in bytes; a larger one is refused with 413.
+        metrics: The Prometheus registry ``/metrics`` serves: pass ``metrics.instrument``'s
+            when the worker was given its hooks. Default: a registry of the served batchers'
+            and job queues' store-side metrics (depths, jobs by status), read at scrape time.
 
     Returns:
         The application, for uvicorn (``redbatch serve`` runs it) or any ASGI server.
     """
-    if jobs is not None:
-        raise NotImplementedError("the jobs routes come in phase 2")
     served = worker.batchers if worker is not None else []
     known = list(batchers) + [b for b in served if isinstance(b, Batcher)]
+    queues = list(jobs) + [q for q in served if isinstance(q, Jobs)]
     runner = WorkerThread(worker) if worker is not None else None
 
     @asynccontextmanager
@@ -111,17 +122,29 @@ def create_app(
     app = FastAPI(
         title="redbatch",
         version=redbatch.__version__,
-        summary="Durable keyed micro-batching over HTTP: add items, watch batchers, handle dead letters.",
+        summary="Durable keyed micro-batching and tracked jobs over HTTP: add items, watch batchers, "
+        "handle dead letters, submit and poll jobs and groups.",
         lifespan=lifespan,
     )
     app.state.store = store
     app.state.batchers = batcher_routes.BatcherRegistry(store, known)
+    app.state.jobs = job_routes.JobRegistry(store, queues)
     app.state.token = SecretStr(token) if isinstance(token, str) else token
     app.state.worker = runner
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=max_body)
     app.include_router(batcher_routes.router)
     app.include_router(batcher_routes.writes)
+    app.include_router(dashboard.router)
+    app.include_router(job_routes.router)
+    app.include_router(job_routes.writes)
+    registry = metrics if metrics is not None else instrument([*known, *queues]).registry
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus() -> Response:
+        body, content_type = render(registry)  # a plain def: FastAPI runs it on a thread
+        return Response(body, media_type=content_type)
+
     _health_routes(app)
     return app
 

@@ -26,6 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute, Match
 
 from redbatch.errors import ConfigError, InvalidItem, InvalidKey, NotFound, RedbatchError, StoreUnavailable
 from redbatch.service.models import ErrorBody
@@ -103,8 +104,13 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "ValidationError", message, details)
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        # Starlette's Allow names the methods of the first route whose path matched; a path
+        # served by several routes (GET and POST /jobs/{queue}) has the methods of all.
+        allowed = sorted({m for route in request.app.router.routes for m in _methods_at(route, request)})
+        return error_response(405, "MethodNotAllowed", str(exc.detail), headers={"Allow": ", ".join(allowed)})
     if exc.status_code == 400:
         # FastAPI's answer to a body it cannot decode (not UTF-8): bad input, as any other
         # body that is not JSON, so the same 422.
@@ -115,6 +121,12 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
         else _HTTP_KINDS.get(exc.status_code, "HTTPError")
     )
     return error_response(exc.status_code, kind, str(exc.detail), headers=exc.headers)
+
+
+def _methods_at(route: BaseRoute, request: Request) -> set[str]:
+    match, _ = route.matches({**request.scope, "method": "\x00"})  # no route has that method
+    methods = getattr(route, "methods", None)
+    return set(methods or ()) if match is not Match.NONE else set()
 
 
 _HTTP_KINDS = {404: "NotFound", 405: "MethodNotAllowed"}

@@ -8,11 +8,13 @@ restated so the schema carries them; the library checks them again all the same.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from redbatch.checks import MAX_KEY_LENGTH
+from redbatch.checks import MAX_DURATION, MAX_KEY_LENGTH
+from redbatch.jobs import MAX_JOB_ID
+from redbatch.jobtypes import GroupProgress, Job
 from redbatch.types import BatcherStats, CorruptItem, DeadLetter, PendingItem
 
 Key = Annotated[
@@ -191,6 +193,157 @@ class PurgeRequest(_Body):
 
 class Purged(BaseModel):
     purged: int = Field(description="How many dead letters were deleted.")
+
+
+# ---------------------------------------------------------------- jobs and groups
+
+FunctionName = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="A job function's registered name.",
+        examples=["decide"],
+    ),
+]
+JobId = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_JOB_ID, description="A job or group id: 1 to 200 characters."),
+]
+LaneName = Literal["high", "normal", "low"]
+Status = Literal["pending", "running", "succeeded", "failed", "cancelled"]
+Seconds = Annotated[float, Field(ge=0, le=MAX_DURATION, allow_inf_nan=False)]
+
+
+class JobCall(_Body):
+    """One call, or a chain: ``function`` runs with ``params``, then each of ``then`` in turn
+    with the previous step's result as its params."""
+
+    function: FunctionName
+    params: JsonValue = None
+    then: list[FunctionName] = Field(
+        default_factory=list,
+        max_length=100,
+        description="A chain's later steps; the job's result is the last step's.",
+        examples=[[]],
+    )
+
+
+class JobSubmit(JobCall):
+    id: JobId | None = Field(
+        default=None, description="Submitting an id that exists changes nothing (idempotent)."
+    )
+    lane: LaneName = Field(default="normal", description="High jobs run first; low ones are not starved.")
+    delay: Seconds = Field(default=0.0, description="Seconds before it may run.")
+    max_attempts: int | None = Field(
+        default=None, ge=1, le=10_000, description="Attempts of each step; default the queue's."
+    )
+    timeout: Seconds | None = Field(
+        default=None, gt=0, description="Seconds each step may run; default the queue's."
+    )
+
+
+class Submitted(BaseModel):
+    id: str = Field(description="The job's id; its URL is in the Location header.")
+
+
+class JobOut(BaseModel):
+    """``redbatch.Job``: times are Unix seconds."""
+
+    id: str
+    function: str = Field(description="The function of its current step.")
+    status: Status
+    lane: LaneName
+    attempt: int = Field(description="The current step's attempt: 0 before its first run.")
+    max_attempts: int
+    step: int = Field(description="The 0-based index of a chain's current step.")
+    steps: int
+    progress: float | None = Field(description="The fraction last reported (0 to 1); 1.0 once succeeded.")
+    message: str = Field(description="The message reported with it.")
+    result: Any = Field(description="The last finished step's result, any JSON value.")
+    error: str = Field(description="The last failed attempt's error ('' none).")
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    group: str = Field(description="Its group's id ('' none).")
+    cancel_requested: bool
+
+    @classmethod
+    def of(cls, job: Job) -> JobOut:
+        return cls.model_validate(job, from_attributes=True)
+
+
+class JobPageOut(BaseModel):
+    jobs: list[JobOut] = Field(description="Newest first.")
+    cursor: str | None = Field(description="Pass it back as ?cursor= for the next page; null on the last.")
+
+
+class JobCounts(BaseModel):
+    pending: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+
+
+class CleanupRequest(_Body):
+    older_than: Seconds = Field(description="Delete jobs (and whole groups) finished this many seconds ago.")
+
+
+class CleanedUp(BaseModel):
+    deleted: int = Field(description="How many jobs were deleted; pending and running ones never are.")
+
+
+class GroupSubmit(_Body):
+    members: list[JobCall] = Field(description="Calls or chains; member i gets the id '{group id}.{i}'.")
+    id: JobId | None = Field(default=None, description="Submitting a group id that exists changes nothing.")
+    callback: FunctionName | None = Field(
+        default=None, description="A function run once, as a job, when every member has finished."
+    )
+    lane: LaneName = "normal"
+
+
+class GroupSubmitted(BaseModel):
+    id: str = Field(description="The group's id; its progress URL is in the Location header.")
+    members: list[str] = Field(description="The members' job ids, in the order given.")
+
+
+class GroupProgressOut(BaseModel):
+    """``redbatch.GroupProgress``: exact counters, each member counted once."""
+
+    id: str
+    total: int
+    pending: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    percent: float
+    finished_at: float | None = Field(description="When the last member finished; null while any is open.")
+    round: int = Field(description="1, plus one per retry of failed members that reopened the group.")
+    callback_job: str = Field(description="The id of the last finished round's callback job ('' none).")
+
+    @classmethod
+    def of(cls, progress: GroupProgress) -> GroupProgressOut:
+        return cls.model_validate(progress, from_attributes=True)
+
+
+class RetryFailedRequest(_Body):
+    """Which failed members to run again: all, or those whose error passes the filters."""
+
+    error_contains: str | None = Field(
+        default=None, min_length=1, max_length=1000, description="Only those whose error holds this text."
+    )
+    error_matches: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="Only those whose error this regular expression (Python's re.search) finds.",
+    )
+    lane: LaneName | None = Field(default=None, description="Run them in this lane; default each its own.")
+
+
+class Retried(BaseModel):
+    retried: int = Field(description="How many failed members were put back to pending.")
 
 
 # ---------------------------------------------------------------- health

@@ -10,6 +10,7 @@ URL through ``mask_url``: a password never reaches a message, a log or a traceba
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 from urllib.parse import SplitResult, parse_qsl, unquote_plus, urlsplit, urlunsplit
 
@@ -207,7 +208,10 @@ def _sentinel_store(
 ) -> Store:
     """``redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]``."""
     from redbatch.stores.redis import RedisStore  # noqa: PLC0415 - load redis-py only when used
-    from redbatch.stores.redis.client import new_sentinel_client  # noqa: PLC0415
+    from redbatch.stores.redis.client import (  # noqa: PLC0415
+        new_async_sentinel_client,
+        new_sentinel_client,
+    )
 
     if parts.fragment:
         raise ConfigError(f"invalid Sentinel URL {masked}: it takes no fragment")
@@ -223,22 +227,22 @@ def _sentinel_store(
     partitions = _partitions(options.get("partitions"), settings.partitions, masked)
     _same_partitions(overrides, settings.partitions, partitions, masked)
     replicas, replicas_timeout = _replicas(options, masked)
-    client = new_sentinel_client(
-        sentinels,
-        unquote_plus(service),
-        username=unquote_plus(username) or None,
-        password=unquote_plus(password) if userinfo and ":" in userinfo else None,
-        db=int(database or 0),
-        client_name=options.get("client_name"),
-        connect_timeout=settings.connect_timeout,
-        socket_timeout=settings.socket_timeout,
-    )
+    master = {
+        "service": unquote_plus(service),
+        "username": unquote_plus(username) or None,
+        "password": unquote_plus(password) if userinfo and ":" in userinfo else None,
+        "db": int(database or 0),
+        "client_name": options.get("client_name"),
+        "connect_timeout": settings.connect_timeout,
+        "socket_timeout": settings.socket_timeout,
+    }
     store = RedisStore(
         settings.url,
         prefix=settings.prefix,
         partitions=partitions,
         socket_timeout=settings.socket_timeout,
-        client=client,
+        client=new_sentinel_client(sentinels, **master),  # type: ignore[arg-type]
+        async_client=functools.partial(new_async_sentinel_client, sentinels, **master),  # type: ignore[arg-type]
         replicas=replicas,
         replicas_timeout=replicas_timeout,
     )

@@ -56,113 +56,6 @@ class Waiter(Protocol):
 
 
 @runtime_checkable
-class Store(Protocol):
-    """Where all of redbatch's state lives. See the module docstring for the model."""
-
-    url: str
-    """The store's URL with any password masked, for logs and display."""
-
-    durable: bool
-    """False for stores that lose everything when the process exits."""
-
-    def append(self, spec: QueueSpec, entries: Sequence[Entry], now_ms: int) -> None:
-        """Add items under their keys, all or none, and reschedule each key's deadline.
-
-        The batcher's recorded rules must be ``spec``'s (same ``version``): else nothing is
-        stored and ``RulesChanged`` is raised. When none are recorded yet, ``spec``'s are
-        recorded in the same step.
-        """
-
-    def publish_rules(self, spec: QueueSpec, now_ms: int) -> QueueSpec | None:
-        """Record ``spec`` as its batcher's rules; return those it replaced (None: none).
-
-        When the rules change, every key without a current batch is rescheduled under the
-        new ones (a key already due stays due); a running or retrying batch keeps its
-        deadline, and its key follows the new rules once the batch ends.
-        """
-
-    def stored_rules(self, name: str) -> QueueSpec | None:
-        """The rules recorded for batcher ``name``, or None when it was never used."""
-
-    def claim_due(self, spec: QueueSpec, now_ms: int, limit: int) -> list[ClaimedBatch]:
-        """Lease up to ``limit`` due batches: retries, lapsed leases, or new batches.
-
-        A batch whose lease lapsed after its last allowed attempt goes to dead letters
-        instead (a crash counts as an attempt).
-        """
-
-    def next_due_ms(self, spec: QueueSpec) -> int | None:
-        """The earliest deadline in the index, or None when nothing is open."""
-
-    def due_deadlines(self, spec: QueueSpec, now_ms: int, limit: int) -> list[int]:
-        """The deadline-index scores of up to ``limit`` keys due at ``now_ms``, ascending.
-
-        A read, O(log n + limit): a worker serving several batchers shares its free slots
-        among them earliest deadline first. A key listed here may still yield no batch
-        when claimed (it is buried, or has nothing left), so it is an upper bound.
-        """
-
-    def heartbeat(self, spec: QueueSpec, leases: Sequence[Lease], lease_until_ms: int) -> list[bool]:
-        """Extend leases that are still held; False for each one lost to another worker."""
-
-    def ack(self, spec: QueueSpec, leases: Sequence[Lease], now_ms: int) -> list[bool]:
-        """Finish batches in one step; False (and nothing changed) for each lease that was lost.
-
-        Workers acknowledge in groups: every batch finished while the previous
-        acknowledgement was on its way goes in the next one (group commit).
-        """
-
-    def fail(
-        self,
-        spec: QueueSpec,
-        lease: Lease,
-        now_ms: int,
-        error: str,
-        retry_at_ms: int | None,
-        keep: Sequence[int] | None = None,
-    ) -> bool:
-        """Schedule a retry at ``retry_at_ms``, or dead-letter the batch when it is None.
-
-        With ``keep`` (sorted item indexes), only those items failed: the batch keeps its id
-        and shrinks to them first, and the others count as flushed.
-        """
-
-    def clear(self, spec: QueueSpec, key: str) -> int:
-        """Drop a key's pending items and any batch waiting to retry; return how many items."""
-
-    def flush(self, spec: QueueSpec, key: str | None, now_ms: int) -> int:
-        """Make a key (or every key) due now; return how many keys were made due."""
-
-    def peek(self, spec: QueueSpec, key: str, limit: int) -> Sequence[tuple[int | None, bytes]]:
-        """A key's oldest pending items as (arrived_at_ms, payload); the arrival is None where
-        the store cannot read it (an entry written by hand, to be dead-lettered as corrupt)."""
-
-    def counters(self, spec: QueueSpec) -> QueueCounters: ...
-
-    def dead_letters(self, spec: QueueSpec, limit: int, offset: int) -> list[DeadRecord]:
-        """Dead letters, oldest first."""
-
-    def replay(self, spec: QueueSpec, batch_ids: Sequence[str] | None, now_ms: int) -> int:
-        """Put dead letters' items back in front of their keys' pending items, due now.
-
-        A key's letters go back in the order they died (whatever order ``batch_ids`` has),
-        each with its items in arrival order. Returns how many items were replayed. When
-        one of ``batch_ids`` is unknown, raises ``unknown_dead_letters`` and changes nothing.
-        """
-
-    def purge_dead(self, spec: QueueSpec, batch_ids: Sequence[str] | None, before_ms: int | None) -> int:
-        """Delete dead letters by id, or those that died before ``before_ms``, or all.
-
-        When one of ``batch_ids`` is unknown, raises ``unknown_dead_letters`` and deletes none.
-        """
-
-    def waiter(self, names: Sequence[str]) -> Waiter:
-        """A waiter woken when a key of one of these batchers may have become due."""
-
-    def close(self) -> None: ...
-
-
-@runtime_checkable
 class JobStore(Protocol):
     """The job operations every store offers beside ``Store``'s (see ``redbatch.jobrecords``
     for the model and ``redbatch.engine.JOB_TRANSITIONS`` for the rule every step follows).
@@ -235,6 +128,131 @@ class JobStore(Protocol):
         whole group, once the group finished before then (the group record, every member
         and its callback jobs at once); members of an open group are kept. Returns how many
         job records were deleted."""
+
+
+@runtime_checkable
+class Store(JobStore, Protocol):
+    """Where all of redbatch's state lives. See the module docstring for the model."""
+
+    url: str
+    """The store's URL with any password masked, for logs and display."""
+
+    durable: bool
+    """False for stores that lose everything when the process exits."""
+
+    def append(self, spec: QueueSpec, entries: Sequence[Entry], now_ms: int) -> None:
+        """Add items under their keys, all or none, and reschedule each key's deadline.
+
+        The batcher's recorded rules must be ``spec``'s (same ``version``): else nothing is
+        stored and ``RulesChanged`` is raised. When none are recorded yet, ``spec``'s are
+        recorded in the same step.
+
+        A store with an asyncio client also has ``async def append_async(spec, entries,
+        now_ms)``, the same step awaited on the running event loop (see ``AsyncAppend``);
+        batchers look for it, and make the calls of stores without it on one thread.
+        """
+
+    def publish_rules(self, spec: QueueSpec, now_ms: int) -> QueueSpec | None:
+        """Record ``spec`` as its batcher's rules; return those it replaced (None: none).
+
+        When the rules change, every key without a current batch is rescheduled under the
+        new ones (a key already due stays due); a running or retrying batch keeps its
+        deadline, and its key follows the new rules once the batch ends.
+        """
+
+    def stored_rules(self, name: str) -> QueueSpec | None:
+        """The rules recorded for batcher ``name``, or None when it was never used."""
+
+    def claim_due(self, spec: QueueSpec, now_ms: int, limit: int) -> list[ClaimedBatch]:
+        """Lease up to ``limit`` due batches: retries, lapsed leases, or new batches.
+
+        A batch whose lease lapsed after its last allowed attempt goes to dead letters
+        instead (a crash counts as an attempt).
+        """
+
+    def next_due_ms(self, spec: QueueSpec) -> int | None:
+        """The earliest deadline in the index, or None when nothing is open."""
+
+    def due_deadlines(self, spec: QueueSpec, now_ms: int, limit: int) -> list[int]:
+        """The deadline-index scores of up to ``limit`` keys due at ``now_ms``, ascending.
+
+        A read, O(log n + limit): a worker serving several batchers shares its free slots
+        among them earliest deadline first. A key listed here may still yield no batch
+        when claimed (it is buried, or has nothing left), so it is an upper bound.
+        """
+
+    def heartbeat(self, spec: QueueSpec, leases: Sequence[Lease], lease_until_ms: int) -> list[bool]:
+        """Extend leases that are still held; False for each one lost to another worker."""
+
+    def ack(self, spec: QueueSpec, leases: Sequence[Lease], now_ms: int) -> list[bool]:
+        """Finish batches in one step; False (and nothing changed) for each lease that was lost.
+
+        Workers acknowledge in groups: every batch finished while the previous
+        acknowledgement was on its way goes in the next one (group commit).
+        """
+
+    def fail(
+        self,
+        spec: QueueSpec,
+        lease: Lease,
+        now_ms: int,
+        error: str,
+        retry_at_ms: int | None,
+        keep: Sequence[int] | None = None,
+    ) -> bool:
+        """Schedule a retry at ``retry_at_ms``, or dead-letter the batch when it is None.
+
+        With ``keep`` (sorted item indexes), only those items failed: the batch keeps its id
+        and shrinks to them first, and the others count as flushed.
+        """
+
+    def clear(self, spec: QueueSpec, key: str) -> int:
+        """Drop a key's pending items and any batch waiting to retry; return how many items."""
+
+    def flush(self, spec: QueueSpec, key: str | None, now_ms: int) -> int:
+        """Make a key (or every key) due now; return how many keys were made due."""
+
+    def peek(self, spec: QueueSpec, key: str, limit: int) -> Sequence[tuple[int | None, bytes]]:
+        """A key's oldest pending items as (arrived_at_ms, payload); the arrival is None where
+        the store cannot read it (an entry written by hand, to be dead-lettered as corrupt)."""
+
+    def counters(self, spec: QueueSpec) -> QueueCounters: ...
+
+    def oldest_keys(self, spec: QueueSpec, limit: int) -> list[tuple[str, int, int]]:
+        """The ``limit`` keys whose oldest pending item arrived first, as (key, that arrival
+        in ms, pending items), oldest first (ties by key). A key with no pending items (only
+        a running or retrying batch) is not listed. A read of the age index, O(log n + limit)
+        in the durable stores; for dashboards."""
+
+    def dead_letters(self, spec: QueueSpec, limit: int, offset: int) -> list[DeadRecord]:
+        """Dead letters, oldest first."""
+
+    def replay(self, spec: QueueSpec, batch_ids: Sequence[str] | None, now_ms: int) -> int:
+        """Put dead letters' items back in front of their keys' pending items, due now.
+
+        A key's letters go back in the order they died (whatever order ``batch_ids`` has),
+        each with its items in arrival order. Returns how many items were replayed. When
+        one of ``batch_ids`` is unknown, raises ``unknown_dead_letters`` and changes nothing.
+        """
+
+    def purge_dead(self, spec: QueueSpec, batch_ids: Sequence[str] | None, before_ms: int | None) -> int:
+        """Delete dead letters by id, or those that died before ``before_ms``, or all.
+
+        When one of ``batch_ids`` is unknown, raises ``unknown_dead_letters`` and deletes none.
+        """
+
+    def waiter(self, names: Sequence[str]) -> Waiter:
+        """A waiter woken when a key of one of these batchers may have become due."""
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class AsyncAppend(Protocol):
+    """What a store offers when it can append on an event loop without a thread (Redis)."""
+
+    async def append_async(self, spec: QueueSpec, entries: Sequence[Entry], now_ms: int) -> None:
+        """``Store.append``, awaited on the running loop: the same step, the same errors."""
 
 
 def replaced_rules(name: str, record: Mapping[str, Any] | None) -> QueueSpec | None:

@@ -429,6 +429,16 @@ class MemoryStore:
                 last_flush_at=queue.last_flush_at,
             )
 
+    def oldest_keys(self, spec: QueueSpec, limit: int) -> list[tuple[str, int, int]]:
+        # A scan of the open keys: the reference store keeps no age index (it is for tests).
+        with self._lock:
+            waiting = (
+                (s.pending[0][0], key, len(s.pending))
+                for key, s in self._queue(spec).keys.items()
+                if s.pending
+            )
+            return [(key, first, count) for first, key, count in heapq.nsmallest(limit, waiting)]
+
     def dead_letters(self, spec: QueueSpec, limit: int, offset: int) -> list[DeadRecord]:
         with self._lock:
             records = sorted(self._queue(spec).dead.values(), key=lambda r: (r.died_at, r.batch_id))

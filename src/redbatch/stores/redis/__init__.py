@@ -3,6 +3,7 @@
     store.py         RedisStore: producing, claiming, the lease holders' steps, operators
     rules.py         a batcher's rules, a copy in every partition
     dead_letters.py  listing, replaying and purging dead letters
+    jobs.py          job queues' records (stores.base.JobStore): one partition per queue
     waiter.py        a worker's sleep, ended by the scripts' PUBLISH
     core.py          what the parts share: partitions, key names, entry framing
     client.py        the client and its timeouts; the scripts, registered once

@@ -7,6 +7,9 @@ from importlib import resources
 from typing import Any
 
 import redis
+import redis.asyncio
+import redis.asyncio.retry
+import redis.asyncio.sentinel
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
@@ -15,6 +18,7 @@ from redis.sentinel import Sentinel
 SCRIPTS = (
     "append", "claim", "heartbeat", "ack", "fail", "clear", "flush", "replay", "purge", "rules", "reschedule"
 )  # fmt: skip
+JOB_SCRIPTS = ("submit", "finish", "progress", "cancel", "retry_jobs", "cleanup", "jobs_page")
 
 
 def new_client(url: str, connect_timeout: float, socket_timeout: float) -> redis.Redis:
@@ -30,6 +34,16 @@ def new_client(url: str, connect_timeout: float, socket_timeout: float) -> redis
         socket_connect_timeout=connect_timeout,
         socket_timeout=socket_timeout,
         retry=Retry(NoBackoff(), 0),
+    )
+
+
+def new_async_client(url: str, connect_timeout: float, socket_timeout: float) -> redis.asyncio.Redis:
+    """``new_client`` on redis-py's asyncio client (for one event loop: see wire.py)."""
+    return redis.asyncio.Redis.from_url(
+        url,
+        socket_connect_timeout=connect_timeout,
+        socket_timeout=socket_timeout,
+        retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
     )
 
 
@@ -86,15 +100,49 @@ def new_cluster_client(
     connection); a MOVED or ASK redirection is still followed, since the command did not
     run. Building the client asks the nodes for the map, each one that does not answer
     costing up to connect_timeout plus socket_timeout.
+
+    Building it also sends COMMAND (a read) to one master, the first of the map; while that
+    master is dead and not yet failed over, a second try goes to another master, so that a
+    process started then still opens the store. Only then are retries turned off.
     """
     client: RedisCluster = RedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in nodes],  # type: ignore[no-untyped-call]
-        retry=Retry(NoBackoff(), 0),
+        retry=Retry(NoBackoff(), 1),
         username=username,
         password=password,
         client_name=client_name,
         socket_connect_timeout=connect_timeout,
         socket_timeout=socket_timeout,
+    )
+    client.set_retry(Retry(NoBackoff(), 0))
+    return client
+
+
+def new_async_sentinel_client(
+    sentinels: list[tuple[str, int]],
+    service: str,
+    *,
+    username: str | None,
+    password: str | None,
+    db: int,
+    client_name: str | None,
+    connect_timeout: float,
+    socket_timeout: float,
+) -> redis.asyncio.Redis:
+    """``new_sentinel_client`` on redis-py's asyncio client (for one event loop)."""
+    bounded: dict[str, Any] = {
+        "socket_connect_timeout": connect_timeout,
+        "socket_timeout": socket_timeout,
+        "retry": redis.asyncio.retry.Retry(NoBackoff(), 0),
+    }
+    sentinel = redis.asyncio.sentinel.Sentinel(sentinels, sentinel_kwargs=dict(bounded), **bounded)  # type: ignore[no-untyped-call]
+    client: redis.asyncio.Redis = sentinel.master_for(
+        service,
+        username=username,
+        password=password,
+        db=db,
+        client_name=client_name,
+        **bounded,
     )
     return client
 
@@ -106,5 +154,5 @@ def load_scripts(client: Any) -> dict[str, Any]:
     prelude = lua.joinpath("lib.lua").read_text()
     return {
         name: client.register_script(prelude + "\n" + lua.joinpath(f"{name}.lua").read_text())
-        for name in SCRIPTS
+        for name in (*SCRIPTS, *JOB_SCRIPTS)
     }

@@ -13,6 +13,7 @@ from typing import Any
 import redis
 
 from redbatch.errors import NotReplicated, StoreUnavailable
+from redbatch.stores.redis.wire import command, framed
 from redbatch.types import QueueSpec
 
 # An entry is "arrived_ms:digest:json" (lib.lua's digest_of reads the same framing).
@@ -153,6 +154,23 @@ class RedisCore:
             confirm.redbatch_writes = True
             self._execute(confirm)
         return replies
+
+    def _waits(self) -> tuple[bytes, ...]:
+        """What a command framed by hand (wire.py) is sent with, on its connection: a WAIT
+        with ``replicas``, else nothing. ``_replied`` reads the replies."""
+        if not self.replicas:
+            return ()
+        return (command(3, framed(["WAIT", self.replicas, self.replicas_timeout_ms])),)
+
+    def _replied(self, reply: Any) -> Any:
+        """The reply of a command sent by wire.send with ``_waits()``, its WAIT checked."""
+        if not self.replicas:
+            return reply
+        reply, confirm = reply
+        if isinstance(reply, Exception):
+            raise reply  # NoScriptError among them: nothing ran, the caller sends it again
+        self._confirmed(confirm)
+        return reply
 
     def _confirmed(self, reply: Any) -> None:
         """Check a WAIT's reply: NotReplicated when fewer than ``replicas`` confirmed.

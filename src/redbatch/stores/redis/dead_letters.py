@@ -31,12 +31,19 @@ class DeadLetters(RedisCore):
 
     @unavailable
     def dead_letters(self, spec: QueueSpec, limit: int, offset: int) -> list[DeadRecord]:
+        parts = self._partitions(spec.name)
         ranked: list[tuple[float, str, Partition]] = []
-        for part in self._partitions(spec.name):
-            for member, score in self.client.zrange(part.dead, 0, offset + limit - 1, withscores=True):
-                ranked.append((score, member.decode(), part))
-        ranked.sort(key=lambda row: (row[0], row[1]))
-        ranked = ranked[offset : offset + limit]
+        if len(parts) == 1:  # the page itself: O(log n + limit) at any offset
+            for member, score in self.client.zrange(
+                parts[0].dead, offset, offset + limit - 1, withscores=True
+            ):
+                ranked.append((score, member.decode(), parts[0]))
+        else:  # each partition's first offset + limit, merged: deep pages cost their offset
+            for part in parts:
+                for member, score in self.client.zrange(part.dead, 0, offset + limit - 1, withscores=True):
+                    ranked.append((score, member.decode(), part))
+            ranked.sort(key=lambda row: (row[0], row[1]))
+            ranked = ranked[offset : offset + limit]
         pipe = self._pipeline()
         for _, batch_id, part in ranked:
             pipe.hgetall(f"{part.base}x:{batch_id}")

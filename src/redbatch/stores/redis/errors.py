@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
 import redis
@@ -48,9 +48,8 @@ def unavailable(fn: Callable[P, T]) -> Callable[P, T]:
             try:
                 return fn(*args, **kwargs)
             except redis.ConnectionError as exc:
-                if type(exc) is not redis.ConnectionError:  # authentication, LOADING, ...
+                if not _dropped(exc):
                     raise
-                log.info("Redis connection dropped (%s); trying once more on a new one", exc)
                 return fn(*args, **kwargs)
         except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
             mapped = translated(exc)
@@ -61,9 +60,38 @@ def unavailable(fn: Callable[P, T]) -> Callable[P, T]:
     return wrapper
 
 
+def unavailable_async(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """``unavailable`` for a coroutine function (the asyncio client's operations)."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            try:
+                return await fn(*args, **kwargs)
+            except redis.ConnectionError as exc:
+                if not _dropped(exc):
+                    raise
+                return await fn(*args, **kwargs)
+        except redis.RedisError as exc:
+            mapped = translated(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
+
+    return wrapper
+
+
+def _dropped(exc: redis.ConnectionError) -> bool:
+    """Whether the connection merely dropped (worth one more try on a new one)."""
+    if type(exc) is not redis.ConnectionError:  # authentication, LOADING, ...
+        return False
+    log.info("Redis connection dropped (%s); trying once more on a new one", exc)
+    return True
+
+
 def translated(exc: BaseException) -> RedbatchError | None:
     """The redbatch error a redis-py failure means (see the table above); None for others."""
-    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
         return StoreUnavailable(f"Redis is unavailable: {exc}")
     if isinstance(exc, redis.exceptions.RedisClusterException):
         return StoreUnavailable(f"Redis Cluster is unavailable: {exc}")

@@ -8,11 +8,14 @@ header names it (``-- transition: ack``): the Python here only groups a call's k
 partition, builds the scripts' arguments and reads their replies.
 
 This module holds producing, claiming, the lease holders' steps and the operators' small
-ones; ``Rules`` (rules.py) and ``DeadLetters`` (dead_letters.py) hold the rest.
+ones; ``Rules`` (rules.py), ``DeadLetters`` (dead_letters.py) and ``Jobs`` (jobs.py, the job
+records of job queues) hold the rest.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import heapq
 import logging
 from collections import Counter, defaultdict
@@ -21,18 +24,22 @@ from typing import Any
 
 import orjson
 import redis
+import redis.asyncio
 from redis.cluster import RedisCluster
 
 from redbatch import engine
 from redbatch.checks import item_digest
 from redbatch.errors import ConfigError, PartlyStored, RedbatchError
+from redbatch.jobrecords import is_jobs
 from redbatch.stores.base import LEASE_EXPIRED_ERROR, RulesChanged, Waiter, mask_url, new_batch_id
-from redbatch.stores.redis.client import load_scripts, new_client
+from redbatch.stores.redis.client import load_scripts, new_async_client, new_client
 from redbatch.stores.redis.core import Partition, read_entry
 from redbatch.stores.redis.dead_letters import DeadLetters
-from redbatch.stores.redis.errors import translated, unavailable
+from redbatch.stores.redis.errors import translated, unavailable, unavailable_async
+from redbatch.stores.redis.jobs import Jobs
 from redbatch.stores.redis.rules import Rules, record
 from redbatch.stores.redis.waiter import RedisWaiter
+from redbatch.stores.redis.wire import AsyncClients, command, entry_frame, frame, framed, send, send_async
 from redbatch.types import ClaimedBatch, Entry, Lease, QueueCounters, QueueSpec
 
 log = logging.getLogger("redbatch.store.redis")
@@ -49,7 +56,7 @@ _LEGACY_COUNTS = {"buffered": engine.Counter.BUFFERED_ITEMS.value}
 _LAST_FLUSH_FIELDS = ("last_flush_at", "last_flush")
 
 
-class RedisStore(Rules, DeadLetters):
+class RedisStore(Jobs, Rules, DeadLetters):
     """Batching state in Redis (standalone; Sentinel and Cluster come later).
 
     ``url``: ``redis://`` or ``rediss://`` (TLS); ``self.url`` is it with the password masked.
@@ -57,9 +64,11 @@ class RedisStore(Rules, DeadLetters):
     a Redis. ``partitions``: how many partitions (hash tags) each batcher's keys are spread
     over, a key's chosen by crc32. ``connect_timeout``, ``socket_timeout``: seconds to
     connect, and to wait for any one reply (client.py). ``client``: a redis-py client to use
-    instead of one built from ``url``, with whatever timeouts it has. ``replicas``: how many
-    replicas must confirm every write (WAIT, in the same round trip as the script) before
-    it returns, else NotReplicated; ``replicas_timeout``: seconds that WAIT waits at most
+    instead of one built from ``url``, with whatever timeouts it has; ``async_client``: what
+    makes its asyncio twin, one per event loop, for ``append_async`` (without it, a given
+    client's ``append_async`` runs ``append`` on a thread). ``replicas``: how many replicas
+    must confirm every write (WAIT, in the same round trip as the script) before it
+    returns, else NotReplicated; ``replicas_timeout``: seconds that WAIT waits at most
     (under ``socket_timeout``). Not on Redis Cluster (ConfigError).
     """
 
@@ -74,6 +83,7 @@ class RedisStore(Rules, DeadLetters):
         connect_timeout: float = 3.0,
         socket_timeout: float = 10.0,
         client: redis.Redis | None = None,
+        async_client: Callable[[], redis.asyncio.Redis] | None = None,
         replicas: int = 0,
         replicas_timeout: float = 1.0,
     ) -> None:
@@ -95,6 +105,9 @@ class RedisStore(Rules, DeadLetters):
             )
         # An append's call id (Cluster) must outlive the call and its one resend.
         self._call_ttl_ms = max(_MIN_CALL_TTL_MS, round(2000 * (connect_timeout + socket_timeout)))
+        if async_client is None and client is None:
+            async_client = functools.partial(new_async_client, url, connect_timeout, socket_timeout)
+        self._async_clients = None if async_client is None else AsyncClients(async_client)
         self._scripts = load_scripts(self.client)
         self._parts = {}
 
@@ -106,23 +119,22 @@ class RedisStore(Rules, DeadLetters):
 
     @unavailable
     def append(self, spec: QueueSpec, entries: Sequence[Entry], now_ms: int) -> None:
-        by_part: dict[Partition, dict[str, list[Entry]]] = defaultdict(dict)
-        for entry in entries:
-            keyed = by_part[self._partition_of(spec.name, entry.key)]
-            group = keyed.get(entry.key)
-            if group is None:
-                keyed[entry.key] = [entry]
-            else:
-                group.append(entry)
         if self.cluster:
+            by_part: dict[Partition, dict[str, list[Entry]]] = defaultdict(dict)
+            for entry in entries:
+                keyed = by_part[self._partition_of(spec.name, entry.key)]
+                group = keyed.get(entry.key)
+                if group is None:
+                    keyed[entry.key] = [entry]
+                else:
+                    group.append(entry)
             self._append_each(spec, by_part, now_ms)
             return
-        # One script over every partition the entries fall in: all or none, one round trip.
-        keys, args = self._append_call(spec, by_part, now_ms, "")
-        result = int(self._eval("append", keys, args))
+        packed = self._append_command(spec, entries, now_ms)
+        result = self._send_append(packed)
         if result == _NO_RULES:  # the batcher's first append: record its rules, then retry
             self._write_rules("record", spec, now_ms)
-            result = int(self._eval("append", keys, args))
+            result = self._send_append(packed)
         if result < 0:
             raise RulesChanged(spec.name)
 
@@ -252,6 +264,82 @@ class RedisStore(Rules, DeadLetters):
                 args += [b"%s%s:%s" % (stamp, e.digest.encode(), e.payload) for e in group]
         return keys, args
 
+    @unavailable_async
+    async def append_async(self, spec: QueueSpec, entries: Sequence[Entry], now_ms: int) -> None:
+        """``append`` on this event loop's asyncio client: the same script and command."""
+        if self._async_clients is None:  # a client given without an asyncio one
+            await asyncio.to_thread(self.append, spec, entries, now_ms)
+            return
+        client = await self._async_clients.get()
+        packed = self._append_command(spec, entries, now_ms)
+        result = await self._send_append_async(client, packed)
+        if result == _NO_RULES:  # rare: a thread rather than a second copy of the rules code
+            await asyncio.to_thread(self._write_rules, "record", spec, now_ms)
+            result = await self._send_append_async(client, packed)
+        if result < 0:
+            raise RulesChanged(spec.name)
+
+    def _append_command(self, spec: QueueSpec, entries: Sequence[Entry], now_ms: int) -> bytes:
+        """append.lua's EVALSHA, framed (see wire.py): one script over every partition the
+        entries fall in, so all or none in one round trip. Each entry is framed as it is
+        grouped under its key, in one pass."""
+        stamp = b"%d:" % now_ms  # entries are "arrived_ms:digest:json", readable with redis-cli
+        by_key: dict[str, list[bytes]] = {}
+        if spec.dedupe:
+            for key, payload, digest in entries:
+                framed_entry = entry_frame(b"%b%b:" % (stamp, digest.encode()), payload)
+                group = by_key.get(key)
+                if group is None:
+                    by_key[key] = [framed_entry]
+                else:
+                    group.append(framed_entry)
+        else:
+            plain = stamp + b":"  # every digest is empty
+            extra = len(plain)
+            for key, payload, _ in entries:
+                framed_entry = b"$%d\r\n%b%b\r\n" % (extra + len(payload), plain, payload)
+                group = by_key.get(key)
+                if group is None:
+                    by_key[key] = [framed_entry]
+                else:
+                    group.append(framed_entry)
+        parts = self._partitions(spec.name)
+        by_part: dict[Partition, dict[str, list[bytes]]]
+        if len(parts) == 1:
+            by_part = {parts[0]: by_key}
+        else:
+            by_part = defaultdict(dict)
+            for key, group in by_key.items():
+                by_part[self._partition_of(spec.name, key)][key] = group
+        keys: list[str] = []
+        body: list[bytes] = []
+        for part, keyed in by_part.items():
+            keys += (part.due, part.age, part.stats, part.rules)
+            body += (frame(part.base), frame(len(keyed)))
+            for key, group in keyed.items():
+                body += (frame(key), frame(len(group)))
+                body += group
+        head = [
+            "EVALSHA", self._scripts["append"].sha, len(keys), *keys,
+            now_ms, *self._rule_args(spec), int(spec.dedupe), self._channel(spec.name), spec.version,
+            "", self._call_ttl_ms,  # no call id: one script, all or none, is never sent twice
+        ]  # fmt: skip
+        return command(len(head) + len(body), framed(head) + body)
+
+    def _send_append(self, packed: bytes) -> int:
+        try:
+            return int(self._replied(send(self.client, packed, *self._waits())))
+        except redis.exceptions.NoScriptError:  # Redis lost it (a restart, SCRIPT FLUSH)
+            self.client.script_load(self._scripts["append"].script)
+            return int(self._replied(send(self.client, packed, *self._waits())))
+
+    async def _send_append_async(self, client: redis.asyncio.Redis, packed: bytes) -> int:
+        try:
+            return int(self._replied(await send_async(client, packed, *self._waits())))
+        except redis.exceptions.NoScriptError:
+            await client.script_load(self._scripts["append"].script)
+            return int(self._replied(await send_async(client, packed, *self._waits())))
+
     # ------------------------------------------------------------------ claiming
 
     @unavailable
@@ -317,6 +405,7 @@ class RedisStore(Rules, DeadLetters):
             int(spec.dedupe),
             LEASE_EXPIRED_ERROR,
             self._channel(spec.name),
+            "1" if is_jobs(spec.name) else "0",  # a job queue's records move too (jobs.py)
             *(new_batch_id() for _ in range(want + _SPARE_IDS)),
         ]
         return keys, args
@@ -420,6 +509,7 @@ class RedisStore(Rules, DeadLetters):
         args = self._settle_args(spec, part, lease, now_ms)
         args += (error, "" if retry_at_ms is None else retry_at_ms)
         args.append("" if keep is None else ",".join(map(str, keep)))
+        args.append("1" if is_jobs(spec.name) else "0")  # a job queue's records move too (jobs.py)
         return bool(self._eval("fail", keys=[part.due, part.stats, part.dead], args=args))
 
     # ------------------------------------------------------------------ operators
@@ -482,8 +572,23 @@ class RedisStore(Rules, DeadLetters):
             last_flush_at=last_flush,
         )
 
+    @unavailable
+    def oldest_keys(self, spec: QueueSpec, limit: int) -> list[tuple[str, int, int]]:
+        # The head of each partition's age zset (score: a key's first pending arrival), merged.
+        heads: list[tuple[int, str, Partition]] = []
+        for part in self._partitions(spec.name):
+            for member, score in self.client.zrange(part.age, 0, limit - 1, withscores=True):
+                heads.append((int(score), member.decode(), part))
+        oldest = heapq.nsmallest(limit, heads, key=lambda head: (head[0], head[1]))
+        pipe = self.client.pipeline(transaction=False)
+        for _, key, part in oldest:
+            pipe.llen(f"{part.base}i:{key}")
+        return [(key, first, count) for (first, key, _), count in zip(oldest, pipe.execute(), strict=True)]
+
     def waiter(self, names: Sequence[str]) -> Waiter:
         return RedisWaiter(self.client, [self._channel(n) for n in names])
 
     def close(self) -> None:
         self.client.close()
+        if self._async_clients is not None:
+            self._async_clients.close()

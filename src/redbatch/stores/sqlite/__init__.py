@@ -16,12 +16,17 @@ Tables (all times are integer milliseconds handed in by the caller):
 - ``batch_items``: items of a current or a dead batch, by batch id.
 - ``dead_letters``: dead batches; their items stay in ``batch_items``.
 - ``rules``: a row per batcher: the rules every process applies, and their version.
+- ``jobs``, ``job_groups``, ``job_counts``: the records of job queues (``redbatch.jobrecords``):
+  a row per job and per group, and each status's count per queue. A job's batching state is
+  a key of its queue named by its id; its record moves in the same transaction.
 
 Modules, in the order a newcomer would read them:
 
 - ``store``: ``SQLiteStore``, the protocol's operations, each one transaction; the state
   machine's transitions (``redbatch.engine.TRANSITIONS``) are cited where they happen.
 - ``dead_letters``: burying a batch, and reading, replaying and purging dead letters.
+- ``jobs``: the job operations (``stores.base.JobStore``, mixed into ``SQLiteStore``) and
+  the record steps that ``claim_due`` and ``fail`` take on a job queue.
 - ``schema``: the tables above, the schema version and its migrations, shared statements.
 - ``connection``: ``sqlite_path`` (URL to file), per-thread connections, transactions with
   their lock rounds, SQLite errors as ``StoreUnavailable``, the fork and replaced-file checks.

@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from redbatch.errors import ConfigError, StoreUnavailable
 from redbatch.stores.base import mask_url
 from redbatch.stores.local import Wakeups
-from redbatch.stores.sqlite.schema import BUMP, COUNTERS, SCHEMA_VERSION, migrate
+from redbatch.stores.sqlite.schema import BUMP, BUMP_JOB_COUNT, COUNTERS, SCHEMA_VERSION, migrate
 
 log = logging.getLogger("redbatch.store.sqlite")
 
@@ -119,13 +119,17 @@ def file_id(path: str) -> FileId:
 
 
 class Tx:
-    """One write transaction: its cursor, the counter changes to save, whether to wake workers."""
+    """One write transaction: its cursor, the counter changes to save, whether to wake workers.
 
-    __slots__ = ("cur", "deltas", "last_flush", "token", "tokens", "wake")
+    ``job_counts`` holds the change to each job status's count (job queues only, see jobs.py).
+    """
+
+    __slots__ = ("cur", "deltas", "job_counts", "last_flush", "token", "tokens", "wake")
 
     def __init__(self, cur: sqlite3.Cursor) -> None:
         self.cur = cur
         self.deltas = dict.fromkeys(COUNTERS, 0)
+        self.job_counts: dict[str, int] = {}
         self.last_flush: int | None = None
         self.token: int | None = None
         self.tokens = 0
@@ -143,8 +147,22 @@ class Tx:
         self.tokens += 1
         return self.token
 
+    def moved_job(self, before: str | None, after: str | None) -> None:
+        """Count a job out of status ``before`` and into ``after`` (None: created, deleted)."""
+        if before == after:
+            return
+        if before is not None:
+            self.job_counts[before] = self.job_counts.get(before, 0) - 1
+        if after is not None:
+            self.job_counts[after] = self.job_counts.get(after, 0) + 1
+
     def save(self, name: str) -> None:
         """Write the counters once per transaction, creating the batcher's row on first use."""
+        for status, delta in self.job_counts.items():
+            if delta and self.cur.execute(BUMP_JOB_COUNT, (delta, name, status)).rowcount == 0:
+                self.cur.execute(
+                    "INSERT INTO job_counts (queue, status, n) VALUES (?, ?, ?)", (name, status, delta)
+                )
         if not any(self.deltas.values()) and self.last_flush is None and not self.tokens:
             return
         params = [*self.deltas.values(), self.last_flush, self.tokens, name]

@@ -11,9 +11,10 @@ from typing import Any
 from redbatch.engine import Counter
 from redbatch.errors import StoreUnavailable
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """1: the batching tables. 2: adds ``rules``. 3: ``queues.buffered`` is renamed
-``buffered_items``, the engine's name. An older file is migrated when it is opened, step by
+``buffered_items``, the engine's name. 4: adds the job records (``jobs``, ``job_groups``,
+``job_counts``). An older file is migrated when it is opened, step by
 step (``MIGRATIONS``), and keeps its data. A redbatch older than a file refuses to open it,
 and one already running on it fails its writes once it is migrated: upgrade every process
 that shares a file together."""
@@ -33,6 +34,68 @@ _RULES = """CREATE TABLE IF NOT EXISTS rules (
         lease_ms INTEGER NOT NULL,
         version TEXT NOT NULL,
         updated_at INTEGER NOT NULL)"""
+
+# Since version 4: the records of job queues (``redbatch.jobrecords``), beside their batching
+# state. Each index serves one query of ``jobs.py`` in order, so that none reads every job:
+# ``list_jobs`` newest first (``jobs_created``), by status (``jobs_status``), by group
+# (``jobs_group``, ``jobs_group_status``), and ``cleanup_jobs`` oldest first
+# (``jobs_finished`` for jobs outside groups, ``job_groups_finished`` for whole groups).
+# ``job_counts`` keeps the count of each status, moved by every transition.
+_JOBS = (
+    """CREATE TABLE IF NOT EXISTS jobs (
+        queue TEXT NOT NULL,
+        id TEXT NOT NULL,
+        function TEXT NOT NULL,
+        status TEXT NOT NULL,
+        lane INTEGER NOT NULL,
+        attempt INTEGER NOT NULL DEFAULT 0,
+        max_attempts INTEGER NOT NULL,
+        step INTEGER NOT NULL DEFAULT 0,
+        steps INTEGER NOT NULL DEFAULT 1,
+        progress REAL,
+        message TEXT NOT NULL DEFAULT '',
+        result BLOB,
+        error TEXT NOT NULL DEFAULT '',
+        created_at INTEGER NOT NULL,
+        started_at INTEGER,
+        finished_at INTEGER,
+        group_id TEXT NOT NULL DEFAULT '',
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        payload BLOB NOT NULL,
+        dead_letter TEXT,
+        PRIMARY KEY (queue, id))""",
+    "CREATE INDEX IF NOT EXISTS jobs_created ON jobs (queue, created_at, id)",
+    "CREATE INDEX IF NOT EXISTS jobs_status ON jobs (queue, status, created_at, id)",
+    "CREATE INDEX IF NOT EXISTS jobs_group ON jobs (queue, group_id, created_at, id) WHERE group_id <> ''",
+    "CREATE INDEX IF NOT EXISTS jobs_group_status ON jobs (queue, group_id, status, created_at, id)"
+    " WHERE group_id <> ''",
+    "CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (queue, finished_at, id)"
+    " WHERE finished_at IS NOT NULL AND group_id = ''",
+    """CREATE TABLE IF NOT EXISTS job_groups (
+        queue TEXT NOT NULL,
+        id TEXT NOT NULL,
+        total INTEGER NOT NULL,
+        pending INTEGER NOT NULL DEFAULT 0,
+        running INTEGER NOT NULL DEFAULT 0,
+        succeeded INTEGER NOT NULL DEFAULT 0,
+        failed INTEGER NOT NULL DEFAULT 0,
+        cancelled INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        finished_at INTEGER,
+        round INTEGER NOT NULL DEFAULT 1,
+        callback BLOB NOT NULL,
+        callback_function TEXT NOT NULL,
+        callback_max_attempts INTEGER NOT NULL,
+        callback_job TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (queue, id))""",
+    "CREATE INDEX IF NOT EXISTS job_groups_finished ON job_groups (queue, finished_at, id)"
+    " WHERE finished_at IS NOT NULL",
+    """CREATE TABLE IF NOT EXISTS job_counts (
+        queue TEXT NOT NULL,
+        status TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (queue, status)) WITHOUT ROWID""",
+)
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS queues (
@@ -91,12 +154,14 @@ SCHEMA = (
         died_at INTEGER NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS dead_letters_died ON dead_letters (queue, died_at, batch_id)",
     _RULES,
+    *_JOBS,
 )
 """The statements that create a new file, at ``SCHEMA_VERSION``."""
 
 MIGRATIONS: Mapping[int, tuple[str, ...]] = {
     1: (_RULES,),
     2: ("ALTER TABLE queues RENAME COLUMN buffered TO buffered_items",),
+    3: _JOBS,
 }
 """``MIGRATIONS[v]``: the statements that take a version-``v`` file to version ``v + 1``."""
 _RENAME_COLUMN = (3, 25, 0)  # the first SQLite to know ALTER TABLE ... RENAME COLUMN
@@ -109,12 +174,17 @@ SELECT_DUE = (
 SELECT_NEXT_DUE = "SELECT MIN(due_at) FROM keys WHERE queue = ?"
 SELECT_DUE_DEADLINES = "SELECT due_at FROM keys WHERE queue = ? AND due_at <= ? ORDER BY due_at, key LIMIT ?"
 SELECT_OLDEST = "SELECT MIN(first_at) FROM keys WHERE queue = ? AND first_at IS NOT NULL"
+SELECT_OLDEST_KEYS = (
+    "SELECT key, first_at, pending FROM keys WHERE queue = ? AND first_at IS NOT NULL"
+    " ORDER BY first_at, key LIMIT ?"
+)
 
 BUMP = (
     "UPDATE queues SET "
     + ", ".join(f"{name} = {name} + ?" for name in COUNTERS)
     + ", last_flush_at = COALESCE(?, last_flush_at), token_seq = token_seq + ? WHERE name = ?"
 )
+BUMP_JOB_COUNT = "UPDATE job_counts SET n = n + ? WHERE queue = ? AND status = ?"
 END_BATCH = (
     "UPDATE keys SET batch_id = NULL, running = 0, attempt = 0, fencing_token = 0,"
     " created_at = NULL, batch_size = 0, error = '' WHERE id = ?"

@@ -3,7 +3,8 @@
 ``SQLiteStore`` opens the transaction (``_write`` or ``_read``, from ``connection.Database``)
 and runs the operation's SQL in it: producing, claiming, the lease holders' heartbeat, ack
 and fail, and the operators' clear, flush, peek and counters. Dead letters' steps are in
-``dead_letters``.
+``dead_letters``; the job operations (``JobStore``) in ``jobs``, whose record steps
+``claim_due`` and ``fail`` also take on a job queue (``is_jobs(spec.name)``).
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from typing import Any
 
 from redbatch.engine import due_at, wakes
 from redbatch.errors import ConfigError
+from redbatch.jobrecords import is_jobs
 from redbatch.stores.base import LEASE_EXPIRED_ERROR, RulesChanged, Waiter, new_batch_id, replaced_rules
 from redbatch.stores.sqlite import dead_letters as letters
-from redbatch.stores.sqlite.connection import SYNCHRONOUS, Database, Tx, sqlite_path
+from redbatch.stores.sqlite import jobs
+from redbatch.stores.sqlite.connection import SYNCHRONOUS, Tx, sqlite_path
 from redbatch.stores.sqlite.schema import (
     CHUNK,
     COUNTERS,
@@ -25,6 +28,7 @@ from redbatch.stores.sqlite.schema import (
     SELECT_DUE_DEADLINES,
     SELECT_NEXT_DUE,
     SELECT_OLDEST,
+    SELECT_OLDEST_KEYS,
     batch_items,
     blob,
 )
@@ -46,7 +50,7 @@ _RESCHEDULE_IDLE_KEYS = (
 )
 
 
-class SQLiteStore(Database):
+class SQLiteStore(jobs.JobOperations):
     """Batching state in one SQLite file, shared safely by the processes of one host.
 
     ``path`` is a file path or a ``sqlite://`` URL; ``busy_timeout`` is how many seconds a
@@ -110,7 +114,8 @@ class SQLiteStore(Database):
         with self._write() as tx:
             row = self._rules_row(tx.cur, spec.name)
             self._record_rules(tx.cur, spec, now_ms)  # the same rules too: repairs a hand-edited row
-            if row is None or row["version"] != spec.version:
+            # A job's deadline is its own score (its lane, its delay), never the batching rule.
+            if (row is None or row["version"] != spec.version) and not is_jobs(spec.name):
                 params = {**spec.rules(), "name": spec.name, "now": now_ms}
                 tx.wake = tx.cur.execute(_RESCHEDULE_IDLE_KEYS, params).rowcount > 0
         return replaced_rules(spec.name, None if row is None else dict(zip(row.keys(), row, strict=True)))
@@ -125,7 +130,11 @@ class SQLiteStore(Database):
     def append(self, spec: QueueSpec, entries: Sequence[Entry], now_ms: int) -> None:
         by_key: dict[str, list[Entry]] = {}
         for entry in entries:
-            by_key.setdefault(entry.key, []).append(entry)
+            group = by_key.get(entry.key)
+            if group is None:
+                by_key[entry.key] = [entry]
+            else:
+                group.append(entry)
         with self._write(spec.name) as tx:
             row = tx.cur.execute("SELECT version FROM rules WHERE name = ?", (spec.name,)).fetchone()
             if row is None:
@@ -134,44 +143,61 @@ class SQLiteStore(Database):
                 raise RulesChanged(spec.name)  # rolls the transaction back: nothing stored
             head = self._head(tx.cur, spec.name)
             # transition: append
+            # Set-based: the keys' rows in one read, their updates and the items in one
+            # executemany each, rather than three statements per key.
+            found = self._key_rows(tx.cur, spec.name, list(by_key))
+            updates: list[tuple[int, int, int, int | None, int, int | None, int]] = []
+            rows: list[tuple[int, int, str, bytes]] = []
             for key, group in by_key.items():
-                deadline = self._append_key(tx, spec, key, group, now_ms)
+                key_row = found.get(key)
+                if spec.dedupe:
+                    group = self._unseen(tx.cur, None if key_row is None else key_row[0], group)  # noqa: PLW2901
+                    if not group:
+                        continue
+                if key_row is None:
+                    deadline: int | None = due_at(spec, now_ms, now_ms, len(group), now_ms)
+                    tx.cur.execute(
+                        "INSERT INTO keys (queue, key, due_at, pending, first_at, last_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        (spec.name, key, deadline, len(group), now_ms, now_ms),
+                    )
+                    key_id = tx.cur.lastrowid
+                    assert key_id is not None
+                    tx.add(open_keys=1)
+                else:
+                    key_id, pending, first, batch_id = key_row
+                    pending += len(group)
+                    first = now_ms if first is None else first
+                    deadline = None if batch_id is not None else due_at(spec, first, now_ms, pending, now_ms)
+                    updates.append((pending, first, now_ms, deadline, now_ms, deadline, key_id))
+                rows += [(key_id, now_ms, e.digest, e.payload) for e in group]
                 if deadline is not None and wakes(deadline, head, now_ms):
                     tx.wake = True
+            if updates:
+                # A key already due (flushed, or overdue) stays due: more items never delay it.
+                tx.cur.executemany(
+                    "UPDATE keys SET pending = ?, first_at = ?, last_at = ?,"
+                    " due_at = CASE WHEN ? IS NULL OR due_at <= ? THEN due_at ELSE ? END WHERE id = ?",
+                    updates,
+                )
+            tx.cur.executemany(
+                "INSERT INTO pending (key_id, arrived_at, digest, payload) VALUES (?, ?, ?, ?)", rows
+            )
+            tx.add(buffered_items=len(rows))
 
-    def _append_key(self, tx: Tx, spec: QueueSpec, key: str, group: list[Entry], now_ms: int) -> int | None:
-        """Add one key's items; return its new deadline, or None when it did not move."""
-        row = tx.cur.execute(
-            "SELECT id, pending, first_at, batch_id FROM keys WHERE queue = ? AND key = ?", (spec.name, key)
-        ).fetchone()
-        if spec.dedupe:
-            group = self._unseen(tx.cur, None if row is None else row["id"], group)
-        if not group:
-            return None
-        if row is None:
-            deadline: int | None = due_at(spec, now_ms, now_ms, len(group), now_ms)
-            tx.cur.execute(
-                "INSERT INTO keys (queue, key, due_at, pending, first_at, last_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (spec.name, key, deadline, len(group), now_ms, now_ms),
-            )
-            key_id = tx.cur.lastrowid
-            tx.add(open_keys=1)
-        else:
-            key_id, pending = row["id"], row["pending"] + len(group)
-            first = now_ms if row["first_at"] is None else row["first_at"]
-            deadline = None if row["batch_id"] is not None else due_at(spec, first, now_ms, pending, now_ms)
-            # A key already due (flushed, or overdue) stays due: more items never delay it.
-            tx.cur.execute(
-                "UPDATE keys SET pending = ?, first_at = ?, last_at = ?,"
-                " due_at = CASE WHEN ? IS NULL OR due_at <= ? THEN due_at ELSE ? END WHERE id = ?",
-                (pending, first, now_ms, deadline, now_ms, deadline, key_id),
-            )
-        tx.cur.executemany(
-            "INSERT INTO pending (key_id, arrived_at, digest, payload) VALUES (?, ?, ?, ?)",
-            [(key_id, now_ms, e.digest, e.payload) for e in group],
-        )
-        tx.add(buffered_items=len(group))
-        return deadline
+    @staticmethod
+    def _key_rows(cur: sqlite3.Cursor, name: str, keys: list[str]) -> dict[str, tuple[Any, ...]]:
+        """(id, pending, first_at, batch_id) of each of ``keys`` that has a row."""
+        found: dict[str, tuple[Any, ...]] = {}
+        for i in range(0, len(keys), CHUNK):
+            chunk = keys[i : i + CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            for row in cur.execute(
+                f"SELECT key, id, pending, first_at, batch_id FROM keys WHERE queue = ? AND key IN ({marks})",
+                (name, *chunk),
+            ):
+                found[row[0]] = tuple(row)[1:]
+        return found
 
     @staticmethod
     def _unseen(cur: sqlite3.Cursor, key_id: int | None, group: list[Entry]) -> list[Entry]:
@@ -214,11 +240,15 @@ class SQLiteStore(Database):
         return claimed
 
     def _lease(self, tx: Tx, spec: QueueSpec, row: Any, now_ms: int) -> ClaimedBatch | None:
-        key_id, batch_id = row["id"], row["batch_id"]
-        if batch_id is not None and row["running"] and row["attempt"] >= spec.max_attempts:
-            # transition: bury_lapsed
+        key_id, batch_id, job_queue = row["id"], row["batch_id"], is_jobs(spec.name)
+        lapsed = batch_id is not None and row["running"]
+        allowed = jobs.max_attempts(tx, spec, row["key"]) if lapsed and job_queue else spec.max_attempts
+        if lapsed and row["attempt"] >= allowed:
+            # transition: bury_lapsed (a job by its own max_attempts)
             tx.add(in_flight=-1)
             letters.bury(tx, key_id, LEASE_EXPIRED_ERROR, now_ms)
+            if job_queue:  # job: bury_lapsed
+                jobs.failed(tx, spec, row["key"], LEASE_EXPIRED_ERROR, batch_id, now_ms)
             self._reschedule(tx, spec, key_id, now_ms)
             return None
         if batch_id is None:  # transition: claim
@@ -237,6 +267,8 @@ class SQLiteStore(Database):
             (token, now_ms + spec.lease_ms, key_id),
         )
         meta = tx.cur.execute("SELECT attempt, created_at FROM keys WHERE id = ?", (key_id,)).fetchone()
+        if job_queue:  # job: claim, claim_retry, reclaim
+            jobs.claimed(tx, spec, row["key"], meta["attempt"], now_ms)
         items = batch_items(tx.cur, batch_id)
         return ClaimedBatch(
             Lease(row["key"], batch_id, token),
@@ -296,6 +328,7 @@ class SQLiteStore(Database):
     def heartbeat(self, spec: QueueSpec, leases: Sequence[Lease], lease_until_ms: int) -> list[bool]:
         with self._write(spec.name) as tx:
             # transition: heartbeat
+            # job: heartbeat (a job's record does not change: its lease is the key's)
             return [
                 tx.cur.execute(
                     "UPDATE keys SET due_at = ? WHERE queue = ? AND key = ? AND batch_id = ?"
@@ -349,6 +382,9 @@ class SQLiteStore(Database):
                     (error, retry_at_ms, row["id"]),
                 )
                 tx.add(retrying=1)
+            if is_jobs(spec.name):  # job: fail_dead, fail_retry
+                dead_letter = lease.batch_id if retry_at_ms is None else None
+                jobs.failed(tx, spec, lease.key, error, dead_letter, now_ms)
             return True
 
     @staticmethod
@@ -367,25 +403,27 @@ class SQLiteStore(Database):
 
     def clear(self, spec: QueueSpec, key: str) -> int:
         with self._write(spec.name) as tx:
-            row = tx.cur.execute(
-                "SELECT id, batch_id, running, batch_size FROM keys WHERE queue = ? AND key = ?",
-                (spec.name, key),
-            ).fetchone()
-            if row is None:
-                return 0
-            # transition: clear
-            dropped = tx.cur.execute("DELETE FROM pending WHERE key_id = ?", (row["id"],)).rowcount
-            tx.cur.execute("UPDATE keys SET pending = 0, first_at = NULL WHERE id = ?", (row["id"],))
-            tx.add(buffered_items=-dropped)
-            if row["batch_id"] is not None and not row["running"]:
-                tx.cur.execute("DELETE FROM batch_items WHERE batch_id = ?", (row["batch_id"],))
-                dropped += row["batch_size"]
-                tx.add(retrying=-1)
-                tx.cur.execute(END_BATCH, (row["id"],))
-            if row["batch_id"] is None or not row["running"]:
-                tx.cur.execute("DELETE FROM keys WHERE id = ?", (row["id"],))
-                tx.add(open_keys=-1)
-            return dropped
+            return self._clear_key(tx, spec, key)
+
+    def _clear_key(self, tx: Tx, spec: QueueSpec, key: str) -> int:
+        row = tx.cur.execute(
+            "SELECT id, batch_id, running, batch_size FROM keys WHERE queue = ? AND key = ?", (spec.name, key)
+        ).fetchone()
+        if row is None:
+            return 0
+        # transition: clear
+        dropped = tx.cur.execute("DELETE FROM pending WHERE key_id = ?", (row["id"],)).rowcount
+        tx.cur.execute("UPDATE keys SET pending = 0, first_at = NULL WHERE id = ?", (row["id"],))
+        tx.add(buffered_items=-dropped)
+        if row["batch_id"] is not None and not row["running"]:
+            tx.cur.execute("DELETE FROM batch_items WHERE batch_id = ?", (row["batch_id"],))
+            dropped += row["batch_size"]
+            tx.add(retrying=-1)
+            tx.cur.execute(END_BATCH, (row["id"],))
+        if row["batch_id"] is None or not row["running"]:
+            tx.cur.execute("DELETE FROM keys WHERE id = ?", (row["id"],))
+            tx.add(open_keys=-1)
+        return dropped
 
     def flush(self, spec: QueueSpec, key: str | None, now_ms: int) -> int:
         where = "queue = ? AND batch_id IS NULL AND pending > 0" + ("" if key is None else " AND key = ?")
@@ -428,6 +466,11 @@ class SQLiteStore(Database):
             flushed_items=values["flushed_items"],
             last_flush_at=values.get("last_flush_at"),
         )
+
+    def oldest_keys(self, spec: QueueSpec, limit: int) -> list[tuple[str, int, int]]:
+        with self._read() as cur:  # an index range read of keys_age
+            rows = cur.execute(SELECT_OLDEST_KEYS, (spec.name, limit)).fetchall()
+        return [(row["key"], row["first_at"], row["pending"]) for row in rows]
 
     def dead_letters(self, spec: QueueSpec, limit: int, offset: int) -> list[DeadRecord]:
         with self._read() as cur:

@@ -52,13 +52,25 @@ local function check(name, wanted)
   end
 end
 
+-- A read that is also the type check of its key (a read fails on a key of another type):
+-- each key's list length and state are read here, before anything is written.
+local function read(name, wanted, ...)
+  local reply = redis.pcall(...)
+  if type(reply) == 'table' and reply.err then
+    check(name, wanted)
+    error(reply)
+  end
+  return reply
+end
+
 for _, part in ipairs(partitions) do
   check(part.due, 'zset')
   check(part.age, 'zset')
   check(part.stats, 'hash')
   for _, key in ipairs(part.keys) do
-    check(part.base .. 'i:' .. key.name, 'list')
-    check(part.base .. 'k:' .. key.name, 'hash')
+    local items, kh = part.base .. 'i:' .. key.name, part.base .. 'k:' .. key.name
+    key.length = read(items, 'list', 'LLEN', items)
+    key.state = read(kh, 'hash', 'HMGET', kh, 'first', 'st')
     if dedupe then check(part.base .. 'd:' .. key.name, 'set') end
   end
 end
@@ -66,39 +78,38 @@ end
 local wake = false
 
 -- Push one key's entries, ARGV[from..to], and reschedule the key; returns how many were added.
-local function add(part, key, from, to)
-  local base, due = part.base, part.due
-  local items, kh = base .. 'i:' .. key, base .. 'k:' .. key
-  local count, length = to - from + 1, 0
+local function add(part, key)
+  local base, due, name = part.base, part.due, key.name
+  local items, kh = base .. 'i:' .. name, base .. 'k:' .. name
+  local count, length = key.to - key.from + 1, 0
   if dedupe then
     local fresh = {}
-    for j = from, to do
-      if redis.call('SADD', base .. 'd:' .. key, digest_of(ARGV[j])) == 1 then fresh[#fresh + 1] = ARGV[j] end
+    for j = key.from, key.to do
+      if redis.call('SADD', base .. 'd:' .. name, digest_of(ARGV[j])) == 1 then fresh[#fresh + 1] = ARGV[j] end
     end
     count = #fresh
     if count > 0 then length = push_all(items, fresh, false) end
   else
-    length = push_all(items, ARGV, false, from, to)
+    length = push_all(items, ARGV, false, key.from, key.to)
   end
   if count == 0 then return 0 end
-  local before = length - count
-  local state = redis.call('HMGET', kh, 'first', 'st')
+  local before, state = key.length, key.state
   local first = tonumber(state[1]) or now -- no 'first': the items before were pushed by hand
   if before == 0 then
     first = now
     redis.call('HSET', kh, 'first', now, 'last', now)
-    redis.call('ZADD', part.age, now, key)
+    redis.call('ZADD', part.age, now, name)
   elseif idle > 0 then
     redis.call('HSET', kh, 'last', now)
   end
   -- Without a debounce, a key that already had items keeps its deadline unless it is full.
   if not state[2] and (before == 0 or idle > 0 or length >= max_items) then
     local deadline = due_at(first, now, length, now, max_items, max_wait, idle)
-    local old = redis.call('ZSCORE', due, key)
+    local old = redis.call('ZSCORE', due, name)
     -- A key already due (flushed, or overdue) stays due: more items never delay it.
     if old == false or (tonumber(old) ~= deadline and tonumber(old) > now) then
       local head = head_of(due)
-      redis.call('ZADD', due, deadline, key)
+      redis.call('ZADD', due, deadline, name)
       if wakes(deadline, head, now) then wake = true end
     end
   end
@@ -108,7 +119,7 @@ end
 local total = 0
 for _, part in ipairs(partitions) do
   local added = 0
-  for _, key in ipairs(part.keys) do added = added + add(part, key.name, key.from, key.to) end
+  for _, key in ipairs(part.keys) do added = added + add(part, key) end
   if added > 0 then redis.call('HINCRBY', part.stats, 'buffered_items', added) end
   total = total + added
 end

@@ -3,12 +3,20 @@
 -- transition: claim_retry
 -- transition: reclaim
 -- transition: bury_lapsed
+-- On a job queue only (ARGV[12]), the records move too; a batch buried as corrupt moves its
+-- job to failed (by claim, for a pending one, then fail_dead):
+-- job transition: claim
+-- job transition: claim_retry
+-- job transition: reclaim
+-- job transition: bury_lapsed
+-- job transition: fail_dead
 -- KEYS[1] due zset, KEYS[2] age zset, KEYS[3] stats hash, KEYS[4] dead zset, KEYS[5] token seq
 -- ARGV[1] base, ARGV[2] now_ms, ARGV[3] limit, ARGV[4] lease_ms, ARGV[5] max_items,
 -- ARGV[6] max_wait_ms, ARGV[7] idle_ms, ARGV[8] max_attempts, ARGV[9] dedupe '1'|'0',
 -- ARGV[10] error recorded for a lost worker's last attempt, ARGV[11] wake channel (a buried
--- batch's key may be due sooner than other workers expect), ARGV[12..] new batch ids (a few
--- more than limit: a batch buried as corrupt uses one up)
+-- batch's key may be due sooner than other workers expect), ARGV[12] '1' on a job queue (its
+-- records move too; a lapsed job is buried by its own max_attempts, not ARGV[8]) else '0',
+-- ARGV[13..] new batch ids (a few more than limit: a batch buried as corrupt uses one up)
 -- Returns {key, batch id, attempt, fencing token, created_ms, entries} per leased batch.
 -- A batch holding an entry not framed "arrived_ms:digest:json" (pushed by hand) is not leased:
 -- it goes to dead letters as "corrupt data: ..." with the attempts it had, and the claim goes on.
@@ -17,7 +25,8 @@ local base, now, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local lease_ms, max_items = tonumber(ARGV[4]), tonumber(ARGV[5])
 local max_wait, idle, max_attempts = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local dedupe, lost_error, channel = ARGV[9] == '1', ARGV[10], ARGV[11]
-local result, next_id, wake = {}, 12, false
+local jobs = ARGV[12] == '1'
+local result, next_id, wake = {}, 13, false
 
 local function unframed(i, n)
   return 'corrupt data: entry ' .. i .. ' of ' .. n .. ' is not framed "arrived_ms:digest:json"'
@@ -64,6 +73,17 @@ local function take_pending(key, kh)
   return taken, corrupt
 end
 
+-- A job's batch buried by this claim, as dead letter `bid` with error `why`: the job moves
+-- to failed (a pending one, whose batch this claim took or retried, by way of running).
+-- Returns whether workers should be woken (its group's callback job).
+local function job_buried(key, bid, why)
+  if redis.call('HGET', base .. 'j:' .. key, 'status') == 'pending' then
+    job_moves(base, key, 'claim', now, {started = ms(now)})
+  end
+  local _, wake_callback = job_moves(base, key, 'fail_dead', now, {error = why, finished = ms(now), dead = bid})
+  return wake_callback
+end
+
 -- Stop when the batch ids run out (corrupt batches buried here used them up).
 while #result < limit and next_id <= #ARGV do
   local keys = redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, limit - #result)
@@ -73,16 +93,27 @@ while #result < limit and next_id <= #ARGV do
     local kh = base .. 'k:' .. key
     local b = redis.call('HMGET', kh, 'st', 'attempt')
     local st = b[1]
-    local leased, entries, corrupt = true, nil, nil
-    if st == 'run' and tonumber(b[2]) >= max_attempts then -- bury_lapsed
-      bury(base, dead, key, lost_error, now)
+    local leased, entries, corrupt, row = true, nil, nil, 'reclaim'
+    local allowed = max_attempts
+    if jobs and st == 'run' then -- a job's own max_attempts decides
+      allowed = tonumber(redis.call('HGET', base .. 'j:' .. key, 'max_attempts')) or max_attempts
+    end
+    if st == 'run' and tonumber(b[2]) >= allowed then -- bury_lapsed
+      local bid = bury(base, dead, key, lost_error, now)
       redis.call('HINCRBY', stats, 'in_flight', -1)
       if reschedule(base, due, key, now, max_items, max_wait, idle) then wake = true end
       leased = false
+      if jobs then
+        local _, callback = job_moves(base, key, 'bury_lapsed', now,
+          {error = lost_error, finished = ms(now), dead = bid})
+        if callback then wake = true end
+      end
     elseif st == 'wait' then -- claim_retry
+      row = 'claim_retry'
       redis.call('HINCRBY', stats, 'retrying', -1)
       redis.call('HINCRBY', stats, 'in_flight', 1)
     elseif not st then -- claim: the entries just taken, checked as they were taken
+      row = 'claim'
       entries, corrupt = take_pending(key, kh)
       if #entries == 0 then
         redis.call('ZREM', due, key)
@@ -97,9 +128,10 @@ while #result < limit and next_id <= #ARGV do
       corrupt = corruption(entries)
     end
     if corrupt then -- buried as by fail_dead, never leased
-      bury(base, dead, key, corrupt, now)
+      local bid = bury(base, dead, key, corrupt, now)
       redis.call('HINCRBY', stats, 'in_flight', -1)
       if reschedule(base, due, key, now, max_items, max_wait, idle) then wake = true end
+      if jobs and job_buried(key, bid, corrupt) then wake = true end
     elseif leased then
       local token = redis.call('INCR', seq)
       local attempt = redis.call('HINCRBY', kh, 'attempt', 1)
@@ -107,6 +139,7 @@ while #result < limit and next_id <= #ARGV do
       redis.call('ZADD', due, now + lease_ms, key)
       local meta = redis.call('HMGET', kh, 'bid', 'created')
       result[#result + 1] = {key, meta[1], attempt, token, tonumber(meta[2]), entries}
+      if jobs then job_moves(base, key, row, now, {attempt = attempt, started = ms(now)}) end
     end
   end
 end

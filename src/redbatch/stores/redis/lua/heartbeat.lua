@@ -1,5 +1,6 @@
 -- heartbeat: extend the leases still held.
 -- transition: heartbeat
+-- job transition: heartbeat (a job queue's record does not change)
 -- KEYS[1] due zset
 -- ARGV[1] base, ARGV[2] lease_until_ms, then triples (key, batch id, fencing token)
 -- Returns 1 per lease still held (and extended), 0 per lease lost.

@@ -36,6 +36,28 @@
 --                           worker expects (see wakes below); each waiter also listens on a
 --                           channel of its own, to be ended from another thread
 --
+-- Job queues (engine name 'jobs:'..NAME, see redbatch.jobrecords) have ONE partition, P = 0,
+-- whatever the store's partitions option: a group's record and its members' batch state must
+-- share one hash tag so that every job script (a group finished by its last member's claim,
+-- fail or finish) touches one slot. A job is a key (its id) holding one entry, its payload;
+-- beside its batch state, from the same base B = '{PREFIX:jobs:NAME:0}:':
+--   B..'j:'..id     hash    the job's record: function, status, lane, attempt, max_attempts,
+--                           step, steps, progress, message, result, error, created, started,
+--                           finished, group, cancel ('1'|'0'), payload (the current step's
+--                           entry), dead (the batch id of its dead letter, once failed); an
+--                           empty progress, result, started or finished means none
+--   B..'jx:all'     zset    every job         } score 0, member IX = created_ms zero-padded to
+--   B..'jx:'..st    zset    the jobs of status } 15 digits..':'..id, so that ZRANGE BYLEX
+--   B..'jgm:'..g    zset    group g's members  } orders them by (created_at, id) and a page
+--   B..'jgx:'..st..':'..g   g's members of st  } resumes after its last member (index_member)
+--   B..'jf'         zset    finished jobs outside any group, scored by finished_ms (cleanup)
+--   B..'jg:'..g     hash    group g: total, one count per status (pending, running, succeeded,
+--                           failed, cancelled), created, finished ('' while open), round,
+--                           callback_job, callback (its payload), callback_function,
+--                           callback_max_attempts
+--   B..'jgf'        zset    finished groups, scored by finished_ms (cleanup)
+-- Every job query is served by one of these sorted sets (or a count's ZCARD), never a scan.
+--
 -- An entry is "arrived_ms:digest:json" (digest '' when the batcher does not dedupe); one
 -- without that framing was pushed by hand. A key's state (redbatch.engine.KeyState) is
 -- read from B..'k:'..k's 'st' and its place in B..'due':
@@ -104,7 +126,7 @@ local function reschedule(base, due, key, now, max_items, max_wait, idle)
   return wakes(deadline, head, now)
 end
 
--- Move the current batch of a key to dead letters with an error.
+-- Move the current batch of a key to dead letters with an error; returns its batch id.
 local function bury(base, dead, key, error, now)
   local kh = base .. 'k:' .. key
   local b = redis.call('HMGET', kh, 'bid', 'attempt', 'created', 'tok')
@@ -116,6 +138,7 @@ local function bury(base, dead, key, error, now)
   end
   redis.call('ZADD', dead, now, bid)
   redis.call('HDEL', kh, unpack(BATCH_FIELDS))
+  return bid
 end
 
 -- Split batch ids into dead letters with a record and unknown ones, dropping the index
@@ -154,4 +177,184 @@ end
 local function holds(kh, bid, token)
   local b = redis.call('HMGET', kh, 'bid', 'tok', 'st')
   return b[1] == bid and b[2] == token and b[3] == 'run'
+end
+
+-- The clear transition: drop a key's pending items and any batch waiting to retry; a running
+-- batch stays. Returns the number of items dropped.
+local function clear_key(base, due, age, stats, key)
+  local kh = base .. 'k:' .. key
+  local dropped = redis.call('LLEN', base .. 'i:' .. key)
+  redis.call('DEL', base .. 'i:' .. key, base .. 'd:' .. key)
+  redis.call('ZREM', age, key)
+  redis.call('HDEL', kh, 'first', 'last')
+  if dropped > 0 then redis.call('HINCRBY', stats, 'buffered_items', -dropped) end
+  local st = redis.call('HGET', kh, 'st')
+  if st == 'wait' then
+    dropped = dropped + tonumber(redis.call('HGET', kh, 'n'))
+    redis.call('DEL', base .. 'b:' .. key)
+    redis.call('HDEL', kh, unpack(BATCH_FIELDS))
+    redis.call('HINCRBY', stats, 'retrying', -1)
+    st = false
+  end
+  if not st then
+    redis.call('ZREM', due, key)
+    redis.call('DEL', kh)
+  end
+  return dropped
+end
+
+-- ------------------------------------------------------------------ job records
+--
+-- redbatch.engine.JOB_TRANSITIONS, stated again: row -> {statuses it leaves, status it enters}.
+-- job_moves applies a row to a record, its indexes and its group's counters; every job step
+-- goes through it, in the same script as the engine transition that moves the job.
+-- (tests/test_redis_store.py checks this table against the engine's.)
+local JOB_ROWS = {
+  submit = {{}, 'pending'},
+  claim = {{pending = true}, 'running'},
+  claim_retry = {{pending = true}, 'running'},
+  reclaim = {{running = true}, 'running'},
+  bury_lapsed = {{running = true}, 'failed'},
+  heartbeat = {{running = true}, 'running'},
+  finish_succeeded = {{running = true}, 'succeeded'},
+  finish_cancelled = {{running = true}, 'cancelled'},
+  finish_advance = {{running = true}, 'pending'},
+  fail_retry = {{running = true}, 'pending'},
+  fail_dead = {{running = true}, 'failed'},
+  cancel_pending = {{pending = true}, 'cancelled'},
+  cancel_running = {{running = true}, 'running'},
+  retry_jobs = {{failed = true}, 'pending'},
+  progress = {{running = true}, 'running'},
+}
+local JOB_STATUSES = {'pending', 'running', 'succeeded', 'failed', 'cancelled'}
+local OPEN_STATUS = {pending = true, running = true}
+
+-- An integer millisecond count as digits (Lua would print a large number with an exponent).
+local function ms(n)
+  return string.format('%d', n)
+end
+
+-- A job's member in the BYLEX indexes: created_ms zero-padded to 15 digits, ':', its id.
+local function index_member(created, id)
+  local digits = ms(tonumber(created))
+  return string.rep('0', 15 - #digits) .. digits .. ':' .. id
+end
+
+-- Put a job's payload under its key as a pending entry at deadline score `score` (the append
+-- transition for one entry). The key must have no current batch: a job has one entry at a
+-- time, and finish_advance ends the batch before it enqueues the next step.
+-- Returns true when workers should be woken.
+local function job_enqueue(base, key, payload, score, now)
+  local due, kh = base .. 'due', base .. 'k:' .. key
+  local length = redis.call('RPUSH', base .. 'i:' .. key, ms(now) .. '::' .. payload)
+  redis.call('HINCRBY', base .. 'stats', 'buffered_items', 1)
+  if length == 1 then
+    redis.call('HSET', kh, 'first', now)
+    redis.call('ZADD', base .. 'age', now, key)
+  end
+  local head = head_of(due)
+  redis.call('ZADD', due, score, key)
+  return wakes(score, head, now)
+end
+
+-- Create a job's record and its entry (the submit row), unless a record of that id exists.
+-- Returns whether it was created, and whether workers should be woken.
+local function job_create(base, id, fn, payload, score, lane, max_attempts, steps, group, now)
+  local jh = base .. 'j:' .. id
+  if redis.call('EXISTS', jh) == 1 then return false, false end
+  redis.call('HSET', jh, 'function', fn, 'status', 'pending', 'lane', lane, 'attempt', 0,
+    'max_attempts', max_attempts, 'step', 0, 'steps', steps, 'progress', '', 'message', '',
+    'result', '', 'error', '', 'created', ms(now), 'started', '', 'finished', '', 'group', group,
+    'cancel', '0', 'payload', payload, 'dead', '')
+  local member = index_member(now, id)
+  redis.call('ZADD', base .. 'jx:all', 0, member)
+  redis.call('ZADD', base .. 'jx:pending', 0, member)
+  if group ~= '' then
+    redis.call('ZADD', base .. 'jgm:' .. group, 0, member)
+    redis.call('ZADD', base .. 'jgx:pending:' .. group, 0, member)
+    redis.call('HINCRBY', base .. 'jg:' .. group, 'total', 1)
+    redis.call('HINCRBY', base .. 'jg:' .. group, 'pending', 1)
+  end
+  return true, job_enqueue(base, id, payload, score, now)
+end
+
+-- A group with no pending or running member is finished: once per round, record when and
+-- submit its callback job (due now, lane NORMAL, outside the group). Returns whether workers
+-- should be woken.
+local function group_finish_if_done(base, group, now)
+  local gh = base .. 'jg:' .. group
+  local g = redis.call('HMGET', gh, 'pending', 'running', 'finished', 'round', 'callback',
+    'callback_function', 'callback_max_attempts')
+  if (tonumber(g[1]) or 0) + (tonumber(g[2]) or 0) > 0 or (g[3] or '') ~= '' then return false end
+  redis.call('HSET', gh, 'finished', ms(now))
+  redis.call('ZADD', base .. 'jgf', now, group)
+  if (g[5] or '') == '' then return false end
+  local id = group .. ':callback:' .. g[4] -- redbatch.jobrecords.callback_job_id
+  redis.call('HSET', gh, 'callback_job', id)
+  local _, wake = job_create(base, id, g[6], g[5], now, 1, tonumber(g[7]), 1, '', now)
+  return wake
+end
+
+-- A finished group whose member is put back to pending opens again, for a new round.
+local function group_reopen(base, group)
+  local gh = base .. 'jg:' .. group
+  if (redis.call('HGET', gh, 'finished') or '') == '' then return end
+  redis.call('HSET', gh, 'finished', '')
+  redis.call('HINCRBY', gh, 'round', 1)
+  redis.call('ZREM', base .. 'jgf', group)
+end
+
+-- Apply JOB_ROWS[row] to job `id`: its status (with `fields`, a table of field -> value, set
+-- in the same HSET), its status indexes, its group's counters (each member counted in
+-- exactly one status, so a row that keeps the status moves no counter) and, when the row
+-- ends the group's last open member, the group's end. A job whose record is missing or
+-- whose status the row does not leave is left as it is.
+-- Returns whether the row applied, and whether workers should be woken (a callback job).
+local function job_moves(base, id, row, now, fields)
+  local rule, jh = JOB_ROWS[row], base .. 'j:' .. id
+  local rec = redis.call('HMGET', jh, 'status', 'created', 'group')
+  local old, group = rec[1], rec[3] or ''
+  if not old or not rule[1][old] then return false, false end
+  local new, args = rule[2], {'status', rule[2]}
+  for field, value in pairs(fields or {}) do
+    args[#args + 1] = field
+    args[#args + 1] = value
+  end
+  redis.call('HSET', jh, unpack(args))
+  if old == new then return true, false end
+  local member = index_member(rec[2], id)
+  redis.call('ZREM', base .. 'jx:' .. old, member)
+  redis.call('ZADD', base .. 'jx:' .. new, 0, member)
+  if group == '' then
+    if not OPEN_STATUS[new] then redis.call('ZADD', base .. 'jf', now, id) end
+    if not OPEN_STATUS[old] then redis.call('ZREM', base .. 'jf', id) end
+    return true, false
+  end
+  local gh = base .. 'jg:' .. group
+  redis.call('HINCRBY', gh, old, -1)
+  redis.call('HINCRBY', gh, new, 1)
+  redis.call('ZREM', base .. 'jgx:' .. old .. ':' .. group, member)
+  redis.call('ZADD', base .. 'jgx:' .. new .. ':' .. group, 0, member)
+  if OPEN_STATUS[old] and not OPEN_STATUS[new] then
+    return true, group_finish_if_done(base, group, now)
+  end
+  if OPEN_STATUS[new] and not OPEN_STATUS[old] then group_reopen(base, group) end
+  return true, false
+end
+
+-- Delete a finished job's record, its index entries and its dead letter (if still held).
+local function job_delete(base, id)
+  local jh = base .. 'j:' .. id
+  local rec = redis.call('HMGET', jh, 'status', 'created', 'group', 'dead')
+  if not rec[1] then return 0 end
+  local member = index_member(rec[2], id)
+  redis.call('ZREM', base .. 'jx:all', member)
+  redis.call('ZREM', base .. 'jx:' .. rec[1], member)
+  redis.call('ZREM', base .. 'jf', id)
+  if (rec[4] or '') ~= '' then
+    redis.call('ZREM', base .. 'dead', rec[4])
+    redis.call('DEL', base .. 'x:' .. rec[4], base .. 'xi:' .. rec[4])
+  end
+  redis.call('DEL', jh)
+  return 1
 end

@@ -1,0 +1,171 @@
+"""Appends near the wire: one EVALSHA framed by hand, sent on the sync client or on the
+running event loop's asyncio client.
+
+Why by hand: an ``add_many`` of 1,000 items is a command of some 2,000 arguments, and
+redis-py encodes each argument in a Python generator before hiredis packs them; framing each
+entry as RESP in one ``%``-format, while its bytes are built anyway, costs a third of that
+(``benchmarks.profiling add_many``). The frame goes out on a pooled connection the way
+redis-py's own ``execute_command`` sends it (``send_packed_command``, ``read_response``), so
+timeouts, dropped connections (which disconnect themselves) and a Sentinel master turned
+replica (which raises ``ConnectionError``) behave as for every other command. The script is
+the registered one, called by the same SHA; only the framing is ours.
+
+Why one asyncio client per event loop: an asyncio connection belongs to the loop that opened
+it, and a process may run several loops (``asyncio.run`` twice, a worker's loop beside an
+application's), so ``AsyncClients`` keeps one client per loop, made on first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import socket
+import threading
+import weakref
+from collections.abc import AsyncGenerator, Callable, Iterable
+from typing import Any
+
+import redis
+import redis.asyncio
+
+Arg = bytes | str | int
+
+
+def frame(arg: Arg) -> bytes:
+    """One argument as a RESP bulk string."""
+    if isinstance(arg, str):
+        arg = arg.encode()
+    elif isinstance(arg, int):
+        arg = b"%d" % arg
+    return b"$%d\r\n%b\r\n" % (len(arg), arg)
+
+
+def entry_frame(prefix: bytes, payload: bytes) -> bytes:
+    """An entry, ``prefix`` then ``payload``, as one RESP bulk string."""
+    return b"$%d\r\n%b%b\r\n" % (len(prefix) + len(payload), prefix, payload)
+
+
+def framed(args: Iterable[Arg]) -> list[bytes]:
+    return [frame(arg) for arg in args]
+
+
+def command(count: int, chunks: list[bytes]) -> bytes:
+    """The command of ``count`` arguments whose frames are ``chunks``, joined."""
+    chunks.insert(0, b"*%d\r\n" % count)
+    return b"".join(chunks)
+
+
+def send(client: Any, packed: bytes, *then: bytes) -> Any:
+    """Send a framed command on one of ``client``'s pooled connections; return its reply.
+
+    With ``then`` (framed commands sent right after it, on the same connection and in the
+    same write: a WAIT), a list of every reply, an error reply among them as its exception:
+    each is read, so that the connection stays in step.
+    """
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        conn.send_packed_command([packed, *then], check_health=False)
+        if not then:
+            return conn.read_response()
+        return [_read(conn) for _ in range(1 + len(then))]
+    finally:
+        pool.release(conn)
+
+
+def _read(conn: Any) -> Any:
+    try:
+        return conn.read_response()
+    except redis.ResponseError as exc:
+        return exc
+
+
+async def send_async(client: redis.asyncio.Redis, packed: bytes, *then: bytes) -> Any:
+    """``send`` on an asyncio client."""
+    pool: Any = client.connection_pool
+    conn = await pool.get_connection()
+    try:
+        await conn.send_packed_command([packed, *then], check_health=False)
+        if not then:
+            return await conn.read_response()
+        replies = []
+        for _ in range(1 + len(then)):
+            try:
+                replies.append(await conn.read_response())
+            except redis.ResponseError as exc:
+                replies.append(exc)
+        return replies
+    finally:
+        await pool.release(conn)
+
+
+class AsyncClients:
+    """One asyncio client per event loop, made by ``factory`` when a loop first asks."""
+
+    def __init__(self, factory: Callable[[], redis.asyncio.Redis]) -> None:
+        self._factory = factory
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
+        self._closers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._closing: set[concurrent.futures.Future[None]] = set()
+
+    async def get(self) -> redis.asyncio.Redis:
+        """The running loop's client. It is closed when the loop shuts its asynchronous
+        generators down (``asyncio.run`` does, before closing the loop): a generator of
+        ours, suspended until then, holds the client and closes it in its ``finally``."""
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            with self._lock:
+                client = self._factory()
+                self._clients[loop] = client
+            closer = _close_at_shutdown(client)
+            self._closers[loop] = closer
+            await closer.__anext__()
+        return client
+
+    def close(self) -> None:
+        """Close every loop's client as far as its loop allows: a running loop (this thread's,
+        when a coroutine closes the store, or another thread's) closes it soon; an idle one
+        at once, unless this thread is inside another loop, which cannot wait for it. Else
+        (a closed loop) its sockets are shut down, their descriptors freed when the garbage
+        collector takes their transports."""
+        with self._lock:
+            clients, self._clients = list(self._clients.items()), weakref.WeakKeyDictionary()
+            self._closers = weakref.WeakKeyDictionary()
+        try:
+            inside_a_loop = asyncio.get_running_loop() is not None
+        except RuntimeError:
+            inside_a_loop = False
+        for loop, client in clients:
+            if loop.is_running():
+                future = asyncio.run_coroutine_threadsafe(client.aclose(), loop)
+                self._closing.add(future)  # held until done: a task nobody holds may vanish
+                future.add_done_callback(self._closing.discard)
+            elif loop.is_closed() or inside_a_loop:
+                _shut_down(client)
+            else:
+                loop.run_until_complete(client.aclose())
+
+
+async def _close_at_shutdown(client: redis.asyncio.Redis) -> AsyncGenerator[None, None]:
+    try:
+        yield
+    finally:
+        await client.aclose()
+
+
+def _shut_down(client: redis.asyncio.Redis) -> None:
+    """Shut the sockets of a closed loop's client: its transports can no longer close."""
+    pool: Any = client.connection_pool
+    for conn in [*pool._available_connections, *pool._in_use_connections]:
+        writer = getattr(conn, "_writer", None)
+        sock = None if writer is None else writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
