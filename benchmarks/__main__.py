@@ -1,5 +1,6 @@
-"""``python -m benchmarks [--quick] [--only NAME] [--runs N]``: run the figures, print one
-table with the targets checked in the same run, and write ``benchmarks/results/latest.{json,md}``
+"""``python -m benchmarks [--quick] [--only NAME] [--runs N] [--with-cluster] [--workers N ...]``:
+run the figures, print one table with the targets checked in the same run, and write
+``benchmarks/results/latest.{json,md}``
 (``latest-quick.*`` for ``--quick``, ``latest-partial.*`` for ``--only``: only a complete
 full run replaces the published table)."""
 
@@ -11,7 +12,9 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
@@ -21,7 +24,7 @@ from benchmarks.context import Context
 from benchmarks.figures import NAMES, runner
 from benchmarks.redis_server import RedisServer
 from benchmarks.results import Measurement, print_tables, write
-from benchmarks.subjects import store_targets
+from benchmarks.subjects import REDBATCH_CLUSTER, StoreTarget, store_targets
 from benchmarks.targets import check
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -41,6 +44,17 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--with-memory-store", action="store_true",
         help="also measure redbatch's in-process memory store where it applies (harness debugging)",
     )  # fmt: skip
+    parser.add_argument(
+        "--with-cluster", action="store_true",
+        help="also measure redbatch on a 3-master Redis Cluster (started here) where figures take subjects",
+    )  # fmt: skip
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="worker processes of the end-to-end figure (default 1 2)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     return parser.parse_args(argv)
 
@@ -49,10 +63,33 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
+@contextmanager
+def cluster_target(workdir: Path, wanted: bool) -> Iterator[StoreTarget | None]:
+    """With ``wanted``, a 3-master Redis Cluster (the tests' ``RedisClusterGroup``: real
+    redis-servers on loopback ports, no persistence, no replicas) as a subject; stopped on
+    the way out."""
+    if not wanted:
+        yield None
+        return
+    from tests.servers import RedisClusterGroup  # noqa: PLC0415 - the tests' fixture, only when asked
+
+    (workdir / "cluster").mkdir()
+    group = RedisClusterGroup(workdir / "cluster").start()
+    try:
+        assert group.servers is not None
+        yield StoreTarget(
+            REDBATCH_CLUSTER, redis_url=group.url(), node_urls=tuple(s.url for s in group.servers)
+        )
+    finally:
+        group.stop()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
     signal.signal(signal.SIGTERM, _terminate)
     sizes = sizes_for(args.quick, args.runs)
+    if args.workers:
+        sizes = replace(sizes, e2e_workers=tuple(args.workers))
     mode = ("quick" if args.quick else "full") + f", {sizes.runs} run(s) per measurement, median shown"
     names = args.only or list(NAMES)
     environment = env.describe()
@@ -60,12 +97,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="redbatch-bench-") as tmp:
         workdir = Path(tmp)
-        with RedisServer(workdir) as server:
+        with RedisServer(workdir) as server, cluster_target(workdir, args.with_cluster) as cluster:
+            stores = store_targets(server.url(0), workdir, with_memory=args.with_memory_store)
             ctx = Context(
                 sizes=sizes,
                 server=server,
                 workdir=workdir,
-                stores=store_targets(server.url(0), workdir, with_memory=args.with_memory_store),
+                stores=stores + ([cluster] if cluster else []),
                 verbose=not args.quiet,
             )
             for name in names:

@@ -23,6 +23,7 @@ from benchmarks.ledger import Ledger
 from benchmarks.redis_server import admin_client
 
 REDBATCH_REDIS = "redbatch · Redis"
+REDBATCH_CLUSTER = "redbatch · Redis Cluster"
 REDBATCH_SQLITE = "redbatch · SQLite"
 REDBATCH_MEMORY = "redbatch · memory"
 PER_ITEM = "per-item round trips"
@@ -32,7 +33,7 @@ RAW = "raw RPUSH (Python)"
 RAW_SQLITE = "raw executemany (SQLite)"
 REDIS_BENCHMARK = "redis-benchmark"
 
-REDBATCH_SUBJECTS = (REDBATCH_REDIS, REDBATCH_SQLITE, REDBATCH_MEMORY)
+REDBATCH_SUBJECTS = (REDBATCH_REDIS, REDBATCH_CLUSTER, REDBATCH_SQLITE, REDBATCH_MEMORY)
 
 
 def sqlite_available() -> bool:
@@ -53,9 +54,17 @@ class StoreTarget:
     shared: bool = True
     """False for the memory store: it cannot be shared with worker or producer processes."""
     _counter: itertools.count[int] | None = None
+    node_urls: tuple[str, ...] = ()
+    """Redis Cluster: each master's own ``redis://`` URL, to empty them."""
 
     def fresh(self) -> str:
-        """An empty store's URL (Redis: database 0 flushed; SQLite: a new file)."""
+        """An empty store's URL (Redis: database 0 flushed; a cluster: every master flushed;
+        SQLite: a new file)."""
+        if self.subject == REDBATCH_CLUSTER:
+            for node in self.node_urls:
+                with admin_client(node) as client:
+                    client.flushall()
+            return self.redis_url
         if self.subject == REDBATCH_REDIS:
             with admin_client(self.redis_url) as client:
                 client.flushdb()

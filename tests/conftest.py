@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 import redbatch
 from redbatch.stores.base import Store
 from tests.servers import RedisClusterGroup, RedisServer, free_port
 
-STORES = ["memory", "sqlite", "redis", "redis-partitioned", "redis-cluster"]
+STORES = ["memory", "sqlite", "redis", "redis-partitioned", "redis-replicated", "redis-cluster"]
 
 
 class FakeClock:
@@ -47,6 +49,27 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
         cluster.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_replicated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A master whose one replica is online: the store under ``?replicas=1``."""
+    master = RedisServer(free_port(), tmp_path_factory.mktemp("master"), ("--repl-diskless-sync-delay", "0"))
+    replica = RedisServer(
+        free_port(), tmp_path_factory.mktemp("replica"), ("--replicaof", "127.0.0.1", str(master.port))
+    )
+    try:
+        master.start()
+        replica.start()
+        with redis.Redis(port=master.port) as client:
+            deadline = time.monotonic() + 30
+            while client.info("replication").get("slave0", {}).get("state") != "online":
+                assert time.monotonic() < deadline, "the replica did not come online"
+                time.sleep(0.02)
+        yield master
+    finally:
+        replica.stop()
+        master.stop()
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
@@ -61,6 +84,9 @@ def store_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if kind == "redis-cluster":
         cluster: RedisClusterGroup = request.getfixturevalue("redis_cluster")
         return cluster.url()
+    if kind == "redis-replicated":  # generous: the conformance suite is no test of timing
+        master: RedisServer = request.getfixturevalue("redis_replicated")
+        return f"{master.url}?replicas=1&replicas_timeout=5"
     server: RedisServer = request.getfixturevalue("redis_server")
     return server.url
 

@@ -218,12 +218,17 @@ def test_every_documented_url_option_is_taken_as_written(
         assert synchronous_of(store) == SYNCHRONOUS_VALUES[value]
         store.close()
         return
-    store = redbatch.connect(f"{scheme}://127.0.0.1:{free_port()}/0?{name}={value}", check=False)
+    query = f"{name}={value}" + ("&replicas=1" if name == "replicas_timeout" else "")
+    store = redbatch.connect(f"{scheme}://127.0.0.1:{free_port()}/0?{query}", check=False)
     assert isinstance(store, RedisStore)
     kwargs = store.client.connection_pool.connection_kwargs
-    assert "partitions" not in kwargs  # redbatch's own options never reach redis-py
+    assert not set(REDIS_OPTIONS) & set(kwargs)  # redbatch's own options never reach redis-py
     if name == "partitions":
         assert store.partitions == int(value)
+    elif name == "replicas":
+        assert store.replicas == int(value)
+    elif name == "replicas_timeout":
+        assert store.replicas_timeout_ms == round(float(value) * 1000)
     else:
         assert str(kwargs[name]).lower() == value.lower()
     store.close()

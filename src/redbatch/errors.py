@@ -1,8 +1,8 @@
 """The one exception hierarchy: every error redbatch raises on purpose is a ``RedbatchError``.
 
 Each is raised at the boundary, before anything is stored, so catching one means nothing
-partial was written; the exception is a ``StoreUnavailable`` that comes after a write was
-sent (see its docstring)::
+partial was written; the exceptions are a ``StoreUnavailable`` that comes after a write was
+sent, and ``NotReplicated`` (see their docstrings)::
 
     RedbatchError
     ├── InvalidItem        (also a ValueError)   an item is not JSON, NaN/inf, or too large
@@ -12,8 +12,10 @@ sent (see its docstring)::
     ├── NotFound           (also a LookupError)  an unknown batcher or dead-letter id
     ├── StoreUnavailable   (also a ConnectionError)  the store cannot be reached in the
     │   │                                        configured time, or refuses writes
-    │   └── PartlyStored   an add_many on Redis Cluster stored the items of some
-    │                      partitions only (``stored_keys`` says whose)
+    │   ├── PartlyStored   an add_many on Redis Cluster stored the items of some
+    │   │                  partitions only (``stored_keys`` says whose)
+    │   └── NotReplicated  a Redis write ran on the master, but fewer replicas than
+    │                      ``replicas=N`` confirmed it in time
     ├── ItemsFailed        raised *by a handler*: only the named items failed
     └── JobCancelled       raised *by a job function* that stops on a cancel request
 
@@ -82,6 +84,30 @@ class PartlyStored(StoreUnavailable):
         super().__init__(message)
         self.stored_keys = frozenset(stored_keys)
         self.failed_keys = frozenset(failed_keys)
+
+
+class NotReplicated(StoreUnavailable):
+    """A write ran on the Redis master, but fewer replicas than the store's ``replicas=N``
+    confirmed it within ``replicas_timeout`` (a replica down, or lagging).
+
+    The write is not undone: it is on the master and on ``confirmed`` replicas, and may or
+    may not survive a failover. The caller may retry; a retried ``add`` may store its items
+    twice (handlers see them twice), a retried acknowledgement or other lease-holder step
+    is refused or does nothing when the first one held. A worker meeting this on a claim
+    leaves the batches it leased to be reclaimed when their lease lapses.
+
+    Attributes:
+        confirmed: The replicas that confirmed the write.
+        wanted: The replicas the store asks for (``replicas=N``).
+    """
+
+    def __init__(self, confirmed: int, wanted: int, timeout: float) -> None:
+        super().__init__(
+            f"the write ran on the Redis master, but {confirmed} of the {wanted} replicas asked for"
+            f" confirmed it within {timeout:g}s; it may not survive a failover"
+        )
+        self.confirmed = confirmed
+        self.wanted = wanted
 
 
 class ItemsFailed(RedbatchError):

@@ -30,8 +30,10 @@ REDIS_PORT = 6379
 CLUSTER_PARTITIONS = 16
 """Partitions per batcher on a cluster store unless set: 16 hash tags land on every master of
 a small cluster (3 to 6) with several each, so each master serves a share of the keys."""
-REDIS_OPTIONS = ("partitions",)
+REDIS_OPTIONS = ("partitions", "replicas", "replicas_timeout")
 """redbatch's own options of a Redis URL."""
+REPLICAS_TIMEOUT = 1.0
+"""Seconds a write waits for its replicas under ``replicas=N`` unless ``replicas_timeout`` says."""
 REDIS_PY_OPTIONS = ("client_name",)
 """redis-py options a Redis URL may carry. The others are refused: timeouts and retries are
 redbatch's settings, and ``decode_responses``, ``protocol`` or ``db`` would change what the
@@ -80,16 +82,21 @@ def connect(url: str | None = None, *, check: bool = True, **overrides: object) 
       ConfigError) and ``client_name=NAME``; with ``rediss://`` also
       ``ssl_ca_certs``, ``ssl_ca_path``, ``ssl_certfile``, ``ssl_keyfile``,
       ``ssl_cert_reqs`` (``none``, ``optional`` or ``required``) and
-      ``ssl_check_hostname`` (``true`` or ``false``). Any other option is refused.
+      ``ssl_check_hostname`` (``true`` or ``false``). Also ``replicas=N`` (0 to 16):
+      every write returns only once N replicas confirm it (a ``WAIT`` in the same round
+      trip), else ``NotReplicated`` after ``replicas_timeout`` seconds (default 1, over 0,
+      at most 60, under ``socket_timeout``); the README's "Replicated writes" says what
+      that guarantees. Any other option is refused.
     - ``redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]``: the Redis
       master that these Sentinels (port 26379 by default) name for ``service``, followed
       across failovers; the credentials are the master's. Options as for ``redis://``
-      (``partitions``, ``client_name``).
+      (``partitions``, ``client_name``, ``replicas``, ``replicas_timeout``).
     - ``redis+cluster://[user:password@]host:port[,host:port...]``: Redis Cluster, found
       through any of these nodes (port 6379 by default); no database. Options
       ``partitions`` (default 16 here, unless given as an argument or by
       ``REDBATCH_PARTITIONS``: enough to spread each batcher over the masters) and
-      ``client_name``. ``add_many`` over several partitions is all or none per
+      ``client_name`` (``replicas`` is refused: a cluster fails over on its own, and its
+      masters share no ``WAIT``). ``add_many`` over several partitions is all or none per
       partition, never twice (``PartlyStored`` when only some were stored; the README's
       "Cluster" says more).
     - ``memory://``: this process's memory, for tests; not durable (it logs a warning).
@@ -153,12 +160,15 @@ def connect(url: str | None = None, *, check: bool = True, **overrides: object) 
 
         redis_url, partitions = _redis_url(parts, masked, settings.partitions)
         _same_partitions(overrides, settings.partitions, partitions, masked)
+        replicas, replicas_timeout = _replicas(_options(parts, masked, _redis_allowed(parts)), masked)
         redis_store = RedisStore(
             redis_url,
             prefix=settings.prefix,
             partitions=partitions,
             connect_timeout=settings.connect_timeout,
             socket_timeout=settings.socket_timeout,
+            replicas=replicas,
+            replicas_timeout=replicas_timeout,
         )
         if check:
             redis_store.ping()
@@ -216,6 +226,7 @@ def _sentinel_store(
     options = _options(parts, masked, REDIS_OPTIONS + REDIS_PY_OPTIONS)
     partitions = _partitions(options.get("partitions"), settings.partitions, masked)
     _same_partitions(overrides, settings.partitions, partitions, masked)
+    replicas, replicas_timeout = _replicas(options, masked)
     master = {
         "service": unquote_plus(service),
         "username": unquote_plus(username) or None,
@@ -229,8 +240,11 @@ def _sentinel_store(
         settings.url,
         prefix=settings.prefix,
         partitions=partitions,
+        socket_timeout=settings.socket_timeout,
         client=new_sentinel_client(sentinels, **master),  # type: ignore[arg-type]
         async_client=functools.partial(new_async_sentinel_client, sentinels, **master),  # type: ignore[arg-type]
+        replicas=replicas,
+        replicas_timeout=replicas_timeout,
     )
     if check:
         store.ping()
@@ -253,6 +267,11 @@ def _cluster_store(
     username, _, password = userinfo.partition(":")
     nodes = [_address(host, masked, "Cluster", REDIS_PORT) for host in hosts.split(",")]
     options = _options(parts, masked, REDIS_OPTIONS + REDIS_PY_OPTIONS)
+    if "replicas" in options or "replicas_timeout" in options:
+        raise ConfigError(
+            f"replicas= is not offered on Redis Cluster ({masked}): a cluster fails over on its own"
+            " and its masters share no WAIT; use redis:// or redis+sentinel:// for replicated writes"
+        )
     # model_fields_set holds partitions when given as an argument or by REDBATCH_PARTITIONS
     default = settings.partitions if "partitions" in settings.model_fields_set else CLUSTER_PARTITIONS
     partitions = _partitions(options.get("partitions"), default, masked)
@@ -345,10 +364,8 @@ def _redis_url(parts: SplitResult, masked: str, default_partitions: int) -> tupl
     database = parts.path.lstrip("/")
     if database and not database.isdigit():
         raise ConfigError(f"invalid Redis URL {masked}: the database (the path) must be a number, as in /0")
-    allowed: tuple[str, ...] = REDIS_OPTIONS + REDIS_PY_OPTIONS
-    if parts.scheme.lower() == "rediss":
-        allowed += REDIS_PY_TLS_OPTIONS
-    else:
+    allowed = _redis_allowed(parts)
+    if parts.scheme.lower() != "rediss":
         for name, _ in parse_qsl(parts.query, keep_blank_values=True):
             if name in REDIS_PY_TLS_OPTIONS:
                 raise ConfigError(f"option {name!r} is for TLS connections: write rediss:// ({masked})")
@@ -360,6 +377,32 @@ def _redis_url(parts: SplitResult, masked: str, default_partitions: int) -> tupl
         if segment and unquote_plus(segment.partition("=")[0]) not in REDIS_OPTIONS
     ]
     return urlunsplit(parts._replace(query="&".join(kept))), partitions
+
+
+def _redis_allowed(parts: SplitResult) -> tuple[str, ...]:
+    """The query options a ``redis://`` or ``rediss://`` URL may carry."""
+    allowed = REDIS_OPTIONS + REDIS_PY_OPTIONS
+    return allowed + REDIS_PY_TLS_OPTIONS if parts.scheme.lower() == "rediss" else allowed
+
+
+def _replicas(options: dict[str, str], masked: str) -> tuple[int, float]:
+    """``replicas`` (0 to 16) and ``replicas_timeout`` (seconds, over 0, at most 60)."""
+    try:
+        replicas = int(options.get("replicas", "0"))
+        timeout = float(options.get("replicas_timeout", REPLICAS_TIMEOUT))
+    except ValueError:
+        raise ConfigError(
+            f"options 'replicas' (a whole number) and 'replicas_timeout' (seconds) are malformed in {masked}"
+        ) from None
+    if not 0 <= replicas <= 16:
+        raise ConfigError(f"replicas must be between 0 and 16, not {replicas} ({masked})")
+    if not 0 < timeout <= 60:  # NaN fails too
+        raise ConfigError(
+            f"replicas_timeout must be over 0 and at most 60 seconds, not {timeout:g} ({masked})"
+        )
+    if "replicas_timeout" in options and not replicas:
+        raise ConfigError(f"replicas_timeout is given without replicas=N in {masked}")
+    return replicas, timeout
 
 
 def _partitions(value: str | None, default: int, masked: str) -> int:

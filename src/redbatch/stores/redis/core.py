@@ -12,6 +12,8 @@ from typing import Any
 
 import redis
 
+from redbatch.errors import NotReplicated, StoreUnavailable
+from redbatch.stores.redis.wire import command, framed
 from redbatch.types import QueueSpec
 
 # An entry is "arrived_ms:digest:json" (lib.lua's digest_of reads the same framing).
@@ -54,6 +56,10 @@ class RedisCore:
     client: Any
     """redis-py's reply types are unions of every reply shape: the scripts' replies are
     known, so the client is typed loosely rather than cast at every call."""
+    replicas: int
+    """Replicas that must confirm each write (WAIT) before it returns; 0 for none."""
+    replicas_timeout_ms: int
+    """How long a write's WAIT waits for them, at most."""
     _scripts: dict[str, Any]
     _parts: dict[str, list[Partition]]
 
@@ -61,13 +67,31 @@ class RedisCore:
         """EVALSHA the named script; load it first if Redis lost it (restart, SCRIPT FLUSH).
 
         Calling ``execute_command`` directly saves redis-py's per-call argument filtering,
-        a few microseconds on every ``add``.
+        a few microseconds on every ``add``. With ``replicas``, the script and a WAIT go in
+        one pipeline on one connection (see ``_execute``).
         """
         script = self._scripts[name]
-        try:
-            return self.client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-        except redis.exceptions.NoScriptError:
-            return script(keys=keys, args=args)
+        if not self.replicas:
+            try:
+                return self.client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            except redis.exceptions.NoScriptError:
+                return script(keys=keys, args=args)
+        for _ in range(2):
+            pipe = self._pipeline()
+            self._queue_script(pipe, name, keys, args)
+            reply = self._execute(pipe, raise_on_error=False)[0]
+            if not isinstance(reply, redis.exceptions.NoScriptError):
+                break
+            self.client.script_load(script.script)  # the WAIT confirmed nothing: no write ran
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    def _queue_script(self, pipe: Any, name: str, keys: list[str], args: list[Any]) -> None:
+        """Queue an EVALSHA of the named script on a pipeline from ``_pipeline``; its
+        ``_execute`` then waits for ``replicas``."""
+        pipe.execute_command("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args)
+        pipe.redbatch_writes = True
 
     def _pipeline(self) -> Any:
         """A pipeline without MULTI, for commands of several partitions at once."""
@@ -77,6 +101,11 @@ class RedisCore:
         """Send a pipeline from ``_pipeline``; its replies in order, exceptions among them
         unless ``raise_on_error``.
 
+        With ``replicas`` (never on a cluster), a pipeline that runs a script
+        (``_queue_script``) ends with a WAIT sent with it on the same connection: one round
+        trip, and the WAIT counts the replicas holding every write of that connection so
+        far. Fewer than ``replicas`` is NotReplicated, raised after the scripts ran.
+
         On a cluster, redis-py sends each master its share, and would send a command whose
         master timed out or dropped the connection again, one at a time: a hidden retry
         past ``socket_timeout``, and a script run twice. Here nothing is sent twice: a
@@ -84,7 +113,13 @@ class RedisCore:
         belongs, and any other failure is that command's reply.
         """
         if not self.cluster:
-            return list(pipe.execute(raise_on_error=raise_on_error))
+            waits = bool(self.replicas and getattr(pipe, "redbatch_writes", False))
+            if waits:
+                pipe.execute_command("WAIT", self.replicas, self.replicas_timeout_ms)
+            replies = list(pipe.execute(raise_on_error=raise_on_error))
+            if waits:
+                self._confirmed(replies.pop())
+            return replies
         stack = list(pipe._execution_strategy.command_queue)  # redis-py has no public name for it
         try:
             replies = list(pipe.send_cluster_commands(stack, raise_on_error=False, allow_redirections=False))
@@ -101,6 +136,59 @@ class RedisCore:
                 if isinstance(reply, Exception):
                     raise reply
         return replies
+
+    def _transact(self, pipe: Any) -> list[Any]:
+        """Execute a MULTI pipeline (``transaction=True``); with ``replicas``, then wait for them.
+
+        redis-py ends the transaction's connection with EXEC and hands it back to the pool,
+        so its WAIT cannot follow on it. A PUBLISH and a WAIT follow on a connection of
+        their own instead: Redis replicates in one stream, in order, and a PUBLISH is
+        replicated (with nobody listening too), so the replicas that have it have the
+        transaction before it. A second round trip, only for rules and dead letters over
+        several partitions.
+        """
+        replies = list(pipe.execute())
+        if self.replicas:
+            confirm = self._pipeline()
+            confirm.execute_command("PUBLISH", f"{self.prefix}:replicated", "")
+            confirm.redbatch_writes = True
+            self._execute(confirm)
+        return replies
+
+    def _waits(self) -> tuple[bytes, ...]:
+        """What a command framed by hand (wire.py) is sent with, on its connection: a WAIT
+        with ``replicas``, else nothing. ``_replied`` reads the replies."""
+        if not self.replicas:
+            return ()
+        return (command(3, framed(["WAIT", self.replicas, self.replicas_timeout_ms])),)
+
+    def _replied(self, reply: Any) -> Any:
+        """The reply of a command sent by wire.send with ``_waits()``, its WAIT checked."""
+        if not self.replicas:
+            return reply
+        reply, confirm = reply
+        if isinstance(reply, Exception):
+            raise reply  # NoScriptError among them: nothing ran, the caller sends it again
+        self._confirmed(confirm)
+        return reply
+
+    def _confirmed(self, reply: Any) -> None:
+        """Check a WAIT's reply: NotReplicated when fewer than ``replicas`` confirmed.
+
+        The writes before it ran on the master either way; only their copies are in doubt.
+        """
+        if isinstance(reply, redis.ResponseError) and "WAIT cannot be used with replica" in str(reply):
+            # A connection to a replica: through Sentinel, to an old master demoted in a
+            # failover (or named by a Sentinel that had not heard of the failover yet).
+            # A write would have been refused (READONLY) and the connection dropped; this
+            # call only read. Drop the pool's idle connections, so the next call asks the
+            # Sentinels where the master is now.
+            self.client.connection_pool.disconnect(inuse_connections=False)
+            raise StoreUnavailable("Redis refused the command: the server is a replica now (a failover?)")
+        if isinstance(reply, Exception):
+            raise reply
+        if int(reply) < self.replicas:
+            raise NotReplicated(int(reply), self.replicas, self.replicas_timeout_ms / 1000)
 
     def _partitions(self, name: str) -> list[Partition]:
         parts = self._parts.get(name)

@@ -170,7 +170,7 @@ class DeadLetters(RedisCore):
                     for part, group in where:
                         args = [*head_of(part), "ids", *group]
                         self._scripts[script](keys=keys_of(part), args=args, client=pipe)
-                    replies = pipe.execute()
+                    replies = self._transact(pipe)
                 except redis.WatchError:
                     continue
             return sum(

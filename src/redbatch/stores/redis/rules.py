@@ -44,7 +44,7 @@ class Rules(RedisCore):
             pipe = self.client.pipeline(transaction=True)
             for part in parts:
                 self._scripts["rules"](keys=[part.rules], args=args, client=pipe)
-            replies = pipe.execute()
+            replies = self._transact(pipe)
         return [(record(flat), bool(stale)) for flat, stale in replies]
 
     @unavailable

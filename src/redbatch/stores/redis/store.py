@@ -29,7 +29,7 @@ from redis.cluster import RedisCluster
 
 from redbatch import engine
 from redbatch.checks import item_digest
-from redbatch.errors import PartlyStored, RedbatchError
+from redbatch.errors import ConfigError, PartlyStored, RedbatchError
 from redbatch.jobrecords import is_jobs
 from redbatch.stores.base import LEASE_EXPIRED_ERROR, RulesChanged, Waiter, mask_url, new_batch_id
 from redbatch.stores.redis.client import load_scripts, new_async_client, new_client
@@ -66,7 +66,10 @@ class RedisStore(Jobs, Rules, DeadLetters):
     connect, and to wait for any one reply (client.py). ``client``: a redis-py client to use
     instead of one built from ``url``, with whatever timeouts it has; ``async_client``: what
     makes its asyncio twin, one per event loop, for ``append_async`` (without it, a given
-    client's ``append_async`` runs ``append`` on a thread).
+    client's ``append_async`` runs ``append`` on a thread). ``replicas``: how many replicas
+    must confirm every write (WAIT, in the same round trip as the script) before it
+    returns, else NotReplicated; ``replicas_timeout``: seconds that WAIT waits at most
+    (under ``socket_timeout``). Not on Redis Cluster (ConfigError).
     """
 
     durable = True
@@ -81,12 +84,25 @@ class RedisStore(Jobs, Rules, DeadLetters):
         socket_timeout: float = 10.0,
         client: redis.Redis | None = None,
         async_client: Callable[[], redis.asyncio.Redis] | None = None,
+        replicas: int = 0,
+        replicas_timeout: float = 1.0,
     ) -> None:
         self.url = mask_url(url)
         self.prefix = prefix
         self.partitions = partitions
         self.client = client or new_client(url, connect_timeout, socket_timeout)
         self.cluster = isinstance(self.client, RedisCluster)
+        self.replicas, self.replicas_timeout_ms = replicas, round(replicas_timeout * 1000)
+        if replicas and self.cluster:
+            raise ConfigError(
+                f"replicas={replicas} is not offered on Redis Cluster ({self.url}): a cluster's"
+                " failover is its own, and its masters share no WAIT; use redis:// or redis+sentinel://"
+            )
+        if replicas < 0 or (replicas and not 0 < replicas_timeout < socket_timeout):
+            raise ConfigError(
+                f"replicas must be 0 or more and replicas_timeout over 0 and under socket_timeout"
+                f" ({socket_timeout:g}s), not replicas={replicas}, replicas_timeout={replicas_timeout:g}"
+            )
         # An append's call id (Cluster) must outlive the call and its one resend.
         self._call_ttl_ms = max(_MIN_CALL_TTL_MS, round(2000 * (connect_timeout + socket_timeout)))
         if async_client is None and client is None:
@@ -139,7 +155,7 @@ class RedisStore(Jobs, Rules, DeadLetters):
         pipe = self._pipeline()
         for part, keyed in by_part.items():
             keys, args = self._append_call(spec, {part: keyed}, now_ms, call)
-            pipe.execute_command("EVALSHA", self._scripts["append"].sha, len(keys), *keys, *args)
+            self._queue_script(pipe, "append", keys, args)
         replies = dict(zip(by_part, self._execute(pipe, raise_on_error=False), strict=True))
         stored: set[Partition] = set()
         refused: list[Partition] = []
@@ -312,17 +328,17 @@ class RedisStore(Jobs, Rules, DeadLetters):
 
     def _send_append(self, packed: bytes) -> int:
         try:
-            return int(send(self.client, packed))
+            return int(self._replied(send(self.client, packed, *self._waits())))
         except redis.exceptions.NoScriptError:  # Redis lost it (a restart, SCRIPT FLUSH)
             self.client.script_load(self._scripts["append"].script)
-            return int(send(self.client, packed))
+            return int(self._replied(send(self.client, packed, *self._waits())))
 
     async def _send_append_async(self, client: redis.asyncio.Redis, packed: bytes) -> int:
         try:
-            return int(await send_async(client, packed))
+            return int(self._replied(await send_async(client, packed, *self._waits())))
         except redis.exceptions.NoScriptError:
             await client.script_load(self._scripts["append"].script)
-            return int(await send_async(client, packed))
+            return int(self._replied(await send_async(client, packed, *self._waits())))
 
     # ------------------------------------------------------------------ claiming
 
@@ -355,7 +371,7 @@ class RedisStore(Jobs, Rules, DeadLetters):
         pipe = self._pipeline()
         for part, share in shares.items():
             keys, args = self._claim_call(spec, part, now_ms, share)
-            pipe.execute_command("EVALSHA", self._scripts["claim"].sha, len(keys), *keys, *args)
+            self._queue_script(pipe, "claim", keys, args)
         claimed: list[ClaimedBatch] = []
         failure: Exception | None = None
         replies = self._execute(pipe, raise_on_error=False)

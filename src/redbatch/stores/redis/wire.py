@@ -56,24 +56,46 @@ def command(count: int, chunks: list[bytes]) -> bytes:
     return b"".join(chunks)
 
 
-def send(client: Any, packed: bytes) -> Any:
-    """Send a framed command on one of ``client``'s pooled connections; return its reply."""
+def send(client: Any, packed: bytes, *then: bytes) -> Any:
+    """Send a framed command on one of ``client``'s pooled connections; return its reply.
+
+    With ``then`` (framed commands sent right after it, on the same connection and in the
+    same write: a WAIT), a list of every reply, an error reply among them as its exception:
+    each is read, so that the connection stays in step.
+    """
     pool = client.connection_pool
     conn = pool.get_connection()
     try:
-        conn.send_packed_command([packed], check_health=False)
-        return conn.read_response()
+        conn.send_packed_command([packed, *then], check_health=False)
+        if not then:
+            return conn.read_response()
+        return [_read(conn) for _ in range(1 + len(then))]
     finally:
         pool.release(conn)
 
 
-async def send_async(client: redis.asyncio.Redis, packed: bytes) -> Any:
+def _read(conn: Any) -> Any:
+    try:
+        return conn.read_response()
+    except redis.ResponseError as exc:
+        return exc
+
+
+async def send_async(client: redis.asyncio.Redis, packed: bytes, *then: bytes) -> Any:
     """``send`` on an asyncio client."""
     pool: Any = client.connection_pool
     conn = await pool.get_connection()
     try:
-        await conn.send_packed_command([packed], check_health=False)
-        return await conn.read_response()
+        await conn.send_packed_command([packed, *then], check_health=False)
+        if not then:
+            return await conn.read_response()
+        replies = []
+        for _ in range(1 + len(then)):
+            try:
+                replies.append(await conn.read_response())
+            except redis.ResponseError as exc:
+                replies.append(exc)
+        return replies
     finally:
         await pool.release(conn)
 
