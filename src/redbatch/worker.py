@@ -171,7 +171,8 @@ class Worker:
         self.handle_signals = handle_signals
         self.hooks = hooks if hooks is not None else WorkerHooks()
         self.counters = WorkerCounters()
-        self._running: dict[str, _Running] = {}  # by batch id
+        self._running: dict[str, _Running] = {}  # by batch id: handlers running, outcomes being written
+        self._handling = 0  # of those, the ones whose handler has not returned: what concurrency caps
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested = threading.Event()
         self._stop_event: asyncio.Event | None = None
@@ -240,7 +241,7 @@ class Worker:
         self._changed = asyncio.Event()
         if self._stop_requested.is_set():
             self._stop_event.set()
-        self._store_pool = ThreadPoolExecutor(6, thread_name_prefix="redbatch-store")
+        self._store_pool = DaemonThreadPool(6, thread_name_prefix="redbatch-store")
         self._handler_pool = DaemonThreadPool(self.concurrency, thread_name_prefix="redbatch-handler")
         self._wake_pool = ThreadPoolExecutor(1, thread_name_prefix="redbatch-wake")
         self._install_signal_handlers()
@@ -330,7 +331,13 @@ class Worker:
             stopped.cancel()
 
     def _free_slots(self) -> int:
-        return self.concurrency - len(self._running)
+        """Batches to claim now: a slot is a handler's, from its claim until it returns.
+
+        A batch whose outcome is being written holds no slot (its handler is done), so the
+        next claim overlaps the last acknowledgement; at most ``concurrency`` such batches
+        wait on the store, which keeps a slow store from piling them up.
+        """
+        return min(self.concurrency - self._handling, 2 * self.concurrency - len(self._running))
 
     async def _claim_round(self, rotation: int) -> int:
         free = self._free_slots()
@@ -413,6 +420,7 @@ class Worker:
             return
         running = _Running(served, claimed)
         self._running[claimed.lease.batch_id] = running
+        self._handling += 1
         running.task = asyncio.create_task(self._run(running), name=f"redbatch-{claimed.lease.batch_id}")
 
     async def _run(self, running: _Running) -> None:
@@ -430,6 +438,8 @@ class Worker:
             fields = batch_fields(running.served.name, running.claimed)
             log.exception("could not record the outcome of batch %s", fields["batch_id"], extra=fields)
         finally:
+            if not running.settling:  # abandoned, or failed before its outcome was written
+                self._handling -= 1
             if self._running.get(running.claimed.lease.batch_id) is running:
                 del self._running[running.claimed.lease.batch_id]
             assert self._changed is not None
@@ -448,6 +458,9 @@ class Worker:
     async def _settle(self, running: _Running, attempt: Attempt) -> None:
         served, claimed = running.served, running.claimed
         running.settling = True
+        self._handling -= 1
+        assert self._changed is not None
+        self._changed.set()  # its slot is free: claim the next batch while this one is written
         lease = claimed.lease
         now = self.clock()
         outcome: SettleOutcome
@@ -513,10 +526,12 @@ class Worker:
                     held = await self._call(served.finish, results, self.clock())
                 except Exception as exc:  # noqa: BLE001 - handed to every waiter in the group
                     for _, done in group:
-                        done.set_exception(exc)
+                        if not done.done():
+                            done.set_exception(exc)
                     continue
                 for (_, done), ok in zip(group, held, strict=True):
-                    done.set_result(ok)
+                    if not done.done():  # its batch was abandoned while on its way
+                        done.set_result(ok)
         finally:
             del self._ackers[served.name]
 
@@ -624,4 +639,4 @@ class Worker:
 
     async def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a blocking store call on the store pool; typed, so a protocol change shows."""
-        return await self._loop_().run_in_executor(self._store_pool, functools.partial(fn, *args, **kwargs))
+        return await self._store_pool.call(fn, *args, **kwargs)
