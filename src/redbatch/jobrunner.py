@@ -9,6 +9,7 @@ job succeeded, was cancelled, or (a chain) advances to its next step in the same
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,8 +44,10 @@ class JobQueue:
     def configured(self) -> QueueSpec:
         return self.jobs.configured
 
-    @property
+    @functools.cached_property
     def _store(self) -> JobStore:
+        # Checked once: isinstance against a runtime-checkable Protocol walks its members,
+        # a cost that showed per job when jobs are many and quick.
         assert isinstance(self.store, JobStore)
         return self.store
 
