@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import queue
 import threading
@@ -114,11 +115,9 @@ class DaemonThreadPool(Executor):
         self._finished.append(outcome)
         if not self._handover_due:
             self._handover_due = True
-            loop = future.get_loop()
-            try:
-                loop.call_soon_threadsafe(self._hand_over)
-            except RuntimeError:  # the loop closed: nobody waits for the outcome any more
-                pass
+            # A closed loop raises RuntimeError: nobody waits for the outcome any more.
+            with contextlib.suppress(RuntimeError):
+                future.get_loop().call_soon_threadsafe(self._hand_over)
 
     def _hand_over(self) -> None:
         """On the loop: settle the futures of every call that finished."""
@@ -148,7 +147,5 @@ def _cancel(future: Future[Any] | asyncio.Future[Any]) -> None:
     if isinstance(future, Future):
         future.cancel()
     else:  # its loop's own future: cancelled there, unless the loop is gone
-        try:
+        with contextlib.suppress(RuntimeError):
             future.get_loop().call_soon_threadsafe(future.cancel)
-        except RuntimeError:
-            pass

@@ -86,7 +86,9 @@ def decode_batch(claimed: ClaimedBatch) -> Batch:
     )
 
 
-async def run_handler(batcher: Batcher, claimed: ClaimedBatch, batch: Batch, pool: DaemonThreadPool) -> HandlerRun:
+async def run_handler(
+    batcher: Batcher, claimed: ClaimedBatch, batch: Batch, pool: DaemonThreadPool
+) -> HandlerRun:
     """Call ``batcher``'s handler on ``batch`` to its end and say how it ended."""
     assert batcher.handler_fn is not None
     run, _ = await run_call(

@@ -8,7 +8,6 @@ job succeeded, was cancelled, or (a chain) advances to its next step in the same
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import Sequence
 from typing import Any
