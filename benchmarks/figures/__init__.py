@@ -19,6 +19,7 @@ NAMES: dict[str, str] = {
     "loss": "benchmarks.figures.loss",
     "add_threads": "benchmarks.figures.add_threads",
     "sqlite_sync": "benchmarks.figures.sqlite_sync",
+    "jobs": "benchmarks.figures.jobs_worker",
 }
 
 
