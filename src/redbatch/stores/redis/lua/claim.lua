@@ -47,9 +47,18 @@ end
 -- batch's fields are the caller's to write (one HSET with its lease).
 local function take_pending(key, kh)
   local items = base .. 'i:' .. key
-  local taken = redis.call('LRANGE', items, 0, max_items - 1)
-  if #taken == 0 then return taken, nil end
-  redis.call('LTRIM', items, #taken, -1)
+  -- One entry more than a batch holds: it says whether any stay behind, and its arrival is
+  -- the key's new oldest. None left: the list goes whole.
+  local taken = redis.call('LRANGE', items, 0, max_items)
+  local rest = taken[max_items + 1]
+  if rest then
+    taken[max_items + 1] = nil
+    redis.call('LTRIM', items, max_items, -1)
+  elseif #taken > 0 then
+    redis.call('DEL', items)
+  else
+    return taken, nil
+  end
   push_all(base .. 'b:' .. key, taken, false)
   local counted, corrupt = 0, nil -- entries append.lua wrote (and counted), not pushed by hand
   for i, entry in ipairs(taken) do
@@ -61,7 +70,6 @@ local function take_pending(key, kh)
       corrupt = unframed(i, #taken)
     end
   end
-  local rest = redis.call('LINDEX', items, 0)
   if rest then
     local first = arrival(rest) or now -- unframed: dead-lettered when its batch is claimed
     redis.call('HSET', kh, 'first', first)
