@@ -48,18 +48,18 @@ end
 local function take_pending(key, kh)
   local items = base .. 'i:' .. key
   -- One entry more than a batch holds: it says whether any stay behind, and its arrival is
-  -- the key's new oldest. None left: the list goes whole.
+  -- the key's new oldest. None left: the list becomes the batch's (an idle key has none).
   local taken = redis.call('LRANGE', items, 0, max_items)
   local rest = taken[max_items + 1]
   if rest then
     taken[max_items + 1] = nil
     redis.call('LTRIM', items, max_items, -1)
+    push_all(base .. 'b:' .. key, taken, false)
   elseif #taken > 0 then
-    redis.call('DEL', items)
+    redis.call('RENAME', items, base .. 'b:' .. key)
   else
     return taken, nil
   end
-  push_all(base .. 'b:' .. key, taken, false)
   local counted, corrupt = 0, nil -- entries append.lua wrote (and counted), not pushed by hand
   for i, entry in ipairs(taken) do
     local digest = digest_of(entry)
