@@ -2,7 +2,9 @@
 heartbeat, and acknowledge, retry or dead-letter each one.
 
 One asyncio loop does the scheduling. Store calls are blocking and run on a small thread
-pool; sync handlers run on ``concurrency`` daemon threads, async handlers on the loop.
+pool; sync handlers run on ``concurrency`` daemon threads, async handlers on the loop. Both
+pools hand their finished calls back to the loop in bursts (``DaemonThreadPool.call``): for
+one-item batches and jobs, the hops between threads, not the store, were the cost.
 The loop sleeps until the earliest deadline in the store, a producer's wake-up, a finished
 handler or a stop request, never on a fixed poll interval (a two second cap only guards
 against a lost wake-up message). Free slots go to due batches earliest deadline first,
@@ -116,8 +118,11 @@ class Worker:
         batchers: The batchers and job queues (``Jobs``) to serve, at least one, each
             with a handler (a job queue: at least one function) and a name of its own. Free
             slots go to their due batches and jobs earliest deadline first.
-        concurrency: How many batches run at once, across all batchers; each sync handler
-            call takes one of this many handler threads. An integer, at least 1; default 16.
+        concurrency: How many handlers (or job functions) run at once, across all batchers;
+            each sync handler call takes one of this many handler threads. A batch holds its
+            slot from its claim until its handler returns; writing its outcome does not (at
+            most ``concurrency`` more batches may be waiting for that). An integer, at least
+            1; default 16.
         clock: The time in integer epoch milliseconds; tests inject a fake one. Default:
             the system clock.
         handle_signals: Install SIGTERM and SIGINT handlers while running: the first signal
