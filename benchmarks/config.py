@@ -31,8 +31,10 @@ class Sizes:
     e2e_items: int = 100_000
     e2e_celery_items: int = 5_000
     e2e_workers: tuple[int, ...] = (1, 2)
-    e2e_single_items: int = 5_000
+    e2e_single_items: int = 20_000
     """Items (= keys = batches) of the 1-item-batch case: a worker's batches per second."""
+    jobs_items: int = 20_000
+    """No-op jobs of figure 11: a worker's jobs per second."""
     batch_size: int = 100
     max_wait: float = 1.0
 
@@ -89,6 +91,7 @@ QUICK = Sizes(
     e2e_items=10_000,
     e2e_celery_items=2_000,
     e2e_single_items=2_000,
+    jobs_items=2_000,
     late_keys=2_000,
     late_spread=1.5,
     due_sizes=(1_000, 10_000),

@@ -20,6 +20,9 @@ ASYNC_ITEMS_PER_SECOND = 50_000
 """1,000 coroutines of one event loop add at least this many items/s on Redis."""
 THREADS_SPEED_UP = 4.0
 """16 threads of one producer add at least this many times one thread's items/s."""
+PER_WORKER = 15_000.0
+"""One worker process runs at least this many one-item batches, or no-op jobs, a second on
+Redis (issue 11 item 4)."""
 FLATNESS = 2.0
 """'Flat' for finding due work: the largest size costs at most this many times the smallest."""
 
@@ -89,6 +92,14 @@ def _check(ms: list[Measurement], sizes: Sizes) -> list[Target]:
             "" if sizes.late_keys >= 10_000 else " (quick: fewer than 10,000)"
         )
         targets.append(Target("p99 lateness", m.subject, f"{m.value:.1f} ms", "< 20 ms", m.value < 20, keys))
+    for m in redbatch:
+        one_item = m.figure.startswith("3.") and "1-item" in m.case
+        if m.subject == REDBATCH_REDIS and (one_item or m.figure.startswith("11.")):
+            assert m.value is not None
+            name = "1-item batches per worker" if one_item else "jobs per worker"
+            shown = f"{format_value(m.value, m.unit)}/s"
+            goal = f">= {PER_WORKER:,.0f}/s"
+            targets.append(Target(name, m.subject, shown, goal, m.value >= PER_WORKER, m.note))
     targets += _flatness(redbatch)
     for m in (m for m in redbatch if m.figure.startswith("7.")):
         assert m.value is not None

@@ -2,7 +2,9 @@
 
 It runs ``redbatch.Worker`` in its main thread (so SIGTERM stops it gracefully) with a
 handler that records each batch in the harness' ledger: the item count, and optionally each
-item's lateness (handed over minus arrival plus ``max_wait``) or sequence number. Errors the
+item's lateness (handed over minus arrival plus ``max_wait``) or sequence number. With
+``--jobs`` it serves a job queue (``redbatch.Jobs``) named ``--name`` instead, whose one
+function, ``noop``, records one item per job. Errors the
 worker logs are counted in the ledger too, and the figures flag them.
 """
 
@@ -26,6 +28,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-wait", type=float, default=1.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--record", choices=("count", "lateness", "seqs"), default="count")
+    parser.add_argument("--jobs", action="store_true", help="serve a job queue with a no-op function")
     return parser.parse_args(argv)
 
 
@@ -47,6 +50,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     ledger = Ledger(args.stats)
     logging.getLogger().addHandler(_ErrorCounter(ledger))
     store = redbatch.connect(args.store)
+    if args.jobs:
+        jobs = redbatch.Jobs(store, args.name)
+
+        @jobs.function
+        def noop(params: object, ctx: redbatch.JobContext) -> None:
+            ledger.record(1)
+
+        _serve(store, jobs, args.concurrency, ledger)
+        return
     batcher = redbatch.Batcher(store, args.name, max_items=args.max_items, max_wait=args.max_wait)
     max_wait = args.max_wait
 
@@ -61,7 +73,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         else:
             ledger.record(len(batch.items))
 
-    worker = redbatch.Worker(store, [batcher], concurrency=args.concurrency)
+    _serve(store, batcher, args.concurrency, ledger)
+
+
+def _serve(
+    store: redbatch.Store, served: redbatch.Batcher | redbatch.Jobs, concurrency: int, ledger: Ledger
+) -> None:
+    worker = redbatch.Worker(store, [served], concurrency=concurrency)
     ledger.ready()
     try:
         worker.run()

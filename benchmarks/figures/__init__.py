@@ -20,6 +20,7 @@ NAMES: dict[str, str] = {
     "add_threads": "benchmarks.figures.add_threads",
     "sqlite_sync": "benchmarks.figures.sqlite_sync",
     "add_async": "benchmarks.figures.add_async",
+    "jobs": "benchmarks.figures.jobs_worker",
 }
 
 

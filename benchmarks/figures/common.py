@@ -140,11 +140,15 @@ def start_redbatch_workers(
     max_items: int = 100,
     max_wait: float = 1.0,
     concurrency: int = 16,
+    jobs: bool = False,
+    name: str = "bench",
 ) -> list[subprocess.Popen[bytes]]:
-    """Start ``count`` worker processes and wait until each said it is ready."""
+    """Start ``count`` worker processes and wait until each said it is ready (``jobs``:
+    serving the job queue ``name`` with a no-op function, not a batcher)."""
     args = [
         "--store", store_url, "--stats", ctx.stats_url, "--max-items", str(max_items),
         "--max-wait", str(max_wait), "--record", record, "--concurrency", str(concurrency),
+        "--name", name, *(["--jobs"] if jobs else []),
     ]  # fmt: skip
     workers = [children.module("benchmarks.worker_proc", args) for _ in range(count)]
     _wait_ready(ctx, workers, count, "redbatch worker")

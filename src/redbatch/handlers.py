@@ -22,13 +22,13 @@ import logging
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
 
 from redbatch.batcher import Batcher
+from redbatch.daemon_pool import DaemonThreadPool
 from redbatch.errors import ItemsFailed
 from redbatch.hooks import HandlerOutcome
 from redbatch.stores.base import Store
@@ -87,7 +87,9 @@ def decode_batch(claimed: ClaimedBatch) -> Batch:
     )
 
 
-async def run_handler(batcher: Batcher, claimed: ClaimedBatch, batch: Batch, pool: Executor) -> HandlerRun:
+async def run_handler(
+    batcher: Batcher, claimed: ClaimedBatch, batch: Batch, pool: DaemonThreadPool
+) -> HandlerRun:
     """Call ``batcher``'s handler on ``batch`` to its end and say how it ended."""
     assert batcher.handler_fn is not None
     run, _ = await run_call(
@@ -98,7 +100,7 @@ async def run_handler(batcher: Batcher, claimed: ClaimedBatch, batch: Batch, poo
 
 
 async def run_call(fn: Callable[..., Any], args: tuple[Any, ...], is_async: bool, timeout: float | None,
-                   pool: Executor, label: str) -> tuple[HandlerRun, Any]:  # fmt: skip
+                   pool: DaemonThreadPool, label: str) -> tuple[HandlerRun, Any]:  # fmt: skip
     """Call ``fn(*args)`` (a handler or a job function) to its end: how it ended, and what
     it returned (None unless it succeeded).
 
@@ -126,7 +128,7 @@ async def run_call(fn: Callable[..., Any], args: tuple[Any, ...], is_async: bool
 
 
 async def _call_handler(fn: Callable[..., Any], args: tuple[Any, ...], is_async: bool, timeout: float | None,
-                        pool: Executor, label: str) -> tuple[bool, Any]:  # fmt: skip
+                        pool: DaemonThreadPool, label: str) -> tuple[bool, Any]:  # fmt: skip
     """Run the function to its end: (True, None) when it ran past ``timeout``, else
     (False, what it returned).
 
@@ -139,7 +141,7 @@ async def _call_handler(fn: Callable[..., Any], args: tuple[Any, ...], is_async:
     if is_async:
         result = fn(*args)
     else:
-        call = loop.run_in_executor(pool, fn, *args)
+        call = pool.call(fn, *args)
         if await _sync_timed_out(call, timeout, label, deadline):
             return True, None
         result = call.result()
@@ -253,7 +255,7 @@ class Served(Protocol):
     @property
     def configured(self) -> QueueSpec: ...
     def adopt_rules(self, rules: QueueSpec) -> None: ...
-    async def attempt(self, claimed: ClaimedBatch, pool: Executor) -> Attempt: ...
+    async def attempt(self, claimed: ClaimedBatch, pool: DaemonThreadPool) -> Attempt: ...
     def retry_at(self, claimed: ClaimedBatch, now_ms: int) -> int | None: ...
     def finish(self, dones: Sequence[Any], now_ms: int) -> list[bool]: ...
     def housekeeping(self, now_ms: int) -> None: ...
@@ -278,7 +280,7 @@ class BatchQueue:
     def adopt_rules(self, rules: QueueSpec) -> None:
         self.batcher.adopt_rules(rules)
 
-    async def attempt(self, claimed: ClaimedBatch, pool: Executor) -> Attempt:
+    async def attempt(self, claimed: ClaimedBatch, pool: DaemonThreadPool) -> Attempt:
         try:
             batch = decode_batch(claimed)
         except ValueError as exc:  # retrying cannot repair it: straight to dead letters

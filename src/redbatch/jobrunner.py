@@ -8,14 +8,14 @@ job succeeded, was cancelled, or (a chain) advances to its next step in the same
 
 from __future__ import annotations
 
-import asyncio
+import functools
 from collections.abc import Sequence
-from concurrent.futures import Executor
 from typing import Any
 
 import orjson
 
 from redbatch.checks import encode_item
+from redbatch.daemon_pool import DaemonThreadPool
 from redbatch.errors import InvalidItem, JobCancelled
 from redbatch.handlers import Attempt, Failure, handler_failure, run_call
 from redbatch.jobrecords import JobOutcome, JobStatus, Lane, OutcomeKind, lane_score
@@ -43,15 +43,17 @@ class JobQueue:
     def configured(self) -> QueueSpec:
         return self.jobs.configured
 
-    @property
+    @functools.cached_property
     def _store(self) -> JobStore:
+        # Checked once: isinstance against a runtime-checkable Protocol walks its members,
+        # a cost that showed per job when jobs are many and quick.
         assert isinstance(self.store, JobStore)
         return self.store
 
     def adopt_rules(self, rules: QueueSpec) -> None:
         self.jobs.adopt_rules(rules)
 
-    async def attempt(self, claimed: ClaimedBatch, pool: Executor) -> Attempt:
+    async def attempt(self, claimed: ClaimedBatch, pool: DaemonThreadPool) -> Attempt:
         try:
             payload = Payload.decode(claimed.payloads[0])
         except ValueError as exc:  # retrying cannot repair it: straight to dead letters
@@ -67,9 +69,7 @@ class JobQueue:
         ctx = JobContext(self._store, self.spec, claimed.lease, claimed.attempt, payload.step, payload.group)
         params = payload.params
         if payload.callback_of is not None:
-            params = await asyncio.get_running_loop().run_in_executor(
-                pool, self._group_done, payload.callback_of
-            )
+            params = await pool.call(self._group_done, payload.callback_of)
         timeout = payload.timeout if payload.timeout is not None else self.jobs.timeout
         label = f"job {claimed.lease.key} ({payload.fn}) of {self.jobs.name}"
         run, value = await run_call(fn, (params, ctx), is_async, timeout, pool, label)

@@ -2,7 +2,9 @@
 heartbeat, and acknowledge, retry or dead-letter each one.
 
 One asyncio loop does the scheduling. Store calls are blocking and run on a small thread
-pool; sync handlers run on ``concurrency`` daemon threads, async handlers on the loop.
+pool; sync handlers run on ``concurrency`` daemon threads, async handlers on the loop. Both
+pools hand their finished calls back to the loop in bursts (``DaemonThreadPool.call``): for
+one-item batches and jobs, the hops between threads, not the store, were the cost.
 The loop sleeps until the earliest deadline in the store, a producer's wake-up, a finished
 handler or a stop request, never on a fixed poll interval (a two second cap only guards
 against a lost wake-up message). Free slots go to due batches earliest deadline first,
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import heapq
 import logging
 import signal
@@ -117,8 +118,11 @@ class Worker:
         batchers: The batchers and job queues (``Jobs``) to serve, at least one, each
             with a handler (a job queue: at least one function) and a name of its own. Free
             slots go to their due batches and jobs earliest deadline first.
-        concurrency: How many batches run at once, across all batchers; each sync handler
-            call takes one of this many handler threads. An integer, at least 1; default 16.
+        concurrency: How many handlers (or job functions) run at once, across all batchers;
+            each sync handler call takes one of this many handler threads. A batch holds its
+            slot from its claim until its handler returns; writing its outcome does not (at
+            most ``concurrency`` more batches may be waiting for that). An integer, at least
+            1; default 16.
         clock: The time in integer epoch milliseconds; tests inject a fake one. Default:
             the system clock.
         handle_signals: Install SIGTERM and SIGINT handlers while running: the first signal
@@ -171,7 +175,8 @@ class Worker:
         self.handle_signals = handle_signals
         self.hooks = hooks if hooks is not None else WorkerHooks()
         self.counters = WorkerCounters()
-        self._running: dict[str, _Running] = {}  # by batch id
+        self._running: dict[str, _Running] = {}  # by batch id: handlers running, outcomes being written
+        self._handling = 0  # of those, the ones whose handler has not returned: what concurrency caps
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested = threading.Event()
         self._stop_event: asyncio.Event | None = None
@@ -240,7 +245,7 @@ class Worker:
         self._changed = asyncio.Event()
         if self._stop_requested.is_set():
             self._stop_event.set()
-        self._store_pool = ThreadPoolExecutor(6, thread_name_prefix="redbatch-store")
+        self._store_pool = DaemonThreadPool(6, thread_name_prefix="redbatch-store")
         self._handler_pool = DaemonThreadPool(self.concurrency, thread_name_prefix="redbatch-handler")
         self._wake_pool = ThreadPoolExecutor(1, thread_name_prefix="redbatch-wake")
         self._install_signal_handlers()
@@ -330,7 +335,13 @@ class Worker:
             stopped.cancel()
 
     def _free_slots(self) -> int:
-        return self.concurrency - len(self._running)
+        """Batches to claim now: a slot is a handler's, from its claim until it returns.
+
+        A batch whose outcome is being written holds no slot (its handler is done), so the
+        next claim overlaps the last acknowledgement; at most ``concurrency`` such batches
+        wait on the store, which keeps a slow store from piling them up.
+        """
+        return min(self.concurrency - self._handling, 2 * self.concurrency - len(self._running))
 
     async def _claim_round(self, rotation: int) -> int:
         free = self._free_slots()
@@ -413,6 +424,7 @@ class Worker:
             return
         running = _Running(served, claimed)
         self._running[claimed.lease.batch_id] = running
+        self._handling += 1
         running.task = asyncio.create_task(self._run(running), name=f"redbatch-{claimed.lease.batch_id}")
 
     async def _run(self, running: _Running) -> None:
@@ -430,6 +442,8 @@ class Worker:
             fields = batch_fields(running.served.name, running.claimed)
             log.exception("could not record the outcome of batch %s", fields["batch_id"], extra=fields)
         finally:
+            if not running.settling:  # abandoned, or failed before its outcome was written
+                self._handling -= 1
             if self._running.get(running.claimed.lease.batch_id) is running:
                 del self._running[running.claimed.lease.batch_id]
             assert self._changed is not None
@@ -448,6 +462,9 @@ class Worker:
     async def _settle(self, running: _Running, attempt: Attempt) -> None:
         served, claimed = running.served, running.claimed
         running.settling = True
+        self._handling -= 1
+        assert self._changed is not None
+        self._changed.set()  # its slot is free: claim the next batch while this one is written
         lease = claimed.lease
         now = self.clock()
         outcome: SettleOutcome
@@ -513,10 +530,12 @@ class Worker:
                     held = await self._call(served.finish, results, self.clock())
                 except Exception as exc:  # noqa: BLE001 - handed to every waiter in the group
                     for _, done in group:
-                        done.set_exception(exc)
+                        if not done.done():
+                            done.set_exception(exc)
                     continue
                 for (_, done), ok in zip(group, held, strict=True):
-                    done.set_result(ok)
+                    if not done.done():  # its batch was abandoned while on its way
+                        done.set_result(ok)
         finally:
             del self._ackers[served.name]
 
@@ -624,4 +643,4 @@ class Worker:
 
     async def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a blocking store call on the store pool; typed, so a protocol change shows."""
-        return await self._loop_().run_in_executor(self._store_pool, functools.partial(fn, *args, **kwargs))
+        return await self._store_pool.call(fn, *args, **kwargs)

@@ -9,13 +9,11 @@ local max_items, max_wait, idle = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber
 local held, batches, items, wake = {}, 0, 0, false
 for i = 7, #ARGV, 3 do
   local key = ARGV[i]
-  local kh = base .. 'k:' .. key
-  if holds(kh, ARGV[i + 1], ARGV[i + 2]) then
-    items = items + tonumber(redis.call('HGET', kh, 'n'))
+  local b = redis.call('HMGET', base .. 'k:' .. key, 'bid', 'tok', 'st', 'n') -- holds(), and n
+  if b[1] == ARGV[i + 1] and b[2] == ARGV[i + 2] and b[3] == 'run' then
+    items = items + tonumber(b[4])
     batches = batches + 1
-    redis.call('DEL', base .. 'b:' .. key)
-    redis.call('HDEL', kh, unpack(BATCH_FIELDS))
-    if reschedule(base, due, key, now, max_items, max_wait, idle) then wake = true end
+    if end_batch(base, due, key, now, max_items, max_wait, idle) then wake = true end
     held[#held + 1] = 1
   else
     held[#held + 1] = 0

@@ -27,6 +27,8 @@ local max_wait, idle, max_attempts = tonumber(ARGV[6]), tonumber(ARGV[7]), tonum
 local dedupe, lost_error, channel = ARGV[9] == '1', ARGV[10], ARGV[11]
 local jobs = ARGV[12] == '1'
 local result, next_id, wake = {}, 13, false
+-- Counter changes, written once at the end rather than per key.
+local moved = {buffered_items = 0, in_flight = 0, retrying = 0}
 
 local function unframed(i, n)
   return 'corrupt data: entry ' .. i .. ' of ' .. n .. ' is not framed "arrived_ms:digest:json"'
@@ -41,13 +43,23 @@ local function corruption(entries)
 end
 
 -- Move a key's oldest pending entries into a new batch; returns them ({} when there were
--- none) and, when one of them is not framed, why the batch cannot be handed out.
+-- none) and, when one of them is not framed, why the batch cannot be handed out. The
+-- batch's fields are the caller's to write (one HSET with its lease).
 local function take_pending(key, kh)
   local items = base .. 'i:' .. key
-  local taken = redis.call('LRANGE', items, 0, max_items - 1)
-  if #taken == 0 then return taken, nil end
-  redis.call('LTRIM', items, #taken, -1)
-  push_all(base .. 'b:' .. key, taken, false)
+  -- One entry more than a batch holds: it says whether any stay behind, and its arrival is
+  -- the key's new oldest. None left: the list becomes the batch's (an idle key has none).
+  local taken = redis.call('LRANGE', items, 0, max_items)
+  local rest = taken[max_items + 1]
+  if rest then
+    taken[max_items + 1] = nil
+    redis.call('LTRIM', items, max_items, -1)
+    push_all(base .. 'b:' .. key, taken, false)
+  elseif #taken > 0 then
+    redis.call('RENAME', items, base .. 'b:' .. key)
+  else
+    return taken, nil
+  end
   local counted, corrupt = 0, nil -- entries append.lua wrote (and counted), not pushed by hand
   for i, entry in ipairs(taken) do
     local digest = digest_of(entry)
@@ -58,7 +70,6 @@ local function take_pending(key, kh)
       corrupt = unframed(i, #taken)
     end
   end
-  local rest = redis.call('LINDEX', items, 0)
   if rest then
     local first = arrival(rest) or now -- unframed: dead-lettered when its batch is claimed
     redis.call('HSET', kh, 'first', first)
@@ -67,9 +78,7 @@ local function take_pending(key, kh)
     redis.call('HDEL', kh, 'first', 'last')
     redis.call('ZREM', age, key)
   end
-  if counted > 0 then redis.call('HINCRBY', stats, 'buffered_items', -counted) end -- Lua's -0 is '-0'
-  redis.call('HSET', kh, 'bid', ARGV[next_id], 'attempt', 0, 'created', now, 'n', #taken)
-  next_id = next_id + 1
+  moved.buffered_items = moved.buffered_items - counted
   return taken, corrupt
 end
 
@@ -91,7 +100,7 @@ while #result < limit and next_id <= #ARGV do
   for _, key in ipairs(keys) do
     if next_id > #ARGV then break end
     local kh = base .. 'k:' .. key
-    local b = redis.call('HMGET', kh, 'st', 'attempt')
+    local b = redis.call('HMGET', kh, 'st', 'attempt', 'bid', 'created')
     local st = b[1]
     local leased, entries, corrupt, row = true, nil, nil, 'reclaim'
     local allowed = max_attempts
@@ -100,7 +109,7 @@ while #result < limit and next_id <= #ARGV do
     end
     if st == 'run' and tonumber(b[2]) >= allowed then -- bury_lapsed
       local bid = bury(base, dead, key, lost_error, now)
-      redis.call('HINCRBY', stats, 'in_flight', -1)
+      moved.in_flight = moved.in_flight - 1
       if reschedule(base, due, key, now, max_items, max_wait, idle) then wake = true end
       leased = false
       if jobs then
@@ -110,8 +119,8 @@ while #result < limit and next_id <= #ARGV do
       end
     elseif st == 'wait' then -- claim_retry
       row = 'claim_retry'
-      redis.call('HINCRBY', stats, 'retrying', -1)
-      redis.call('HINCRBY', stats, 'in_flight', 1)
+      moved.retrying = moved.retrying - 1
+      moved.in_flight = moved.in_flight + 1
     elseif not st then -- claim: the entries just taken, checked as they were taken
       row = 'claim'
       entries, corrupt = take_pending(key, kh)
@@ -120,7 +129,12 @@ while #result < limit and next_id <= #ARGV do
         redis.call('DEL', kh)
         leased = false
       else
-        redis.call('HINCRBY', stats, 'in_flight', 1)
+        moved.in_flight = moved.in_flight + 1
+        b[2], b[3], b[4] = 0, ARGV[next_id], now -- the new batch: attempt, id, created
+        next_id = next_id + 1
+        if corrupt then -- bury reads its fields from the key
+          redis.call('HSET', kh, 'bid', b[3], 'attempt', 0, 'created', now, 'n', #entries)
+        end
       end
     end -- else 'run' with attempts left: reclaim, a lost worker's batch leased again
     if leased and not entries then -- a retry or a reclaim: its batch as it was left
@@ -129,19 +143,26 @@ while #result < limit and next_id <= #ARGV do
     end
     if corrupt then -- buried as by fail_dead, never leased
       local bid = bury(base, dead, key, corrupt, now)
-      redis.call('HINCRBY', stats, 'in_flight', -1)
+      moved.in_flight = moved.in_flight - 1
       if reschedule(base, due, key, now, max_items, max_wait, idle) then wake = true end
       if jobs and job_buried(key, bid, corrupt) then wake = true end
     elseif leased then
       local token = redis.call('INCR', seq)
-      local attempt = redis.call('HINCRBY', kh, 'attempt', 1)
-      redis.call('HSET', kh, 'st', 'run', 'tok', token)
+      local attempt = tonumber(b[2]) + 1
+      if row == 'claim' then
+        redis.call('HSET', kh, 'bid', b[3], 'created', now, 'n', #entries, 'attempt', attempt,
+          'st', 'run', 'tok', token)
+      else
+        redis.call('HSET', kh, 'attempt', attempt, 'st', 'run', 'tok', token)
+      end
       redis.call('ZADD', due, now + lease_ms, key)
-      local meta = redis.call('HMGET', kh, 'bid', 'created')
-      result[#result + 1] = {key, meta[1], attempt, token, tonumber(meta[2]), entries}
+      result[#result + 1] = {key, b[3], attempt, token, tonumber(b[4]), entries}
       if jobs then job_moves(base, key, row, now, {attempt = attempt, started = ms(now)}) end
     end
   end
+end
+for counter, change in pairs(moved) do
+  if change ~= 0 then redis.call('HINCRBY', stats, counter, change) end -- Lua's -0 is '-0'
 end
 if wake then redis.call('PUBLISH', channel, '1') end
 return result

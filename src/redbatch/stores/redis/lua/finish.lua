@@ -17,20 +17,21 @@ local held, batches, items, wake = {}, 0, 0, false
 for i = 7, #ARGV, 8 do
   local key, kind, result = ARGV[i], ARGV[i + 3], ARGV[i + 4]
   local kh = base .. 'k:' .. key
-  if holds(kh, ARGV[i + 1], ARGV[i + 2]) then
-    items = items + tonumber(redis.call('HGET', kh, 'n'))
+  local b = redis.call('HMGET', kh, 'bid', 'tok', 'st', 'n') -- holds(), and n
+  if b[1] == ARGV[i + 1] and b[2] == ARGV[i + 2] and b[3] == 'run' then
+    items = items + tonumber(b[4])
     batches = batches + 1
-    redis.call('DEL', base .. 'b:' .. key)
-    redis.call('HDEL', kh, unpack(BATCH_FIELDS))
     local row, fields = 'finish_cancelled', {finished = ms(now)}
     if kind == 'advance' then
+      redis.call('DEL', base .. 'b:' .. key)
+      redis.call('HDEL', kh, unpack(BATCH_FIELDS))
       if job_enqueue(base, key, ARGV[i + 5], tonumber(ARGV[i + 6]), now) then wake = true end
       local step = tonumber(redis.call('HGET', base .. 'j:' .. key, 'step')) or 0
       row = 'finish_advance'
       fields = {step = step + 1, attempt = 0, ['function'] = ARGV[i + 7], payload = ARGV[i + 5],
         progress = '', message = '', started = ''}
     else
-      if reschedule(base, due, key, now, max_items, max_wait, idle) then wake = true end
+      if end_batch(base, due, key, now, max_items, max_wait, idle) then wake = true end
       if kind == 'succeeded' then
         row, fields.progress = 'finish_succeeded', '1'
       end

@@ -126,6 +126,21 @@ local function reschedule(base, due, key, now, max_items, max_wait, idle)
   return wakes(deadline, head, now)
 end
 
+-- A running batch of a key ended (ack): drop it, then schedule the key's pending items or
+-- forget the key, as reschedule does. A key with nothing pending is deleted whole, its batch
+-- fields with it. Returns true when workers should be woken (see wakes).
+local function end_batch(base, due, key, now, max_items, max_wait, idle)
+  local kh = base .. 'k:' .. key
+  if redis.call('LLEN', base .. 'i:' .. key) == 0 then
+    redis.call('ZREM', due, key)
+    redis.call('DEL', kh, base .. 'b:' .. key, base .. 'd:' .. key)
+    return false
+  end
+  redis.call('DEL', base .. 'b:' .. key)
+  redis.call('HDEL', kh, unpack(BATCH_FIELDS))
+  return reschedule(base, due, key, now, max_items, max_wait, idle)
+end
+
 -- Move the current batch of a key to dead letters with an error; returns its batch id.
 local function bury(base, dead, key, error, now)
   local kh = base .. 'k:' .. key
