@@ -19,11 +19,6 @@ for i = 7, #ARGV, 3 do
     held[#held + 1] = 0
   end
 end
-if batches > 0 then
-  redis.call('HINCRBY', stats, 'in_flight', -batches)
-  redis.call('HINCRBY', stats, 'flushed_batches', batches)
-  redis.call('HINCRBY', stats, 'flushed_items', items)
-  redis.call('HSET', stats, 'last_flush_at', now)
-end
+count_acked(stats, batches, items, now)
 if wake then redis.call('PUBLISH', ARGV[6], '1') end
 return held

@@ -126,6 +126,17 @@ local function reschedule(base, due, key, now, max_items, max_wait, idle)
   return wakes(deadline, head, now)
 end
 
+-- The ack transition's counters (redbatch.engine TRANSITIONS['ack']), for `batches`
+-- acknowledged batches holding `items` items in all: ack.lua and finish.lua (jobs) both end
+-- batches this way.
+local function count_acked(stats, batches, items, now)
+  if batches == 0 then return end
+  redis.call('HINCRBY', stats, 'in_flight', -batches)
+  redis.call('HINCRBY', stats, 'flushed_batches', batches)
+  redis.call('HINCRBY', stats, 'flushed_items', items)
+  redis.call('HSET', stats, 'last_flush_at', now)
+end
+
 -- A running batch of a key ended (ack): drop it, then schedule the key's pending items or
 -- forget the key, as reschedule does. A key with nothing pending is deleted whole, its batch
 -- fields with it. Returns true when workers should be woken (see wakes).
