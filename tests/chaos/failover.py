@@ -23,6 +23,7 @@ checker reads to attribute lost items to a failover.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -33,7 +34,7 @@ from typing import Any, Protocol
 import orjson
 import redis
 
-from tests.servers import RedisClusterGroup, RedisServer, SentinelGroup
+from tests.servers import RedisClusterGroup, RedisServer, SentinelGroup, log_to
 
 TOPOLOGIES = ("cluster", "sentinel")
 PROMOTE_TIMEOUT = 30.0
@@ -60,6 +61,33 @@ def link_up(server: RedisServer) -> bool:
     return info.get("role") == "slave" and info.get("master_link_status") == "up"
 
 
+REPLICATION_FIELDS = (
+    "role", "master_port", "master_link_status", "master_link_down_since_seconds",
+    "master_sync_in_progress", "slave_repl_offset", "master_repl_offset", "master_replid",
+    "master_replid2", "second_repl_offset", "connected_slaves",
+)  # fmt: skip
+
+
+def replication(servers: list[RedisServer]) -> dict[str, dict[str, Any]]:
+    """What ``INFO replication`` of each server says now (by port; dead ones say so): the
+    offsets show how far each replica was behind its master when a failover began."""
+    seen: dict[str, dict[str, Any]] = {}
+    for server in servers:
+        if not server.running:
+            seen[str(server.port)] = {"running": False}
+            continue
+        client = probe(server.port)
+        try:
+            info = client.info("replication")
+        except redis.RedisError as exc:
+            seen[str(server.port)] = {"error": str(exc)}
+            continue
+        finally:
+            client.close()
+        seen[str(server.port)] = {name: info[name] for name in REPLICATION_FIELDS if name in info}
+    return seen
+
+
 class Topology(Protocol):
     """What the driver needs of a set of servers that can fail over."""
 
@@ -69,6 +97,7 @@ class Topology(Protocol):
     def promoted(self, killed: int) -> int | None: ...
     def rejoin(self, killed: int, master: int) -> None: ...
     def rejoined(self, killed: int) -> bool: ...
+    def observe(self) -> dict[str, Any]: ...
     def stop(self) -> None: ...
 
 
@@ -111,6 +140,9 @@ class ClusterTopology:
 
     def rejoined(self, killed: int) -> bool:
         return link_up(self.group.server(killed)) and self.group._ready()
+
+    def observe(self) -> dict[str, Any]:
+        return {"replication": replication(self.group.servers or [])}
 
     def stop(self) -> None:
         self.group.stop()
@@ -155,11 +187,27 @@ class SentinelTopology:
     def rejoin(self, killed: int, master: int) -> None:
         assert self.group.servers is not None
         old = self.group.server(killed)
-        replica = RedisServer(killed, old.directory, ("--replicaof", "127.0.0.1", str(master)))
+        replica = RedisServer(
+            killed, old.directory, (*log_to(old.directory), "--replicaof", "127.0.0.1", str(master))
+        )
         self.group.servers[self.group.servers.index(old)] = replica.start()
 
     def rejoined(self, killed: int) -> bool:
         return link_up(self.group.server(killed))
+
+    def observe(self) -> dict[str, Any]:
+        """Each server's replication, and the master each Sentinel names (they may differ)."""
+        named: dict[str, Any] = {}
+        for port in self.group.sentinel_ports or []:
+            client = probe(port)
+            try:
+                address = client.sentinel_get_master_addr_by_name(self.group.service)
+                named[str(port)] = int(address[1]) if address else None
+            except redis.RedisError as exc:
+                named[str(port)] = str(exc)
+            finally:
+                client.close()
+        return {"replication": replication(self.group.servers or []), "sentinels_name": named}
 
     def stop(self) -> None:
         self.group.stop()
@@ -186,6 +234,9 @@ class FailoverRecord:
     rejoined_at: float | None = None
     promote_seconds: float | None = None
     timed_out: str = ""  # "promote" or "rejoin" when that step did not finish in time
+    load: tuple[float, float, float] = (0.0, 0.0, 0.0)  # os.getloadavg() at the kill
+    at_kill: dict[str, Any] = field(default_factory=dict)  # Topology.observe() just before it
+    at_promote: dict[str, Any] = field(default_factory=dict)  # and once a master was promoted
     _deadline: float = field(default=0.0, repr=False)
 
 
@@ -219,8 +270,10 @@ class FailoverDriver:
         if self.current is not None:
             return
         port = self.rng.choice(self.topology.master_ports())
+        seen, load = self.topology.observe(), os.getloadavg()
         slots = self.topology.kill(port)
-        self.current = FailoverRecord(len(self.done) + 1, port, time.time(), self.keys_in(slots))
+        self.current = FailoverRecord(len(self.done) + 1, port, time.time(), self.keys_in(slots), load=load)
+        self.current.at_kill = seen
         self.current._deadline = time.monotonic() + PROMOTE_TIMEOUT
 
     def poll(self) -> None:
@@ -236,6 +289,7 @@ class FailoverDriver:
                 return
             current.promoted_port, current.promoted_at = master, time.time()
             current.promote_seconds = round(current.promoted_at - current.killed_at, 3)
+            current.at_promote = self.topology.observe()
             self.topology.rejoin(current.killed_port, master)
             current._deadline = time.monotonic() + REJOIN_TIMEOUT
         elif self.topology.rejoined(current.killed_port):

@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import heapq
 import itertools
+import os
 import random
 import signal
 import subprocess
@@ -200,6 +201,7 @@ class ChaosRun:
     def run(self) -> dict[str, Any]:
         config = self.config
         started = time.monotonic()
+        load_at_start = os.getloadavg()  # the machine is shared: a starved one lags replicas
         self.deadline = time.time() + config.seconds + config.drain_seconds + 120
         try:
             self.reaper = Reaper()
@@ -226,6 +228,8 @@ class ChaosRun:
         summary |= {
             "seconds": config.seconds,
             "wall_seconds": round(time.monotonic() - started, 1),
+            "load_at_start": [round(n, 2) for n in load_at_start],
+            "load_at_end": [round(n, 2) for n in os.getloadavg()],
             "faults": sorted(config.faults),
             "topology": config.topology,
             "appendfsync": config.appendfsync,
