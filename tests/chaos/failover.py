@@ -24,9 +24,11 @@ checker reads to attribute lost items to a failover.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from random import Random
 from typing import Any, Protocol
@@ -59,6 +61,29 @@ def link_up(server: RedisServer) -> bool:
     finally:
         client.close()
     return info.get("role") == "slave" and info.get("master_link_status") == "up"
+
+
+# A Sentinel that leads a failover logs the moment it tells a replica to become the master:
+# "<pid>:X 25 Nov 2026 11:27:35.194 * +failover-state-send-slaveof-noone slave 127.0.0.1:P
+# 127.0.0.1 P @ mymaster 127.0.0.1 OLD" (the time is the machine's local time, to the ms).
+_PROMOTING = re.compile(
+    rb"^\d+:X (\d+ \w+ \d+ [\d:.]+) . \+failover-state-send-slaveof-noone "
+    rb"slave \S+ \S+ (\d+) @ \S+ \S+ (\d+)",
+    re.MULTILINE,
+)
+SAME_FAILOVER = 30.0  # a promotion this soon after the harness killed its old master is that kill's
+
+
+def sentinel_promotions(logs: list[Path]) -> list[tuple[float, int, int]]:
+    """Every promotion the Sentinels' logs tell of: (time.time() of it, old master, new master)."""
+    found = set()
+    for log in logs:
+        if not log.exists():
+            continue
+        for when, new, old in _PROMOTING.findall(log.read_bytes()):
+            at = datetime.strptime(when.decode(), "%d %b %Y %H:%M:%S.%f").timestamp()
+            found.add((round(at, 3), int(old), int(new)))
+    return sorted(found)
 
 
 REPLICATION_FIELDS = (
@@ -195,6 +220,11 @@ class SentinelTopology:
     def rejoined(self, killed: int) -> bool:
         return link_up(self.group.server(killed))
 
+    def promotions(self) -> list[tuple[float, int, int]]:
+        """Every promotion the Sentinels made, the harness's kills' and any other."""
+        folders = [self.group.directory / f"sentinel{n}" for n in range(self.group.sentinels)]
+        return sentinel_promotions([folder / "sentinel.log" for folder in folders])
+
     def observe(self) -> dict[str, Any]:
         """Each server's replication, and the master each Sentinel names (they may differ)."""
         named: dict[str, Any] = {}
@@ -234,6 +264,7 @@ class FailoverRecord:
     rejoined_at: float | None = None
     promote_seconds: float | None = None
     timed_out: str = ""  # "promote" or "rejoin" when that step did not finish in time
+    unplanned: bool = False  # a Sentinel failed over a live master: no kill, killed_at = promotion
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)  # os.getloadavg() at the kill
     at_kill: dict[str, Any] = field(default_factory=dict)  # Topology.observe() just before it
     at_promote: dict[str, Any] = field(default_factory=dict)  # and once a master was promoted
@@ -316,10 +347,33 @@ class FailoverDriver:
         self.done.append(self.current)
         self.current = None
 
+    def record_unplanned(self) -> None:
+        """Add to the records the failovers no kill of the harness caused: a Sentinel that
+        found a live master slow to answer and promoted a replica. The old master stays a
+        master, taking writes from clients still connected to it, until the clients leave
+        it (redbatch asks the Sentinels each second) or Sentinel makes it a replica; what it
+        took meanwhile is dropped when it resyncs. Its "kill" is the promotion's moment."""
+        promotions = getattr(self.topology, "promotions", None)
+        if promotions is None:
+            return
+        kills = sorted((f.killed_at, f.killed_port) for f in self.done)
+        unpaired = list(promotions())
+        for killed_at, port in kills:  # each kill's promotion: the first of its master after it
+            mine = next(
+                (p for p in unpaired if p[1] == port and 0 <= p[0] - killed_at <= SAME_FAILOVER), None
+            )
+            if mine is not None:
+                unpaired.remove(mine)
+        for at, old, new in unpaired:
+            record = FailoverRecord(len(self.done) + 1, old, at, self.keys_in(None), new, at, unplanned=True)
+            self.current = record
+            self._end("")
+
     def summary(self) -> dict[str, Any]:
         promote = [f.promote_seconds for f in self.done if f.promote_seconds is not None]
         return {
             "failovers": len(self.done),
+            "unplanned_failovers": sum(f.unplanned for f in self.done),
             "failover_timeouts": [f"{f.n}: {f.timed_out}" for f in self.done if f.timed_out],
             "promote_seconds_max": max(promote, default=None),
             "promote_seconds": [f.promote_seconds for f in self.done],

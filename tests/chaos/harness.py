@@ -218,6 +218,8 @@ class ChaosRun:
             self._wait_producers()
             drained, stats = self._drain()
             self._stop_workers()
+            if self.failover is not None:
+                self.failover.record_unplanned()  # before the checker reads failovers.jsonl
             dead = self._dead_letters()
             leftovers = self._leftover_keys()
             summary = check(self.directory, dead)
