@@ -93,6 +93,12 @@ class RedisServer:
             self.process.wait(10)
 
 
+def log_to(folder: Path) -> tuple[str, ...]:
+    """redis-server options that append its log to ``folder``/redis.log (a failover's story:
+    who was promoted, and which replica had to resync from it)."""
+    return ("--logfile", str(folder / "redis.log"))
+
+
 @dataclass
 class SentinelGroup:
     """A master with replicas and Sentinels watching it, each a redis-server on a free
@@ -116,11 +122,13 @@ class SentinelGroup:
             raise
 
     def _start(self, timeout: float) -> SentinelGroup:
-        master = RedisServer(free_port(), self._folder("master")).start()
+        folder = self._folder("master")
+        master = RedisServer(free_port(), folder, log_to(folder)).start()
         self.servers = [master]
         for n in range(self.replicas):
+            folder = self._folder(f"replica{n}")
             replica = RedisServer(
-                free_port(), self._folder(f"replica{n}"), ("--replicaof", "127.0.0.1", str(master.port))
+                free_port(), folder, (*log_to(folder), "--replicaof", "127.0.0.1", str(master.port))
             )
             self.servers.append(replica.start())
         self.sentinel_ports, self.sentinel_procs = [], []
@@ -131,6 +139,7 @@ class SentinelGroup:
             config = self._folder(f"sentinel{n}") / "sentinel.conf"
             config.write_text(
                 f"port {port}\nbind 127.0.0.1\ndir {config.parent}\n"
+                f"logfile {config.parent / 'sentinel.log'}\n"
                 f"sentinel monitor {self.service} 127.0.0.1 {master.port} 2\n"
                 f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}\n"
                 f"sentinel failover-timeout {self.service} 5000\n"

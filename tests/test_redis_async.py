@@ -4,15 +4,19 @@ with the same scripts, the same error mapping, and nothing left open when the st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 import redbatch
 from redbatch import Batcher, StoreUnavailable
+from redbatch.stores.redis.client import MASTER_RECHECK
 from tests.servers import RedisServer, SentinelGroup, TLSFiles, free_port
 from tests.test_redis_store import SLACK, SOCKET_TIMEOUT, TIMEOUTS, takes_less_than
 from tests.test_redis_tls_acl import authority, tls_files, tls_server  # noqa: F401 - fixtures
@@ -139,4 +143,46 @@ def test_a_sentinel_store_adds_from_coroutines(tmp_path_factory: pytest.TempPath
         assert sorted(p.value for p in b.peek("k")) == list(range(20))
         store.close()
     finally:
+        group.stop()
+
+
+def test_async_adds_leave_a_master_demoted_while_alive(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """test_redis_sentinel's test_writes_leave_a_master_demoted_while_alive, for the asyncio client."""
+    group = SentinelGroup(tmp_path_factory.mktemp("sentinel")).start()
+    prefix = f"s{uuid.uuid4().hex[:8]}"
+    store = redbatch.connect(group.url(), prefix=prefix, **TIMEOUTS)
+    old = group.master_port()
+    took: list[float] = []
+
+    async def main() -> None:
+        b = Batcher(store, "b", max_wait=60)
+        await b.add_async("k", 0)  # the asyncio pool now holds a connection to the old master
+        sentinel = redis.Redis(port=(group.sentinel_ports or [])[0], socket_timeout=1.0)
+        sentinel.execute_command("SENTINEL", "FAILOVER", group.service)
+        sentinel.close()
+        deadline = time.monotonic() + 30
+        while (new := group.master_port()) == old:
+            assert time.monotonic() < deadline, "the Sentinels did not fail over"
+            await asyncio.sleep(0.05)  # polling the Sentinels' answer: nothing to wait on
+        named_at = time.monotonic()
+        on_new = redis.Redis(port=new, socket_timeout=1.0)
+        n = 0
+        while time.monotonic() - named_at < MASTER_RECHECK + 2.0:
+            n += 1
+            with contextlib.suppress(redbatch.StoreUnavailable):
+                await b.add_async("k", n)
+            if any(e.endswith(b":%d" % n) for e in on_new.lrange(f"{{{prefix}:b:0}}:i:k", 0, -1)):
+                took.append(time.monotonic() - named_at)
+                break
+            await asyncio.sleep(0.05)  # one add every 50 ms, as a producer's
+        on_new.close()
+
+    try:
+        asyncio.run(main())
+        assert took, "still writing to the old master"
+        old_client = redis.Redis(port=old, socket_timeout=1.0)
+        assert old_client.info("replication")["role"] == "master"  # demoted, and alive all along
+        old_client.close()
+    finally:
+        store.close()
         group.stop()

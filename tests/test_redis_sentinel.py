@@ -15,6 +15,7 @@ import redis
 import redbatch
 from redbatch import Batch, Batcher, Worker
 from redbatch.stores.redis import RedisStore
+from redbatch.stores.redis.client import MASTER_RECHECK
 from tests.servers import SentinelGroup, free_port
 
 TIMEOUTS = {"connect_timeout": 1.0, "socket_timeout": 1.0}
@@ -125,3 +126,42 @@ def test_a_failover_keeps_producer_and_worker_going_and_loses_nothing_replicated
         store.close()
     assert not thread.is_alive()
     assert set(delivered) == set(before + after)  # at least once; a batch in flight may run twice
+
+
+def test_writes_leave_a_master_demoted_while_alive(group: SentinelGroup) -> None:
+    """A failover Sentinel makes without a crash (SENTINEL FAILOVER here; in the chaos run, one
+    Sentinel started on its own) leaves the old master a master for seconds: a producer that
+    reuses its one pooled connection must stop writing there within MASTER_RECHECK, or every
+    add of those seconds is dropped when the old master resyncs as a replica."""
+    prefix = f"s{uuid.uuid4().hex[:8]}"
+    store = redbatch.connect(group.url(), prefix=prefix, **TIMEOUTS)
+    old = group.master_port()
+    try:
+        batcher = Batcher(store, "b", max_wait=60)
+        batcher.add("k", 0)  # the pool now holds a connection to the old master
+        sentinel = redis.Redis(port=(group.sentinel_ports or [])[0], socket_timeout=1.0)
+        sentinel.execute_command("SENTINEL", "FAILOVER", group.service)
+        sentinel.close()
+        deadline = time.monotonic() + FAILOVER
+        while (new := group.master_port()) == old:
+            assert time.monotonic() < deadline, "the Sentinels did not fail over"
+            time.sleep(0.05)  # polling the Sentinels' answer: nothing to wait on
+        named_at = time.monotonic()
+        on_new = redbatch.connect(f"redis://127.0.0.1:{new}/0", prefix=prefix, **TIMEOUTS)
+        old_client = redis.Redis(port=old, socket_timeout=1.0)
+        try:
+            n = 0
+            while True:
+                n += 1
+                add_until_stored(batcher, "k", n, deadline)
+                if n in [p.value for p in Batcher(on_new, "b", max_wait=60).peek("k")]:
+                    break
+                assert time.monotonic() - named_at < MASTER_RECHECK + 2.0, "still writing to the old master"
+                time.sleep(0.05)  # one add every 50 ms, as a producer's
+            # The case this test is about: the old master still took writes all along.
+            assert old_client.info("replication")["role"] == "master"
+        finally:
+            old_client.close()
+            on_new.close()
+    finally:
+        store.close()

@@ -23,9 +23,12 @@ checker reads to attribute lost items to a failover.
 
 from __future__ import annotations
 
+import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from random import Random
 from typing import Any, Protocol
@@ -33,7 +36,7 @@ from typing import Any, Protocol
 import orjson
 import redis
 
-from tests.servers import RedisClusterGroup, RedisServer, SentinelGroup
+from tests.servers import RedisClusterGroup, RedisServer, SentinelGroup, log_to
 
 TOPOLOGIES = ("cluster", "sentinel")
 PROMOTE_TIMEOUT = 30.0
@@ -60,6 +63,56 @@ def link_up(server: RedisServer) -> bool:
     return info.get("role") == "slave" and info.get("master_link_status") == "up"
 
 
+# A Sentinel that leads a failover logs the moment it tells a replica to become the master:
+# "<pid>:X 25 Nov 2026 11:27:35.194 * +failover-state-send-slaveof-noone slave 127.0.0.1:P
+# 127.0.0.1 P @ mymaster 127.0.0.1 OLD" (the time is the machine's local time, to the ms).
+_PROMOTING = re.compile(
+    rb"^\d+:X (\d+ \w+ \d+ [\d:.]+) . \+failover-state-send-slaveof-noone "
+    rb"slave \S+ \S+ (\d+) @ \S+ \S+ (\d+)",
+    re.MULTILINE,
+)
+SAME_FAILOVER = 30.0  # a promotion this soon after the harness killed its old master is that kill's
+
+
+def sentinel_promotions(logs: list[Path]) -> list[tuple[float, int, int]]:
+    """Every promotion the Sentinels' logs tell of: (time.time() of it, old master, new master)."""
+    found = set()
+    for log in logs:
+        if not log.exists():
+            continue
+        for when, new, old in _PROMOTING.findall(log.read_bytes()):
+            at = datetime.strptime(when.decode(), "%d %b %Y %H:%M:%S.%f").timestamp()
+            found.add((round(at, 3), int(old), int(new)))
+    return sorted(found)
+
+
+REPLICATION_FIELDS = (
+    "role", "master_port", "master_link_status", "master_link_down_since_seconds",
+    "master_sync_in_progress", "slave_repl_offset", "master_repl_offset", "master_replid",
+    "master_replid2", "second_repl_offset", "connected_slaves",
+)  # fmt: skip
+
+
+def replication(servers: list[RedisServer]) -> dict[str, dict[str, Any]]:
+    """What ``INFO replication`` of each server says now (by port; dead ones say so): the
+    offsets show how far each replica was behind its master when a failover began."""
+    seen: dict[str, dict[str, Any]] = {}
+    for server in servers:
+        if not server.running:
+            seen[str(server.port)] = {"running": False}
+            continue
+        client = probe(server.port)
+        try:
+            info = client.info("replication")
+        except redis.RedisError as exc:
+            seen[str(server.port)] = {"error": str(exc)}
+            continue
+        finally:
+            client.close()
+        seen[str(server.port)] = {name: info[name] for name in REPLICATION_FIELDS if name in info}
+    return seen
+
+
 class Topology(Protocol):
     """What the driver needs of a set of servers that can fail over."""
 
@@ -69,6 +122,7 @@ class Topology(Protocol):
     def promoted(self, killed: int) -> int | None: ...
     def rejoin(self, killed: int, master: int) -> None: ...
     def rejoined(self, killed: int) -> bool: ...
+    def observe(self) -> dict[str, Any]: ...
     def stop(self) -> None: ...
 
 
@@ -111,6 +165,9 @@ class ClusterTopology:
 
     def rejoined(self, killed: int) -> bool:
         return link_up(self.group.server(killed)) and self.group._ready()
+
+    def observe(self) -> dict[str, Any]:
+        return {"replication": replication(self.group.servers or [])}
 
     def stop(self) -> None:
         self.group.stop()
@@ -155,11 +212,32 @@ class SentinelTopology:
     def rejoin(self, killed: int, master: int) -> None:
         assert self.group.servers is not None
         old = self.group.server(killed)
-        replica = RedisServer(killed, old.directory, ("--replicaof", "127.0.0.1", str(master)))
+        replica = RedisServer(
+            killed, old.directory, (*log_to(old.directory), "--replicaof", "127.0.0.1", str(master))
+        )
         self.group.servers[self.group.servers.index(old)] = replica.start()
 
     def rejoined(self, killed: int) -> bool:
         return link_up(self.group.server(killed))
+
+    def promotions(self) -> list[tuple[float, int, int]]:
+        """Every promotion the Sentinels made, the harness's kills' and any other."""
+        folders = [self.group.directory / f"sentinel{n}" for n in range(self.group.sentinels)]
+        return sentinel_promotions([folder / "sentinel.log" for folder in folders])
+
+    def observe(self) -> dict[str, Any]:
+        """Each server's replication, and the master each Sentinel names (they may differ)."""
+        named: dict[str, Any] = {}
+        for port in self.group.sentinel_ports or []:
+            client = probe(port)
+            try:
+                address = client.sentinel_get_master_addr_by_name(self.group.service)
+                named[str(port)] = int(address[1]) if address else None
+            except redis.RedisError as exc:
+                named[str(port)] = str(exc)
+            finally:
+                client.close()
+        return {"replication": replication(self.group.servers or []), "sentinels_name": named}
 
     def stop(self) -> None:
         self.group.stop()
@@ -186,6 +264,10 @@ class FailoverRecord:
     rejoined_at: float | None = None
     promote_seconds: float | None = None
     timed_out: str = ""  # "promote" or "rejoin" when that step did not finish in time
+    unplanned: bool = False  # a Sentinel failed over a live master: no kill, killed_at = promotion
+    load: tuple[float, float, float] = (0.0, 0.0, 0.0)  # os.getloadavg() at the kill
+    at_kill: dict[str, Any] = field(default_factory=dict)  # Topology.observe() just before it
+    at_promote: dict[str, Any] = field(default_factory=dict)  # and once a master was promoted
     _deadline: float = field(default=0.0, repr=False)
 
 
@@ -219,8 +301,10 @@ class FailoverDriver:
         if self.current is not None:
             return
         port = self.rng.choice(self.topology.master_ports())
+        seen, load = self.topology.observe(), os.getloadavg()
         slots = self.topology.kill(port)
-        self.current = FailoverRecord(len(self.done) + 1, port, time.time(), self.keys_in(slots))
+        self.current = FailoverRecord(len(self.done) + 1, port, time.time(), self.keys_in(slots), load=load)
+        self.current.at_kill = seen
         self.current._deadline = time.monotonic() + PROMOTE_TIMEOUT
 
     def poll(self) -> None:
@@ -236,6 +320,7 @@ class FailoverDriver:
                 return
             current.promoted_port, current.promoted_at = master, time.time()
             current.promote_seconds = round(current.promoted_at - current.killed_at, 3)
+            current.at_promote = self.topology.observe()
             self.topology.rejoin(current.killed_port, master)
             current._deadline = time.monotonic() + REJOIN_TIMEOUT
         elif self.topology.rejoined(current.killed_port):
@@ -262,10 +347,33 @@ class FailoverDriver:
         self.done.append(self.current)
         self.current = None
 
+    def record_unplanned(self) -> None:
+        """Add to the records the failovers no kill of the harness caused: a Sentinel that
+        found a live master slow to answer and promoted a replica. The old master stays a
+        master, taking writes from clients still connected to it, until the clients leave
+        it (redbatch asks the Sentinels each second) or Sentinel makes it a replica; what it
+        took meanwhile is dropped when it resyncs. Its "kill" is the promotion's moment."""
+        promotions = getattr(self.topology, "promotions", None)
+        if promotions is None:
+            return
+        kills = sorted((f.killed_at, f.killed_port) for f in self.done)
+        unpaired = list(promotions())
+        for killed_at, port in kills:  # each kill's promotion: the first of its master after it
+            mine = next(
+                (p for p in unpaired if p[1] == port and 0 <= p[0] - killed_at <= SAME_FAILOVER), None
+            )
+            if mine is not None:
+                unpaired.remove(mine)
+        for at, old, new in unpaired:
+            record = FailoverRecord(len(self.done) + 1, old, at, self.keys_in(None), new, at, unplanned=True)
+            self.current = record
+            self._end("")
+
     def summary(self) -> dict[str, Any]:
         promote = [f.promote_seconds for f in self.done if f.promote_seconds is not None]
         return {
             "failovers": len(self.done),
+            "unplanned_failovers": sum(f.unplanned for f in self.done),
             "failover_timeouts": [f"{f.n}: {f.timed_out}" for f in self.done if f.timed_out],
             "promote_seconds_max": max(promote, default=None),
             "promote_seconds": [f.promote_seconds for f in self.done],

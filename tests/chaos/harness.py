@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import heapq
 import itertools
+import os
 import random
 import signal
 import subprocess
@@ -200,6 +201,7 @@ class ChaosRun:
     def run(self) -> dict[str, Any]:
         config = self.config
         started = time.monotonic()
+        load_at_start = os.getloadavg()  # the machine is shared: a starved one lags replicas
         self.deadline = time.time() + config.seconds + config.drain_seconds + 120
         try:
             self.reaper = Reaper()
@@ -216,6 +218,8 @@ class ChaosRun:
             self._wait_producers()
             drained, stats = self._drain()
             self._stop_workers()
+            if self.failover is not None:
+                self.failover.record_unplanned()  # before the checker reads failovers.jsonl
             dead = self._dead_letters()
             leftovers = self._leftover_keys()
             summary = check(self.directory, dead)
@@ -226,6 +230,8 @@ class ChaosRun:
         summary |= {
             "seconds": config.seconds,
             "wall_seconds": round(time.monotonic() - started, 1),
+            "load_at_start": [round(n, 2) for n in load_at_start],
+            "load_at_end": [round(n, 2) for n in os.getloadavg()],
             "faults": sorted(config.faults),
             "topology": config.topology,
             "appendfsync": config.appendfsync,

@@ -8,7 +8,8 @@ from typing import Any
 
 import orjson
 
-from .checker import FAILOVER_WINDOW, check
+from .checker import FAILOVER_WINDOW, FOLLOW_WINDOW, REPLY_SLACK, check
+from .failover import sentinel_promotions
 
 KILL = 1000.0
 
@@ -88,3 +89,49 @@ def test_a_batch_acknowledged_twice_across_a_failover(tmp_path: Path) -> None:
     assert summary["lost"] == 0 and summary["duplicates"] == 1
     assert summary["failover_double_acks"] == 1
     assert summary["double_acks"] == 1
+
+
+def test_an_unplanned_failover_leaves_two_masters_for_a_while(tmp_path: Path) -> None:
+    """A Sentinel failed a live master over at KILL: writes to it until the clients follow
+    (FOLLOW_WINDOW) may be lost, and runs granted by both masters may overlap."""
+    planned = {"n": 1, "killed_at": KILL - 100, "keys": ["a"]}
+    write(
+        tmp_path / "failovers.jsonl", [planned, {"n": 2, "killed_at": KILL, "keys": ["a"], "unplanned": True}]
+    )
+    late = KILL + (REPLY_SLACK + FOLLOW_WINDOW) / 2  # after a kill's slack, inside the follow window
+    write(
+        tmp_path / "producer-0.jsonl",
+        [
+            added(0, "a", late),
+            added(1, "a", KILL - 100 + late - KILL),
+            added(2, "a", KILL + FOLLOW_WINDOW + 1),
+        ],
+    )
+    write(
+        tmp_path / "worker-0.jsonl",
+        [
+            claim("x", "a", 1, KILL + 1),
+            run("x", "a", [9], KILL + 1),  # granted by the old master...
+            ack("x", "a", 1, KILL + 1.02),
+            claim("y", "a", 1, KILL + 1.005),
+            run("y", "a", [8], KILL + 1.005),  # ...and this one by the new one, at once
+            ack("y", "a", 1, KILL + 1.02),
+        ],
+    )
+    summary = check(tmp_path, [])
+    assert summary["lost"] == 3
+    assert summary["lost_per_failover"] == [0, 1]  # a kill's window ends REPLY_SLACK after it
+    assert summary["lost_unattributed"] == 2
+    assert summary["overlaps"] == 0 and summary["failover_overlaps"] == 1
+
+
+def test_promotions_are_read_from_the_sentinels_logs(tmp_path: Path) -> None:
+    log = tmp_path / "sentinel.log"
+    log.write_bytes(
+        b"6718:X 25 Nov 2026 11:27:35.103 # +elected-leader master mymaster 127.0.0.1 50615\n"
+        b"6718:X 25 Nov 2026 11:27:35.194 * +failover-state-send-slaveof-noone slave "
+        b"127.0.0.1:47201 127.0.0.1 47201 @ mymaster 127.0.0.1 50615\n"
+    )
+    [(at, old, new)] = sentinel_promotions([log, tmp_path / "absent.log"])
+    assert (old, new) == (50615, 47201)
+    assert round(at % 60, 3) == 35.194  # local time, to the ms

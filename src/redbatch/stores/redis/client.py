@@ -3,6 +3,9 @@ registered once and called by SHA."""
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from importlib import resources
 from typing import Any
 
@@ -13,12 +16,27 @@ import redis.asyncio.sentinel
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
+
+log = logging.getLogger("redbatch.store.redis")
 
 SCRIPTS = (
     "append", "claim", "heartbeat", "ack", "fail", "clear", "flush", "replay", "purge", "rules", "reschedule"
 )  # fmt: skip
 JOB_SCRIPTS = ("submit", "finish", "progress", "cancel", "retry_jobs", "cleanup", "jobs_page")
+
+MASTER_RECHECK = 1.0
+"""Seconds between two questions to the Sentinels, from a client that keeps using its
+pooled connections, of which master they name.
+
+redis-py's Sentinel pool asks only when it opens a connection, and leaves a connection to
+a master once that master answers READONLY. A master the Sentinels demote while it is alive
+(a failover Sentinel started on its own, or SENTINEL FAILOVER) stays a master, taking
+writes, until Sentinel converts it into a replica some 8 to 10 s later, and then drops
+them all when it resyncs from the new master. A client that reuses one connection (a
+producer's) wrote every add of those seconds there: the chaos Sentinel run lost 10 s of
+adds at once. Asking again each MASTER_RECHECK bounds that to about one second, for one
+SENTINEL MASTERS round trip a second."""
 
 
 def new_client(url: str, connect_timeout: float, socket_timeout: float) -> redis.Redis:
@@ -47,6 +65,94 @@ def new_async_client(url: str, connect_timeout: float, socket_timeout: float) ->
     )
 
 
+def newest_master(answers: list[Any], service: str, check: Any) -> tuple[str, int] | None:
+    """Of the Sentinels' SENTINEL MASTERS answers, the master of the newest configuration
+    (the highest config-epoch) that the answering Sentinel deems up.
+
+    redis-py takes the first Sentinel that answers; but the Sentinel leading a failover
+    names the old master there until the failover ends (some 5 s after the promotion, under
+    the new epoch, flagged failover_in_progress), while those that learnt of it already
+    name the new one: the newest epoch is the truth, and an entry whose failover is under
+    way loses a tie.
+    """
+    best: tuple[tuple[int, bool], tuple[str, int]] | None = None
+    for masters in answers:
+        state = masters.get(service)
+        if state and check(state, service):
+            # The leader gives its entry the new epoch while it still names the old master.
+            newer = (int(state.get("config-epoch") or 0), "failover_in_progress" not in state["flags"])
+            if best is None or newer > best[0]:
+                best = (newer, (state["ip"], int(state["port"])))
+    return None if best is None else best[1]
+
+
+class NewestSentinel(Sentinel):
+    """redis-py's Sentinel manager, finding the master by ``newest_master``: it asks every
+    Sentinel (each bounded by the timeouts), where redis-py asks until one answers."""
+
+    def discover_master(self, service_name: str) -> tuple[str, int]:
+        answers, errors = [], []
+        for sentinel in self.sentinels:
+            try:
+                answers.append(sentinel.sentinel_masters())
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                errors.append(repr(exc))
+        found = newest_master(answers, service_name, self.check_master_state)
+        if found is None:
+            raise MasterNotFoundError(f"No master found for {service_name!r}: {', '.join(errors)}")
+        return found
+
+
+class NewestAsyncSentinel(redis.asyncio.sentinel.Sentinel):
+    """``NewestSentinel`` on redis-py's asyncio client."""
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        answers, errors = [], []
+        for sentinel in self.sentinels:
+            try:
+                answers.append(await sentinel.sentinel_masters())
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                errors.append(repr(exc))
+        found = newest_master(answers, service_name, self.check_master_state)
+        if found is None:
+            raise redis.asyncio.sentinel.MasterNotFoundError(
+                f"No master found for {service_name!r}: {', '.join(errors)}"
+            )
+        return found
+
+
+class FollowingSentinelPool(SentinelConnectionPool):
+    """A master's Sentinel pool that asks the Sentinels again every ``MASTER_RECHECK`` seconds
+    whether they still name the master its connections go to; when they name another,
+    redis-py drops the idle connections to the old one, and a connection in use is dropped
+    when it comes back (``owns_connection``), so the next command goes to the new master."""
+
+    def __init__(self, service_name: str, sentinel_manager: Sentinel, **kwargs: Any) -> None:
+        super().__init__(service_name, sentinel_manager, **kwargs)  # type: ignore[no-untyped-call]
+        self._recheck_at = time.monotonic() + MASTER_RECHECK
+        self._recheck_lock = threading.Lock()
+
+    def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
+        self._recheck()
+        return super().get_connection()
+
+    def _recheck(self) -> None:
+        now = time.monotonic()
+        if now < self._recheck_at or self.master_address is None:
+            return  # no connection made yet: the first one asks anyway
+        if not self._recheck_lock.acquire(blocking=False):
+            return  # another thread is asking
+        try:
+            self._recheck_at = now + MASTER_RECHECK
+            self.get_master_address()  # type: ignore[no-untyped-call]
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # No Sentinel answered, or none names a master that is up (a failover under
+            # way): go on with the connections as they are; a dead master fails them.
+            log.debug("asking the Sentinels for the master failed: %s", exc)
+        finally:
+            self._recheck_lock.release()
+
+
 def new_sentinel_client(
     sentinels: list[tuple[str, int]],
     service: str,
@@ -63,6 +169,8 @@ def new_sentinel_client(
     It follows failovers: a connection is made to whichever master the Sentinels name at
     that moment, and one to a master that became a replica (READONLY) is dropped, so the
     next command goes to the new master; meanwhile commands fail with StoreUnavailable.
+    A master demoted while alive stays a master for seconds: the pool asks the Sentinels
+    again every MASTER_RECHECK seconds, so that its writes stop going there.
     Every wait is bounded as in ``new_client``; asking the Sentinels costs at most
     connect_timeout plus socket_timeout for each one that does not answer. The URL's
     credentials are the master's; the Sentinels are asked without any.
@@ -72,9 +180,10 @@ def new_sentinel_client(
         "socket_timeout": socket_timeout,
         "retry": Retry(NoBackoff(), 0),
     }
-    sentinel = Sentinel(sentinels, sentinel_kwargs=dict(bounded), **bounded)  # type: ignore[no-untyped-call]
+    sentinel = NewestSentinel(sentinels, sentinel_kwargs=dict(bounded), **bounded)  # type: ignore[no-untyped-call]
     client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
         service,
+        connection_pool_class=FollowingSentinelPool,
         username=username,
         password=password,
         db=db,
@@ -118,6 +227,24 @@ def new_cluster_client(
     return client
 
 
+class FollowingAsyncSentinelPool(redis.asyncio.sentinel.SentinelConnectionPool):
+    """``FollowingSentinelPool`` on redis-py's asyncio client (one event loop: no lock)."""
+
+    def __init__(self, service_name: str, sentinel_manager: Any, **kwargs: Any) -> None:
+        super().__init__(service_name, sentinel_manager, **kwargs)  # type: ignore[no-untyped-call]
+        self._recheck_at = time.monotonic() + MASTER_RECHECK
+
+    async def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
+        now = time.monotonic()
+        if now >= self._recheck_at and self.master_address is not None:
+            self._recheck_at = now + MASTER_RECHECK
+            try:
+                await self.get_master_address()  # type: ignore[no-untyped-call]
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.debug("asking the Sentinels for the master failed: %s", exc)
+        return await super().get_connection()  # type: ignore[no-untyped-call]
+
+
 def new_async_sentinel_client(
     sentinels: list[tuple[str, int]],
     service: str,
@@ -135,9 +262,10 @@ def new_async_sentinel_client(
         "socket_timeout": socket_timeout,
         "retry": redis.asyncio.retry.Retry(NoBackoff(), 0),
     }
-    sentinel = redis.asyncio.sentinel.Sentinel(sentinels, sentinel_kwargs=dict(bounded), **bounded)  # type: ignore[no-untyped-call]
+    sentinel = NewestAsyncSentinel(sentinels, sentinel_kwargs=dict(bounded), **bounded)  # type: ignore[no-untyped-call]
     client: redis.asyncio.Redis = sentinel.master_for(
         service,
+        connection_pool_class=FollowingAsyncSentinelPool,
         username=username,
         password=password,
         db=db,
