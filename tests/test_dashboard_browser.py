@@ -1,8 +1,9 @@
 """The dashboard in a real headless Chromium (Debian's ``chromium``, driven by Playwright)
 against a live service: items added through the API appear without a reload, a hostile key
 is shown as text and runs nothing, a dead letter is replayed with its button (the page asks
-for the API token on the 401), and a group's progress bar reaches 100%. It saves the
-screenshot the README shows, docs/img/dashboard.png.
+for the API token on the 401), and a group's progress bar reaches 100%. It saves a
+screenshot in its tmp_path; with ``REDBATCH_UPDATE_SCREENSHOT=1`` it replaces the one the
+README shows, docs/img/dashboard.png (a test run leaves the checkout as it was).
 
 ``scripts/test.sh`` installs chromium when it is missing; where it cannot be, this skips.
 Playwright's own browser download is never used: its host is not reachable here.
@@ -10,6 +11,7 @@ Playwright's own browser download is never used: its host is not reachable here.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,7 +38,7 @@ CHROMIUM_ARGS = [
 ]
 TOKEN = "dashboard-test-token"
 HOSTILE_KEY = "<script>window.__pwned = 1</script><img src=x onerror=window.__pwned=2>"
-SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "img" / "dashboard.png"
+README_SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "img" / "dashboard.png"
 TIMEOUT_MS = 15_000
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="no playwright: pip install -e '.[test]'")
@@ -100,7 +102,7 @@ def api(base: str, path: str, body: Any) -> httpx.Response:
     return reply
 
 
-def test_the_dashboard_in_a_real_browser(service: tuple[Service, str], page: Any) -> None:
+def test_the_dashboard_in_a_real_browser(service: tuple[Service, str], page: Any, tmp_path: Path) -> None:
     svc, base = service
     expect = sync_api.expect
     page.goto(f"{base}/?batcher=chat")
@@ -147,5 +149,7 @@ def test_the_dashboard_in_a_real_browser(service: tuple[Service, str], page: Any
     api(base, "/batchers/chat/items", {"key": "order-1234", "item": {"poison": True, "text": "refund?"}})
     api(base, "/batchers/chat/flush", {"key": "order-1234"})
     expect(page.locator("tr[data-letter]")).to_have_count(1)
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    update = os.environ.get("REDBATCH_UPDATE_SCREENSHOT") == "1"
+    screenshot = README_SCREENSHOT if update else tmp_path / "dashboard.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    assert screenshot.stat().st_size > 10_000
