@@ -10,15 +10,25 @@ Each attempt this worker makes goes through ``batch_claimed``, ``handler_finishe
 an attempt the worker abandons (a second signal) or cannot record (the store is down) ends
 without ``batch_settled``: its lease lapses. ``lease_lost`` comes in between when a
 heartbeat finds another worker took the batch.
+
+A worker takes one ``hooks``; ``CombinedHooks(a, b, ...)`` is one that calls several (metrics
+and tracing both on), each in turn.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal, ParamSpec
 
 if TYPE_CHECKING:
     from redbatch.batcher import Batcher
     from redbatch.types import ClaimedBatch
+
+P = ParamSpec("P")
+
+log = logging.getLogger("redbatch.worker")
 
 HandlerOutcome = Literal["succeeded", "failed", "timed_out"]
 """How a handler call ended: it returned, it raised, or it ran past the batcher's timeout."""
@@ -112,3 +122,55 @@ class WorkerHooks:
             batcher: The batcher the batch belongs to.
             claimed: The batch under the lease that was lost.
         """
+
+
+class CombinedHooks(WorkerHooks):
+    """Several hooks as one: ``Worker(..., hooks=CombinedHooks(instruments.hooks, TracingHooks()))``.
+
+    Each event goes to every hook, in the order given. One that raises is logged and
+    skipped, and the ones after it still hear of the event, so a broken exporter cannot stop
+    the metrics (only ``KeyboardInterrupt`` and ``asyncio.CancelledError`` propagate, as from
+    the worker's own code).
+
+    Args:
+        *hooks: The hooks to call.
+
+    Attributes:
+        hooks: The hooks, in order.
+    """
+
+    def __init__(self, *hooks: WorkerHooks) -> None:
+        self.hooks = hooks
+
+    def batch_claimed(self, batcher: Batcher, claimed: ClaimedBatch) -> None:
+        for hook in self.hooks:
+            _call(hook.batch_claimed, batcher, claimed)
+
+    def handler_finished(
+        self,
+        batcher: Batcher,
+        claimed: ClaimedBatch,
+        duration: float,
+        outcome: HandlerOutcome,
+        error: BaseException | None,
+    ) -> None:
+        for hook in self.hooks:
+            _call(hook.handler_finished, batcher, claimed, duration, outcome, error)
+
+    def batch_settled(self, batcher: Batcher, claimed: ClaimedBatch, outcome: SettleOutcome) -> None:
+        for hook in self.hooks:
+            _call(hook.batch_settled, batcher, claimed, outcome)
+
+    def lease_lost(self, batcher: Batcher, claimed: ClaimedBatch) -> None:
+        for hook in self.hooks:
+            _call(hook.lease_lost, batcher, claimed)
+
+
+def _call(hook: Callable[P, None], *args: P.args, **kwargs: P.kwargs) -> None:
+    """Call one hook as the worker does: its failure is logged, never passed on."""
+    try:
+        hook(*args, **kwargs)
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        raise
+    except BaseException:
+        log.exception("worker hook %s failed", getattr(hook, "__qualname__", hook))
