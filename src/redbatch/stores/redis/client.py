@@ -128,7 +128,7 @@ class FollowingSentinelPool(SentinelConnectionPool):
     when it comes back (``owns_connection``), so the next command goes to the new master."""
 
     def __init__(self, service_name: str, sentinel_manager: Sentinel, **kwargs: Any) -> None:
-        super().__init__(service_name, sentinel_manager, **kwargs)  # type: ignore[no-untyped-call]
+        super().__init__(service_name, sentinel_manager, **kwargs)  # type: ignore[no-untyped-call,unused-ignore]
         self._recheck_at = time.monotonic() + MASTER_RECHECK
         self._recheck_lock = threading.Lock()
 
@@ -144,7 +144,7 @@ class FollowingSentinelPool(SentinelConnectionPool):
             return  # another thread is asking
         try:
             self._recheck_at = now + MASTER_RECHECK
-            self.get_master_address()  # type: ignore[no-untyped-call]
+            self.get_master_address()  # type: ignore[no-untyped-call,unused-ignore]
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             # No Sentinel answered, or none names a master that is up (a failover under
             # way): go on with the connections as they are; a dead master fails them.
@@ -180,8 +180,8 @@ def new_sentinel_client(
         "socket_timeout": socket_timeout,
         "retry": Retry(NoBackoff(), 0),
     }
-    sentinel = NewestSentinel(sentinels, sentinel_kwargs=dict(bounded), **bounded)  # type: ignore[no-untyped-call]
-    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+    sentinel = NewestSentinel(sentinels, sentinel_kwargs=dict(bounded), **bounded)  # type: ignore[no-untyped-call,unused-ignore]
+    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call,unused-ignore]
         service,
         connection_pool_class=FollowingSentinelPool,
         username=username,
@@ -215,7 +215,7 @@ def new_cluster_client(
     process started then still opens the store. Only then are retries turned off.
     """
     client: RedisCluster = RedisCluster(
-        startup_nodes=[ClusterNode(host, port) for host, port in nodes],  # type: ignore[no-untyped-call]
+        startup_nodes=[ClusterNode(host, port) for host, port in nodes],  # type: ignore[no-untyped-call,unused-ignore]
         retry=Retry(NoBackoff(), 1),
         username=username,
         password=password,
@@ -231,7 +231,7 @@ class FollowingAsyncSentinelPool(redis.asyncio.sentinel.SentinelConnectionPool):
     """``FollowingSentinelPool`` on redis-py's asyncio client (one event loop: no lock)."""
 
     def __init__(self, service_name: str, sentinel_manager: Any, **kwargs: Any) -> None:
-        super().__init__(service_name, sentinel_manager, **kwargs)  # type: ignore[no-untyped-call]
+        super().__init__(service_name, sentinel_manager, **kwargs)  # type: ignore[no-untyped-call,unused-ignore]
         self._recheck_at = time.monotonic() + MASTER_RECHECK
 
     async def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
@@ -239,10 +239,10 @@ class FollowingAsyncSentinelPool(redis.asyncio.sentinel.SentinelConnectionPool):
         if now >= self._recheck_at and self.master_address is not None:
             self._recheck_at = now + MASTER_RECHECK
             try:
-                await self.get_master_address()  # type: ignore[no-untyped-call]
+                await self.get_master_address()  # type: ignore[no-untyped-call,unused-ignore]
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.debug("asking the Sentinels for the master failed: %s", exc)
-        return await super().get_connection()  # type: ignore[no-untyped-call]
+        return await super().get_connection()  # type: ignore[no-untyped-call,unused-ignore]
 
 
 def new_async_sentinel_client(
@@ -262,7 +262,7 @@ def new_async_sentinel_client(
         "socket_timeout": socket_timeout,
         "retry": redis.asyncio.retry.Retry(NoBackoff(), 0),
     }
-    sentinel = NewestAsyncSentinel(sentinels, sentinel_kwargs=dict(bounded), **bounded)  # type: ignore[no-untyped-call]
+    sentinel = NewestAsyncSentinel(sentinels, sentinel_kwargs=dict(bounded), **bounded)  # type: ignore[no-untyped-call,unused-ignore]
     client: redis.asyncio.Redis = sentinel.master_for(
         service,
         connection_pool_class=FollowingAsyncSentinelPool,
