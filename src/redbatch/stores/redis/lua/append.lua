@@ -107,6 +107,12 @@ local function add(part, key)
   local deadline
   if state[2] then
     return count
+  elseif before >= max_items and state[1] then
+    -- Full before this add, and scheduled (its 'first' was written by an add): it was made
+    -- due then, and stays due. Every step that leaves an idle key full puts it at now (an
+    -- add, a batch's end, a flush; reschedule.lua after other rules), so its score is not
+    -- read again. One filled by hand (no 'first') is.
+    return count
   elseif length >= max_items then
     deadline = now -- due_at's answer for a full key, without its call
   elseif before == 0 or idle > 0 then
