@@ -282,9 +282,12 @@ class RedisStore(Jobs, Rules, DeadLetters):
     def _append_command(self, spec: QueueSpec, entries: Sequence[Entry], now_ms: int) -> bytes:
         """append.lua's EVALSHA, framed (see wire.py): one script over every partition the
         entries fall in, so all or none in one round trip. Each entry is framed as it is
-        grouped under its key, in one pass."""
+        grouped under its key, in one pass: without dedupe as three chunks (its RESP header
+        and prefix, shared by every entry of its length, its payload, CRLF) that the final
+        join copies once, rather than formatted into a bytes of its own."""
         stamp = b"%d:" % now_ms  # entries are "arrived_ms:digest:json", readable with redis-cli
         by_key: dict[str, list[bytes]] = {}
+        chunks = 1  # per entry
         if spec.dedupe:
             for key, payload, digest in entries:
                 framed_entry = entry_frame(b"%b%b:" % (stamp, digest.encode()), payload)
@@ -294,15 +297,19 @@ class RedisStore(Jobs, Rules, DeadLetters):
                 else:
                     group.append(framed_entry)
         else:
+            chunks = 3
             plain = stamp + b":"  # every digest is empty
-            extra = len(plain)
+            heads: dict[int, bytes] = {}
             for key, payload, _ in entries:
-                framed_entry = b"$%d\r\n%b%b\r\n" % (extra + len(payload), plain, payload)
+                size = len(payload)
+                header = heads.get(size)
+                if header is None:
+                    header = heads[size] = b"$%d\r\n%b" % (len(plain) + size, plain)
                 group = by_key.get(key)
                 if group is None:
-                    by_key[key] = [framed_entry]
+                    by_key[key] = [header, payload, b"\r\n"]
                 else:
-                    group.append(framed_entry)
+                    group += (header, payload, b"\r\n")
         parts = self._partitions(spec.name)
         by_part: dict[Partition, dict[str, list[bytes]]]
         if len(parts) == 1:
@@ -317,14 +324,15 @@ class RedisStore(Jobs, Rules, DeadLetters):
             keys += (part.due, part.age, part.stats, part.rules)
             body += (frame(part.base), frame(len(keyed)))
             for key, group in keyed.items():
-                body += (frame(key), frame(len(group)))
+                body += (frame(key), frame(len(group) // chunks))
                 body += group
         head = [
             "EVALSHA", self._scripts["append"].sha, len(keys), *keys,
             now_ms, *self._rule_args(spec), int(spec.dedupe), self._channel(spec.name), spec.version,
             "", self._call_ttl_ms,  # no call id: one script, all or none, is never sent twice
         ]  # fmt: skip
-        return command(len(head) + len(body), framed(head) + body)
+        count = len(head) + len(body) - (chunks - 1) * len(entries)
+        return command(count, framed(head) + body)
 
     def _send_append(self, packed: bytes) -> int:
         try:

@@ -53,7 +53,8 @@ local function check(name, wanted)
 end
 
 -- A read that is also the type check of its key (a read fails on a key of another type):
--- each key's list length and state are read here, before anything is written.
+-- each key's list length and state are read here, before anything is written. Its names
+-- are kept for add below: the first pass pays for the concatenations.
 local function read(name, wanted, ...)
   local reply = redis.pcall(...)
   if type(reply) == 'table' and reply.err then
@@ -64,14 +65,16 @@ local function read(name, wanted, ...)
 end
 
 for _, part in ipairs(partitions) do
+  local base = part.base
   check(part.due, 'zset')
   check(part.age, 'zset')
   check(part.stats, 'hash')
   for _, key in ipairs(part.keys) do
-    local items, kh = part.base .. 'i:' .. key.name, part.base .. 'k:' .. key.name
+    local items, kh = base .. 'i:' .. key.name, base .. 'k:' .. key.name
+    key.items, key.kh = items, kh
     key.length = read(items, 'list', 'LLEN', items)
     key.state = read(kh, 'hash', 'HMGET', kh, 'first', 'st')
-    if dedupe then check(part.base .. 'd:' .. key.name, 'set') end
+    if dedupe then check(base .. 'd:' .. key.name, 'set') end
   end
 end
 
@@ -79,13 +82,12 @@ local wake = false
 
 -- Push one key's entries, ARGV[from..to], and reschedule the key; returns how many were added.
 local function add(part, key)
-  local base, due, name = part.base, part.due, key.name
-  local items, kh = base .. 'i:' .. name, base .. 'k:' .. name
+  local name, items, kh = key.name, key.items, key.kh
   local count, length = key.to - key.from + 1, 0
   if dedupe then
-    local fresh = {}
+    local fresh, digests = {}, part.base .. 'd:' .. name
     for j = key.from, key.to do
-      if redis.call('SADD', base .. 'd:' .. name, digest_of(ARGV[j])) == 1 then fresh[#fresh + 1] = ARGV[j] end
+      if redis.call('SADD', digests, digest_of(ARGV[j])) == 1 then fresh[#fresh + 1] = ARGV[j] end
     end
     count = #fresh
     if count > 0 then length = push_all(items, fresh, false) end
@@ -94,24 +96,39 @@ local function add(part, key)
   end
   if count == 0 then return 0 end
   local before, state = key.length, key.state
-  local first = tonumber(state[1]) or now -- no 'first': the items before were pushed by hand
   if before == 0 then
-    first = now
     redis.call('HSET', kh, 'first', now, 'last', now)
     redis.call('ZADD', part.age, now, name)
   elseif idle > 0 then
     redis.call('HSET', kh, 'last', now)
   end
-  -- Without a debounce, a key that already had items keeps its deadline unless it is full.
-  if not state[2] and (before == 0 or idle > 0 or length >= max_items) then
-    local deadline = due_at(first, now, length, now, max_items, max_wait, idle)
-    local old = redis.call('ZSCORE', due, name)
-    -- A key already due (flushed, or overdue) stays due: more items never delay it.
-    if old == false or (tonumber(old) ~= deadline and tonumber(old) > now) then
-      local head = head_of(due)
-      redis.call('ZADD', due, deadline, name)
-      if wakes(deadline, head, now) then wake = true end
-    end
+  -- Without a debounce, a key that already had items keeps its deadline unless it is full;
+  -- a key in a batch (state[2]) is rescheduled when that batch ends.
+  local deadline
+  if state[2] then
+    return count
+  elseif before >= max_items and state[1] then
+    -- Full before this add, and scheduled (its 'first' was written by an add): it was made
+    -- due then, and stays due. Every step that leaves an idle key full puts it at now (an
+    -- add, a batch's end, a flush; reschedule.lua after other rules), so its score is not
+    -- read again. One filled by hand (no 'first') is.
+    return count
+  elseif length >= max_items then
+    deadline = now -- due_at's answer for a full key, without its call
+  elseif before == 0 or idle > 0 then
+    -- no 'first' on a key that had items: they were pushed by hand
+    local first = before == 0 and now or tonumber(state[1]) or now
+    deadline = due_at(first, now, length, now, max_items, max_wait, idle)
+  else
+    return count
+  end
+  local due = part.due
+  local old = tonumber(redis.call('ZSCORE', due, name))
+  -- A key already due (flushed, or overdue) stays due: more items never delay it.
+  if old == nil or (old ~= deadline and old > now) then
+    local head = head_of(due)
+    redis.call('ZADD', due, deadline, name)
+    if wakes(deadline, head, now) then wake = true end
   end
   return count
 end
