@@ -205,7 +205,7 @@ class Coalescer:
                 self._queue.popleft()  # the group is the queue's front, in order
             self._wake_front()  # first: the next call waits for its leader, not for the others
             chain: _Request | None = None
-            for member in reversed(group[1:]):  # the first is the leader's own
+            for member in group[:0:-1]:  # the followers, last first (the first is the leader's)
                 member.error = error
                 member.done = True
                 if not member.gone:
