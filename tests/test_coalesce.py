@@ -29,11 +29,15 @@ class GatedSend:
         self.gate.set()
         self.raise_at: dict[int, BaseException] = {}
         """Exceptions to raise from the n-th call (counting from 1)."""
+        self.hold_at: dict[int, threading.Event] = {}
+        """Events the n-th call waits for, past the gate."""
 
     def __call__(self, entries: list[Entry]) -> None:
         self.sent.append([e.payload for e in entries])
         number = len(self.sent)
         assert self.gate.wait(DEADLINE)
+        if number in self.hold_at:
+            assert self.hold_at[number].wait(DEADLINE)
         if number in self.raise_at:
             raise self.raise_at[number]
 
@@ -83,6 +87,56 @@ def test_an_interrupted_waiting_caller_leaves_the_queue_working(send: GatedSend)
     first.join(DEADLINE)
     coalescer.submit(entry(3))  # nothing is left waiting for a leader that is gone
     assert send.sent == [[b"1"], [b"3"]] and coalescer.queued == 0
+
+
+def test_an_interrupted_carried_caller_does_not_strand_the_callers_after_it(send: GatedSend) -> None:
+    # The callers a call carried are woken one by the other (a chain): one interrupted while
+    # its call is on its way must not leave the next waiting for a wake-up that never comes.
+    coalescer = Coalescer(send)
+    first = leader(coalescer, send, 0)
+    second_call = threading.Event()
+    send.hold_at[2] = second_call
+    errors: list[BaseException] = []
+
+    def add(n: int) -> None:
+        try:
+            coalescer.submit(entry(n))
+        except BaseException as exc:
+            errors.append(exc)
+
+    second_leader = threading.Thread(target=add, args=(1,))
+    second_leader.start()
+    wait_until(lambda: coalescer.queued == 2)
+    after = threading.Thread(target=add, args=(3,))
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise Interrupted
+
+    def interrupt_main_in_the_second_call() -> None:
+        wait_until(lambda: coalescer.queued == 3)
+        after.start()
+        wait_until(lambda: coalescer.queued == 4)
+        send.gate.set()  # the second call carries 1, 2 and 3, held on its way
+        wait_until(lambda: len(send.sent) == 2)
+        signal.pthread_kill(main, signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    main = threading.get_ident()
+    killer = threading.Thread(target=interrupt_main_in_the_second_call)
+    try:
+        killer.start()
+        with pytest.raises(Interrupted):
+            coalescer.submit(entry(2))
+    finally:
+        killer.join(DEADLINE)
+        signal.signal(signal.SIGUSR1, previous)
+        second_call.set()
+    for thread in (first, second_leader, after):
+        thread.join(DEADLINE)
+        assert not thread.is_alive()
+    assert errors == [] and sorted(send.sent[1]) == [b"1", b"2", b"3"] and coalescer.queued == 0
+    coalescer.submit(entry(4))
+    assert send.sent[-1] == [b"4"]
 
 
 def test_the_callers_of_an_interrupted_call_get_store_unavailable(send: GatedSend) -> None:
