@@ -4,7 +4,10 @@ heartbeat, and acknowledge, retry or dead-letter each one.
 One asyncio loop does the scheduling. Store calls are blocking and run on a small thread
 pool; sync handlers run on ``concurrency`` daemon threads, async handlers on the loop. Both
 pools hand their finished calls back to the loop in bursts (``DaemonThreadPool.call``): for
-one-item batches and jobs, the hops between threads, not the store, were the cost.
+one-item batches and jobs, the hops between threads, not the store, were the cost. A sync
+handler's whole attempt (decode, call, judge: ``handlers.SyncCall``) runs on its thread and
+reaches the loop as one callback (``call_then``); a task runs only what needs the loop: an
+async handler, the coroutine a sync-looking one returned, or writing a failure.
 The loop sleeps until the earliest deadline in the store, a producer's wake-up, a finished
 handler or a stop request, never on a fixed poll interval (a two second cap only guards
 against a lost wake-up message). Free slots go to due batches earliest deadline first,
@@ -14,7 +17,7 @@ across every batcher the worker serves. Calling a handler and judging how the ca
 (``handlers.Served``), and only how an attempt runs and how a success is written differ
 (``redbatch.jobrunner``).
 
-About 600 lines, 110 of them reference docstrings: the scheduling loop, leases,
+About 700 lines, 120 of them reference docstrings: the scheduling loop, leases,
 acknowledgements and lifecycle read best together, as arq keeps its worker in one file.
 """
 
