@@ -30,7 +30,7 @@ import heapq
 import logging
 import signal
 import threading
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -63,6 +63,10 @@ MAX_SLEEP = 2.0
 JANITOR_INTERVAL = 60.0
 RULES_REFRESH = 10.0
 """Seconds between looks at the rules the store holds, to adopt those another worker published."""
+QUICK_HANDLER = 0.005
+"""Seconds: while handlers take less on average, the worker claims batches ahead."""
+QUICK_WEIGHT = 0.1
+"""The weight of the last handler call in that average."""
 ACK_GROUP = 512
 """The most batches acknowledged in one store call."""
 STORE_ERROR_PAUSE = 0.5
@@ -81,6 +85,7 @@ class _Running:
     timer: asyncio.TimerHandle | None = None  # logs a sync call passing its timeout
     lost: bool = False
     settling: bool = False  # its outcome is being written: a refused heartbeat is no loss
+    waiting: bool = False  # claimed ahead: no slot yet (``Worker._free_slots``)
     gone: bool = False  # abandoned: whatever its call or its store write brings is dropped
 
     @property
@@ -137,9 +142,11 @@ class Worker:
             slots go to their due batches and jobs earliest deadline first.
         concurrency: How many handlers (or job functions) run at once, across all batchers;
             each sync handler call takes one of this many handler threads. A batch holds its
-            slot from its claim until its handler returns; writing its outcome does not (at
-            most ``concurrency`` more batches may be waiting for that). An integer, at least
-            1; default 16.
+            slot until its handler returns; writing its outcome does not (at most
+            ``concurrency`` more batches may be waiting for that). While handlers return
+            within about 5 ms on average, up to ``concurrency`` more batches are claimed
+            ahead and start as slots free, each under its lease and heartbeated. An
+            integer, at least 1; default 16.
         clock: The time in integer epoch milliseconds; tests inject a fake one. Default:
             the system clock.
         handle_signals: Install SIGTERM and SIGINT handlers while running: the first signal
@@ -194,6 +201,8 @@ class Worker:
         self.counters = WorkerCounters()
         self._running: dict[str, _Running] = {}  # by batch id: handlers running, outcomes being written
         self._handling = 0  # of those, the ones whose handler has not returned: what concurrency caps
+        self._waiting: deque[_Running] = deque()  # claimed ahead, for the next free slot
+        self._handler_seconds = QUICK_HANDLER  # how long handlers take, a moving average
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested = threading.Event()
         self._stop_event: asyncio.Event | None = None
@@ -246,12 +255,13 @@ class Worker:
                 running.task.cancel()
             if running.timer is not None:
                 running.timer.cancel()
-            if not running.settling:
+            if not (running.settling or running.waiting):
                 self._handling -= 1
             self.counters.abandoned += 1
             fields = batch_fields(running.served.name, running.claimed)
             log.warning("batch %s abandoned; its lease will lapse", fields["batch_id"], extra=fields)
         self._running.clear()
+        self._waiting.clear()
         if self._changed is not None:
             self._changed.set()
 
@@ -368,9 +378,15 @@ class Worker:
 
         A batch whose outcome is being written holds no slot (its handler is done), so the
         next claim overlaps the last acknowledgement; at most ``concurrency`` such batches
-        wait on the store, which keeps a slow store from piling them up.
+        wait on the store, which keeps a slow store from piling them up. While handlers are
+        quick (``QUICK_HANDLER``), the worker also claims up to ``concurrency`` batches
+        ahead, which start the moment a slot frees: the next claim's round trip overlaps the
+        handlers instead of following them. Slow handlers get none, so no batch waits here
+        behind them while another worker could run it.
         """
-        return min(self.concurrency - self._handling, 2 * self.concurrency - len(self._running))
+        ahead = self.concurrency if self._handler_seconds < QUICK_HANDLER else 0
+        slots = self.concurrency + ahead - self._handling - len(self._waiting)
+        return min(slots, 2 * self.concurrency + ahead - len(self._running))
 
     async def _claim_round(self, rotation: int) -> int:
         free = self._free_slots()
@@ -453,7 +469,16 @@ class Worker:
             return
         running = _Running(served, claimed)
         self._running[claimed.lease.batch_id] = running
+        if self._handling < self.concurrency:
+            self._begin(running)
+        else:  # claimed ahead: it starts the moment a slot frees
+            running.waiting = True
+            self._waiting.append(running)
+
+    def _begin(self, running: _Running) -> None:
+        """Run a claimed batch's handler in a slot of its own."""
         self._handling += 1
+        served, claimed = running.served, running.claimed
         call = served.sync_call(claimed)
         if call is None:  # an async handler: a task on the loop
             running.task = asyncio.create_task(self._run(running), name=f"redbatch-{claimed.lease.batch_id}")
@@ -498,9 +523,10 @@ class Worker:
             self._hook(
                 self.hooks.handler_finished, served.source, claimed, run.duration, run.outcome, run.error
             )
+        if run is not None:  # how quick handlers are decides whether to claim ahead
+            self._handler_seconds += (run.duration - self._handler_seconds) * QUICK_WEIGHT
         running.settling = True
-        self._handling -= 1
-        self._changed_().set()  # its slot is free: claim the next batch while this one is written
+        self._slot_freed()  # the next batch starts, or is claimed, while this one is written
         if attempt.failure is None:
             self._finish(served, attempt.done_under(claimed.lease), running)
         else:
@@ -568,8 +594,20 @@ class Worker:
                 "could not record the outcome of batch %s", fields["batch_id"], exc_info=exc, extra=fields
             )
         if not running.settling:
-            self._handling -= 1
+            self._slot_freed()
         self._forget(running)
+
+    def _slot_freed(self) -> None:
+        """A handler returned: its slot goes to the first batch claimed ahead, if any."""
+        self._handling -= 1
+        while self._waiting and self._handling < self.concurrency:
+            running = self._waiting.popleft()
+            running.waiting = False
+            if running.lost:  # its lease lapsed while it waited: another worker runs it
+                self._forget(running)
+            else:
+                self._begin(running)
+        self._changed_().set()
 
     def _forget(self, running: _Running) -> None:
         if self._running.get(running.batch_id) is running:
