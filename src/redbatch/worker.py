@@ -386,7 +386,10 @@ class Worker:
         """
         ahead = self.concurrency if self._handler_seconds < QUICK_HANDLER else 0
         slots = self.concurrency + ahead - self._handling - len(self._waiting)
-        return min(slots, 2 * self.concurrency + ahead - len(self._running))
+        slots = min(slots, 2 * self.concurrency + ahead - len(self._running))
+        if self._waiting and 2 * slots < self.concurrency:
+            return 0  # batches claimed ahead feed the slots meanwhile: claim more at once, later
+        return slots
 
     async def _claim_round(self, rotation: int) -> int:
         free = self._free_slots()
