@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 
 import pytest
 
@@ -93,3 +94,43 @@ def test_shutdown_cancels_calls_not_yet_taken() -> None:
         return queued.cancelled()
 
     assert asyncio.run(main())
+
+
+def test_call_then_hands_each_outcome_to_its_callback_on_the_loop() -> None:
+    async def main() -> None:
+        pool = DaemonThreadPool(2, thread_name_prefix="test-pool")
+        loop_thread = threading.get_ident()
+        outcomes: list[tuple[str, object, bool]] = []
+        both = asyncio.Event()
+
+        def then(label: str) -> Callable[[BaseException | None, object], None]:
+            def record(exc: BaseException | None, result: object) -> None:
+                outcomes.append(
+                    (label, exc if exc is not None else result, threading.get_ident() == loop_thread)
+                )
+                if len(outcomes) == 3:
+                    both.set()
+                if label == "bad callback":
+                    raise ValueError("a callback's own failure")
+
+            return record
+
+        def fails() -> int:
+            raise KeyError("nope")
+
+        errors: list[object] = []
+        asyncio.get_running_loop().set_exception_handler(
+            lambda _loop, context: errors.append(context["exception"])
+        )
+        pool.call_then(lambda: 7, then("value"))
+        pool.call_then(fails, then("error"))
+        pool.call_then(lambda: 8, then("bad callback"))
+        await asyncio.wait_for(both.wait(), 10)
+        pool.shutdown()
+        by_label = {label: (outcome, on_loop) for label, outcome, on_loop in outcomes}
+        assert by_label["value"] == (7, True)
+        assert isinstance(by_label["error"][0], KeyError) and by_label["error"][1]
+        assert by_label["bad callback"] == (8, True)
+        assert [type(e) for e in errors] == [ValueError]  # reported, and the others still went out
+
+    asyncio.run(main())

@@ -11,7 +11,10 @@ threads as work arrives, up to ``max_workers``, and reuses idle ones.
 batches: ``loop.run_in_executor`` chains a ``concurrent.futures.Future`` to an asyncio one
 and wakes the loop once per finished call (a write to its self-pipe, a loop iteration). Here
 a finished call goes on a list, and one wake-up of the loop hands over every call that
-finished before the loop came round to it.
+finished before the loop came round to it. ``call_then`` goes one step further for the
+worker's sync handlers: no future at all, the handover calls the caller's callback with the
+outcome, so a one-item batch costs the loop one plain call instead of a future, a task
+wake-up and a chain of coroutines.
 """
 
 from __future__ import annotations
@@ -29,9 +32,30 @@ from typing import Any, ParamSpec, TypeVar
 P = ParamSpec("P")
 T = TypeVar("T")
 
-# A job: the future to settle (a concurrent one from ``submit``, an asyncio one from ``call``)
-# and the call itself.
-_Job = tuple["Future[Any] | asyncio.Future[Any]", Callable[[], Any]]
+Then = Callable[[BaseException | None, Any], None]
+"""What ``call_then`` calls on the loop with a call's outcome: (its exception, None) or
+(None, what it returned)."""
+
+
+class _Then:
+    """Stands in for a future in a ``call_then`` job: the callback, and the loop to call it on."""
+
+    __slots__ = ("loop", "then")
+
+    def __init__(self, then: Then, loop: asyncio.AbstractEventLoop) -> None:
+        self.then = then
+        self.loop = loop
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self.loop
+
+    def cancelled(self) -> bool:
+        return False
+
+
+# A job: what to settle (a concurrent future from ``submit``, an asyncio one from ``call``, a
+# callback from ``call_then``) and the call itself.
+_Job = tuple["Future[Any] | asyncio.Future[Any] | _Then", Callable[[], Any]]
 
 
 class DaemonThreadPool(Executor):
@@ -44,7 +68,7 @@ class DaemonThreadPool(Executor):
         self._lock = threading.Lock()
         self._closed = False
         # Outcomes of ``call`` jobs not yet handed to the loop: (future, exception, result).
-        self._finished: collections.deque[tuple[asyncio.Future[Any], BaseException | None, Any]] = (
+        self._finished: collections.deque[tuple[asyncio.Future[Any] | _Then, BaseException | None, Any]] = (
             collections.deque()
         )
         self._handover_due = False  # a handover is scheduled on the loop and has not begun
@@ -63,6 +87,15 @@ class DaemonThreadPool(Executor):
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._put((future, functools.partial(fn, *args, **kwargs)))
         return future
+
+    def call_then(self, fn: Callable[[], T], then: Callable[[BaseException | None, T | None], None]) -> None:
+        """Run ``fn()`` on a pool thread, then ``then(exception, result)`` on the running loop.
+
+        ``then`` runs in the loop's handover of finished calls, with (None, what ``fn``
+        returned) or (what it raised, None); what ``then`` raises goes to the loop's
+        exception handler. It is never called for a call left queued at ``shutdown``.
+        """
+        self._put((_Then(then, asyncio.get_running_loop()), fn))
 
     def _put(self, job: _Job) -> None:
         with self._lock:
@@ -103,9 +136,9 @@ class DaemonThreadPool(Executor):
             del future, call
             self._idle.release()
 
-    def _run_for_loop(self, future: asyncio.Future[Any], call: Callable[[], Any]) -> None:
+    def _run_for_loop(self, future: asyncio.Future[Any] | _Then, call: Callable[[], Any]) -> None:
         try:
-            outcome: tuple[asyncio.Future[Any], BaseException | None, Any] = (future, None, call())
+            outcome: tuple[asyncio.Future[Any] | _Then, BaseException | None, Any] = (future, None, call())
         except StopIteration as exc:  # an asyncio future refuses it, as a coroutine does
             outcome = (future, RuntimeError(f"the call raised StopIteration: {exc!r}"), None)
         except BaseException as exc:  # noqa: BLE001 - the waiter on the future gets it
@@ -125,6 +158,14 @@ class DaemonThreadPool(Executor):
         finished = self._finished
         while finished:
             future, exc, result = finished.popleft()
+            if isinstance(future, _Then):
+                try:
+                    future.then(exc, result)
+                except BaseException as error:  # noqa: BLE001 - the other outcomes still go out
+                    future.loop.call_exception_handler(
+                        {"message": "a call_then callback failed", "exception": error}
+                    )
+                continue
             if future.cancelled():
                 continue
             if exc is None:
@@ -143,7 +184,9 @@ def _run_concurrent(future: Future[Any], call: Callable[[], Any]) -> None:
             future.set_result(result)
 
 
-def _cancel(future: Future[Any] | asyncio.Future[Any]) -> None:
+def _cancel(future: Future[Any] | asyncio.Future[Any] | _Then) -> None:
+    if isinstance(future, _Then):
+        return  # never called: the caller is going away
     if isinstance(future, Future):
         future.cancel()
     else:  # its loop's own future: cancelled there, unless the loop is gone

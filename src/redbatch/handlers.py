@@ -5,7 +5,9 @@ this module runs the handler once and says what to write: nothing (it succeeded)
 ``Failure``. It decodes the stored payloads into the handler's ``Batch``, calls an async
 handler on the event loop or a sync one on a handler thread (and awaits, on the loop, what
 a sync-looking handler returns), enforces the batcher's ``timeout``, and reads the indexes
-of an ``ItemsFailed``.
+of an ``ItemsFailed``. A sync handler's whole attempt (decode, call, time, judge) is one
+``SyncCall``, run on a handler thread: for one-item batches and jobs, a task and a chain of
+coroutines on the loop around a call of microseconds were the worker's main cost.
 
 It also states what the worker serves (``Served``): a batcher (``BatchQueue`` here) or a job
 queue (``redbatch.jobrunner.JobQueue``) presents the same face, so both go through one
@@ -17,11 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import inspect
 import logging
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -75,6 +78,19 @@ class HandlerRun:
         return None if self.error is None else handler_failure(self.error)
 
 
+def corrupt(exc: ValueError) -> Attempt:
+    """The attempt of a batch whose stored data cannot be decoded: no retry can repair it,
+    so it goes straight to dead letters."""
+    return Attempt(None, Failure(f"corrupt data: {exc}", retryable=False), None)
+
+
+def _handler_args(claimed: ClaimedBatch) -> tuple[Batch] | Attempt:
+    try:
+        return (decode_batch(claimed),)
+    except ValueError as exc:
+        return corrupt(exc)
+
+
 def decode_batch(claimed: ClaimedBatch) -> Batch:
     """Turn a claimed batch into the handler's ``Batch``; ValueError on corrupt payloads."""
     return Batch(
@@ -87,33 +103,36 @@ def decode_batch(claimed: ClaimedBatch) -> Batch:
     )
 
 
-async def run_handler(
-    batcher: Batcher, claimed: ClaimedBatch, batch: Batch, pool: DaemonThreadPool
-) -> HandlerRun:
-    """Call ``batcher``'s handler on ``batch`` to its end and say how it ended."""
-    assert batcher.handler_fn is not None
-    run, _ = await run_call(
-        batcher.handler_fn, (batch,), batcher.handler_is_async, batcher.timeout, pool,
-        f"batch {claimed.lease.batch_id} of {batcher.name}/{claimed.lease.key}",
-    )  # fmt: skip
-    return run
-
-
-async def run_call(fn: Callable[..., Any], args: tuple[Any, ...], is_async: bool, timeout: float | None,
-                   pool: DaemonThreadPool, label: str) -> tuple[HandlerRun, Any]:  # fmt: skip
-    """Call ``fn(*args)`` (a handler or a job function) to its end: how it ended, and what
-    it returned (None unless it succeeded).
+async def run_call(
+    fn: Callable[..., Any], args: tuple[Any, ...], timeout: float | None
+) -> tuple[HandlerRun, Any]:
+    """Call the async function ``fn(*args)`` (a handler or a job function) on the loop, in
+    this task, to its end or its ``timeout``: how it ended, and what it returned (None
+    unless it succeeded). Sync functions run on a handler thread instead (``SyncCall``).
 
     Whatever it raises, ``SystemExit`` and ``KeyboardInterrupt`` included, is a failed call,
     never the worker's end. Only the worker's own cancellation of this task (a second
-    signal abandons the batch) propagates. ``pool`` runs sync functions.
+    signal abandons the batch) propagates.
     """
     started = time.monotonic()
+    deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+    return await _ended(started, _call_async(fn, args, deadline))
+
+
+async def _call_async(
+    fn: Callable[..., Any], args: tuple[Any, ...], deadline: float | None
+) -> tuple[bool, Any]:
+    return await _await_within(fn(*args), deadline)
+
+
+async def _ended(started: float, call: Awaitable[tuple[bool, Any]]) -> tuple[HandlerRun, Any]:
+    """Await ``call`` (what ``_call_async`` or ``_await_within`` return) and say how the
+    call that began at ``started`` (``time.monotonic``) ended, and what it returned."""
     error: BaseException | None = None
     outcome: HandlerOutcome = "succeeded"
     value: Any = None
     try:
-        timed_out, value = await _call_handler(fn, args, is_async, timeout, pool, label)
+        timed_out, value = await call
         if timed_out:
             outcome = "timed_out"
     except asyncio.CancelledError as exc:
@@ -127,24 +146,9 @@ async def run_call(fn: Callable[..., Any], args: tuple[Any, ...], is_async: bool
     return HandlerRun(outcome, error, time.monotonic() - started), value
 
 
-async def _call_handler(fn: Callable[..., Any], args: tuple[Any, ...], is_async: bool, timeout: float | None,
-                        pool: DaemonThreadPool, label: str) -> tuple[bool, Any]:  # fmt: skip
-    """Run the function to its end: (True, None) when it ran past ``timeout``, else
-    (False, what it returned).
-
-    An async function runs in this task. A sync one runs on a handler thread, and when
-    what it returns is awaitable (a lambda or a decorator's wrapper around an async
-    function) that is awaited here, on the loop, within what is left of the timeout.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = None if timeout is None else loop.time() + timeout
-    if is_async:
-        result = fn(*args)
-    else:
-        call = pool.call(fn, *args)
-        if await _sync_timed_out(call, timeout, label, deadline):
-            return True, None
-        result = call.result()
+async def _await_within(result: Any, deadline: float | None) -> tuple[bool, Any]:
+    """(False, ``result``) when it is not awaitable; else await it until ``deadline`` (loop
+    time): (True, None) past it, else (False, what it gave)."""
     if not inspect.isawaitable(result):
         return False, result
     # asyncio.timeout awaits in this task; asyncio.wait_for would wrap the handler in a
@@ -160,38 +164,19 @@ async def _call_handler(fn: Callable[..., Any], args: tuple[Any, ...], is_async:
     return False, value
 
 
-async def _sync_timed_out(
-    call: asyncio.Future[Any], timeout: float | None, label: str, deadline: float | None
-) -> bool:
-    """Wait for a sync handler's thread; True when it ran past the batcher's timeout.
+def passed_timeout(label: str, timeout: float) -> None:
+    """Log that a sync handler ran past its timeout (the worker's timer, on the loop).
 
     Python cannot stop a thread: a sync handler past its timeout keeps its key, its lease
-    (heartbeats go on) and its worker slot until it returns, so no other batch of the
-    key runs meanwhile and nothing queues behind its thread; then the attempt fails.
-    Async handlers are cancelled at their timeout instead.
+    (heartbeats go on) and its worker slot until it returns, so no other batch of the key
+    runs meanwhile and nothing queues behind its thread; then ``SyncCall.run`` fails the
+    attempt. Async handlers are cancelled at their timeout instead.
     """
-    if deadline is None:
-        await call
-        return False
-    done, _ = await asyncio.wait({call}, timeout=deadline - asyncio.get_running_loop().time())
-    if done:
-        return False
     log.warning(
         "sync handler of %s passed its %s s timeout; it cannot be interrupted, so "
         "the key stays leased until it returns, then the attempt fails",
         label, timeout,
     )  # fmt: skip
-    try:
-        late = await call
-    except asyncio.CancelledError:
-        if cancelled_by_worker():
-            raise  # abandoned: the lease lapses, the batch is not failed under a live handler
-    except BaseException:  # noqa: BLE001 - the attempt already failed: it timed out
-        pass
-    else:
-        if inspect.iscoroutine(late):
-            late.close()  # too late to run it
-    return True
 
 
 def cancelled_by_worker() -> bool:
@@ -243,6 +228,60 @@ class Attempt:
         return dataclasses.replace(self.done, lease=lease)
 
 
+@dataclass(frozen=True, slots=True)
+class SyncCall:
+    """A sync handler's (or job function's) whole attempt, run on a handler thread.
+
+    ``run`` prepares the arguments (decodes the batch: a corrupt one is an ``Attempt`` at
+    once), calls the function, times it and judges how it ended, so the worker hears of a
+    finished attempt once, in a callback on its loop (``DaemonThreadPool.call_then``). Python
+    cannot stop a thread: a call past ``timeout`` fails when it returns, as ``run_call``'s
+    does; the worker's timer only logs it passing (``passed_timeout``).
+    """
+
+    prepare: Callable[[], tuple[Any, ...] | Attempt]
+    fn: Callable[..., Any]
+    timeout: float | None
+    label: str
+    judge: Callable[[HandlerRun, Any], Attempt]  # how the call ended, what it returned
+
+    def run(self) -> Attempt | Awaiting:
+        """On a handler thread: the attempt, or (the function returned an awaitable, as a
+        lambda around an async function does) what the loop must still await."""
+        prepared = self.prepare()
+        if isinstance(prepared, Attempt):
+            return prepared
+        started = time.monotonic()
+        try:
+            value = self.fn(*prepared)
+        except BaseException as exc:  # noqa: BLE001 - a handler's failure never kills the worker
+            return self.judge(HandlerRun("failed", exc, time.monotonic() - started), None)
+        duration = time.monotonic() - started
+        if inspect.isawaitable(value):
+            return Awaiting(self, value, started)
+        if self.timeout is not None and duration > self.timeout:
+            return self.judge(HandlerRun("timed_out", None, duration), None)
+        return self.judge(HandlerRun("succeeded", None, duration), value)
+
+
+@dataclass(frozen=True, slots=True)
+class Awaiting:
+    """What a sync-looking function returned that is awaitable: ``finish`` awaits it on the
+    loop, within what is left of the call's timeout, and judges the attempt."""
+
+    call: SyncCall
+    value: Awaitable[Any]
+    started: float  # time.monotonic() when the call began
+
+    async def finish(self) -> Attempt:
+        timeout = self.call.timeout
+        deadline = None
+        if timeout is not None:
+            deadline = asyncio.get_running_loop().time() + timeout - (time.monotonic() - self.started)
+        run, value = await _ended(self.started, _await_within(self.value, deadline))
+        return self.call.judge(run, value)
+
+
 class Served(Protocol):
     """A batcher or a job queue, as a worker serves it: one engine queue (``spec``)."""
 
@@ -255,7 +294,16 @@ class Served(Protocol):
     @property
     def configured(self) -> QueueSpec: ...
     def adopt_rules(self, rules: QueueSpec) -> None: ...
-    async def attempt(self, claimed: ClaimedBatch, pool: DaemonThreadPool) -> Attempt: ...
+    def sync_call(self, claimed: ClaimedBatch) -> SyncCall | None:
+        """The attempt as one call for a handler thread; None when ``attempt`` must run it
+        (an async function, or a payload that says so only once decoded)."""
+        ...
+
+    async def attempt(self, claimed: ClaimedBatch, pool: DaemonThreadPool) -> Attempt:
+        """The attempt on the loop, when ``sync_call`` gave None; ``pool`` runs blocking
+        store reads it needs."""
+        ...
+
     def retry_at(self, claimed: ClaimedBatch, now_ms: int) -> int | None: ...
     def finish(self, dones: Sequence[Any], now_ms: int) -> list[bool]: ...
     def housekeeping(self, now_ms: int) -> None: ...
@@ -280,12 +328,26 @@ class BatchQueue:
     def adopt_rules(self, rules: QueueSpec) -> None:
         self.batcher.adopt_rules(rules)
 
+    def sync_call(self, claimed: ClaimedBatch) -> SyncCall | None:
+        batcher = self.batcher
+        if batcher.handler_is_async:
+            return None
+        assert batcher.handler_fn is not None
+        label = f"batch {claimed.lease.batch_id} of {batcher.name}/{claimed.lease.key}"
+        return SyncCall(
+            functools.partial(_handler_args, claimed), batcher.handler_fn, batcher.timeout, label,
+            functools.partial(self._judge, claimed),
+        )  # fmt: skip
+
     async def attempt(self, claimed: ClaimedBatch, pool: DaemonThreadPool) -> Attempt:
-        try:
-            batch = decode_batch(claimed)
-        except ValueError as exc:  # retrying cannot repair it: straight to dead letters
-            return Attempt(None, Failure(f"corrupt data: {exc}", retryable=False), None)
-        run = await run_handler(self.batcher, claimed, batch, pool)
+        assert self.batcher.handler_fn is not None and self.batcher.handler_is_async
+        args = _handler_args(claimed)
+        if isinstance(args, Attempt):
+            return args
+        run, _ = await run_call(self.batcher.handler_fn, args, self.batcher.timeout)
+        return self._judge(claimed, run, None)
+
+    def _judge(self, claimed: ClaimedBatch, run: HandlerRun, value: Any) -> Attempt:
         failure = run.failure(self.batcher, len(claimed.payloads))
         return Attempt(claimed.lease if failure is None else None, failure, run)
 

@@ -17,7 +17,7 @@ import orjson
 from redbatch.checks import encode_item
 from redbatch.daemon_pool import DaemonThreadPool
 from redbatch.errors import InvalidItem, JobCancelled
-from redbatch.handlers import Attempt, Failure, handler_failure, run_call
+from redbatch.handlers import Attempt, Failure, HandlerRun, SyncCall, corrupt, handler_failure, run_call
 from redbatch.jobrecords import JobOutcome, JobStatus, Lane, OutcomeKind, lane_score
 from redbatch.jobs import Jobs
 from redbatch.jobtypes import GroupDone, GroupProgress, JobContext, Payload
@@ -53,11 +53,26 @@ class JobQueue:
     def adopt_rules(self, rules: QueueSpec) -> None:
         self.jobs.adopt_rules(rules)
 
+    def sync_call(self, claimed: ClaimedBatch) -> SyncCall | None:
+        try:
+            payload = Payload.decode(claimed.payloads[0])
+        except ValueError:
+            return None  # ``attempt`` says why
+        registered = self.jobs.functions.get(payload.fn)
+        if registered is None or registered[1]:
+            return None  # unknown here (``attempt`` fails it), or async
+        ctx = self._context(claimed, payload)
+        timeout = self._timeout(payload)
+        return SyncCall(
+            functools.partial(self._args, payload, ctx), registered[0], timeout,
+            self._label(claimed, payload), functools.partial(self._judge, claimed, payload, ctx, timeout),
+        )  # fmt: skip
+
     async def attempt(self, claimed: ClaimedBatch, pool: DaemonThreadPool) -> Attempt:
         try:
             payload = Payload.decode(claimed.payloads[0])
-        except ValueError as exc:  # retrying cannot repair it: straight to dead letters
-            return Attempt(None, Failure(f"corrupt data: {exc}", retryable=False), None)
+        except ValueError as exc:
+            return corrupt(exc)
         registered = self.jobs.functions.get(payload.fn)
         if registered is None:  # another worker may know it: an ordinary failed attempt
             known = ", ".join(sorted(self.jobs.functions)) or "none"
@@ -66,13 +81,37 @@ class JobQueue:
             )
             return Attempt(None, Failure(error), None)
         fn, is_async = registered
-        ctx = JobContext(self._store, self.spec, claimed.lease, claimed.attempt, payload.step, payload.group)
-        params = payload.params
+        ctx = self._context(claimed, payload)
+        if payload.callback_of is None:
+            args = self._args(payload, ctx)
+        else:  # a callback reads its group: a store call, on a thread
+            args = await pool.call(self._args, payload, ctx)
+        timeout = self._timeout(payload)
+        if not is_async:  # ``sync_call`` runs those
+            raise AssertionError(f"a sync job function on the loop: {payload.fn!r}")
+        run, value = await run_call(fn, args, timeout)
+        return self._judge(claimed, payload, ctx, timeout, run, value)
+
+    def _context(self, claimed: ClaimedBatch, payload: Payload) -> JobContext:
+        return JobContext(self._store, self.spec, claimed.lease, claimed.attempt, payload.step, payload.group)
+
+    def _timeout(self, payload: Payload) -> float | None:
+        return payload.timeout if payload.timeout is not None else self.jobs.timeout
+
+    def _label(self, claimed: ClaimedBatch, payload: Payload) -> str:
+        return f"job {claimed.lease.key} ({payload.fn}) of {self.jobs.name}"
+
+    def _args(self, payload: Payload, ctx: JobContext) -> tuple[Any, JobContext]:
+        """The function's arguments; a group's callback gets the group's outcome (a store
+        read: on a handler thread)."""
         if payload.callback_of is not None:
-            params = await pool.call(self._group_done, payload.callback_of)
-        timeout = payload.timeout if payload.timeout is not None else self.jobs.timeout
-        label = f"job {claimed.lease.key} ({payload.fn}) of {self.jobs.name}"
-        run, value = await run_call(fn, (params, ctx), is_async, timeout, pool, label)
+            return self._group_done(payload.callback_of), ctx
+        return payload.params, ctx
+
+    def _judge(
+        self, claimed: ClaimedBatch, payload: Payload, ctx: JobContext, timeout: float | None,
+        run: HandlerRun, value: Any,
+    ) -> Attempt:  # fmt: skip
         if run.outcome == "timed_out":
             return Attempt(
                 None, Failure(f"job function {payload.fn!r} timed out after {timeout} seconds"), run

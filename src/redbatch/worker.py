@@ -4,7 +4,10 @@ heartbeat, and acknowledge, retry or dead-letter each one.
 One asyncio loop does the scheduling. Store calls are blocking and run on a small thread
 pool; sync handlers run on ``concurrency`` daemon threads, async handlers on the loop. Both
 pools hand their finished calls back to the loop in bursts (``DaemonThreadPool.call``): for
-one-item batches and jobs, the hops between threads, not the store, were the cost.
+one-item batches and jobs, the hops between threads, not the store, were the cost. A sync
+handler's whole attempt (decode, call, judge: ``handlers.SyncCall``) runs on its thread and
+reaches the loop as one callback (``call_then``); a task runs only what needs the loop: an
+async handler, the coroutine a sync-looking one returned, or writing a failure.
 The loop sleeps until the earliest deadline in the store, a producer's wake-up, a finished
 handler or a stop request, never on a fixed poll interval (a two second cap only guards
 against a lost wake-up message). Free slots go to due batches earliest deadline first,
@@ -14,7 +17,7 @@ across every batcher the worker serves. Calling a handler and judging how the ca
 (``handlers.Served``), and only how an attempt runs and how a success is written differ
 (``redbatch.jobrunner``).
 
-About 600 lines, 110 of them reference docstrings: the scheduling loop, leases,
+About 700 lines, 120 of them reference docstrings: the scheduling loop, leases,
 acknowledgements and lifecycle read best together, as arq keeps its worker in one file.
 """
 
@@ -22,11 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import logging
 import signal
 import threading
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,9 +41,12 @@ from redbatch.daemon_pool import DaemonThreadPool
 from redbatch.errors import ConfigError, StoreUnavailable
 from redbatch.handlers import (
     Attempt,
+    Awaiting,
     BatchQueue,
+    Failure,
     Served,
     decode_batch,  # noqa: F401 - tests and tools import it from here
+    passed_timeout,
 )
 from redbatch.hooks import SettleOutcome, WorkerHooks
 from redbatch.jobrunner import JobQueue
@@ -56,6 +63,10 @@ MAX_SLEEP = 2.0
 JANITOR_INTERVAL = 60.0
 RULES_REFRESH = 10.0
 """Seconds between looks at the rules the store holds, to adopt those another worker published."""
+QUICK_HANDLER = 0.005
+"""Seconds: while handlers take less on average, the worker claims batches ahead."""
+QUICK_WEIGHT = 0.1
+"""The weight of the last handler call in that average."""
 ACK_GROUP = 512
 """The most batches acknowledged in one store call."""
 STORE_ERROR_PAUSE = 0.5
@@ -64,11 +75,22 @@ STORE_ERROR_PAUSE = 0.5
 
 @dataclass(eq=False)
 class _Running:
+    """A batch this worker runs: from its claim until its outcome is written, or it is
+    abandoned. A sync handler's call runs on a handler thread with no task; a task runs an
+    async handler, the rest of a sync one that returned a coroutine, or writes a failure."""
+
     served: Served
     claimed: ClaimedBatch
     task: asyncio.Task[None] | None = None
+    timer: asyncio.TimerHandle | None = None  # logs a sync call passing its timeout
     lost: bool = False
     settling: bool = False  # its outcome is being written: a refused heartbeat is no loss
+    waiting: bool = False  # claimed ahead: no slot yet (``Worker._free_slots``)
+    gone: bool = False  # abandoned: whatever its call or its store write brings is dropped
+
+    @property
+    def batch_id(self) -> str:
+        return self.claimed.lease.batch_id
 
 
 @dataclass
@@ -120,9 +142,11 @@ class Worker:
             slots go to their due batches and jobs earliest deadline first.
         concurrency: How many handlers (or job functions) run at once, across all batchers;
             each sync handler call takes one of this many handler threads. A batch holds its
-            slot from its claim until its handler returns; writing its outcome does not (at
-            most ``concurrency`` more batches may be waiting for that). An integer, at least
-            1; default 16.
+            slot until its handler returns; writing its outcome does not (at most
+            ``concurrency`` more batches may be waiting for that). While handlers return
+            within about 5 ms on average, up to ``concurrency`` more batches are claimed
+            ahead and start as slots free, each under its lease and heartbeated. An
+            integer, at least 1; default 16.
         clock: The time in integer epoch milliseconds; tests inject a fake one. Default:
             the system clock.
         handle_signals: Install SIGTERM and SIGINT handlers while running: the first signal
@@ -177,13 +201,15 @@ class Worker:
         self.counters = WorkerCounters()
         self._running: dict[str, _Running] = {}  # by batch id: handlers running, outcomes being written
         self._handling = 0  # of those, the ones whose handler has not returned: what concurrency caps
+        self._waiting: deque[_Running] = deque()  # claimed ahead, for the next free slot
+        self._handler_seconds = QUICK_HANDLER  # how long handlers take, a moving average
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested = threading.Event()
         self._stop_event: asyncio.Event | None = None
         self._changed: asyncio.Event | None = None
         self._signals = 0
         self._abandoning = False
-        self._acks: dict[str, list[tuple[Any, asyncio.Future[bool]]]] = {}
+        self._acks: dict[str, list[tuple[Any, _Running]]] = {}  # outcomes to acknowledge, by name
         self._ackers: dict[str, asyncio.Task[None]] = {}
         self._published: set[str] = set()  # batchers whose rules this worker published
         self.started = threading.Event()
@@ -221,10 +247,23 @@ class Worker:
                     loop.call_soon_threadsafe(self._abandon)
 
     def _abandon(self) -> None:
+        """Give every in-flight batch up to its lease: its outcome, if it comes, is dropped."""
         self._abandoning = True
-        for running in self._running.values():
+        for running in list(self._running.values()):
+            running.gone = True
             if running.task is not None:
                 running.task.cancel()
+            if running.timer is not None:
+                running.timer.cancel()
+            if not (running.settling or running.waiting):
+                self._handling -= 1
+            self.counters.abandoned += 1
+            fields = batch_fields(running.served.name, running.claimed)
+            log.warning("batch %s abandoned; its lease will lapse", fields["batch_id"], extra=fields)
+        self._running.clear()
+        self._waiting.clear()
+        if self._changed is not None:
+            self._changed.set()
 
     async def run_async(self) -> None:
         """Run until stopped, on the running event loop: ``run`` for async applications.
@@ -339,9 +378,18 @@ class Worker:
 
         A batch whose outcome is being written holds no slot (its handler is done), so the
         next claim overlaps the last acknowledgement; at most ``concurrency`` such batches
-        wait on the store, which keeps a slow store from piling them up.
+        wait on the store, which keeps a slow store from piling them up. While handlers are
+        quick (``QUICK_HANDLER``), the worker also claims up to ``concurrency`` batches
+        ahead, which start the moment a slot frees: the next claim's round trip overlaps the
+        handlers instead of following them. Slow handlers get none, so no batch waits here
+        behind them while another worker could run it.
         """
-        return min(self.concurrency - self._handling, 2 * self.concurrency - len(self._running))
+        ahead = self.concurrency if self._handler_seconds < QUICK_HANDLER else 0
+        slots = self.concurrency + ahead - self._handling - len(self._waiting)
+        slots = min(slots, 2 * self.concurrency + ahead - len(self._running))
+        if self._waiting and 2 * slots < self.concurrency:
+            return 0  # batches claimed ahead feed the slots meanwhile: claim more at once, later
+        return slots
 
     async def _claim_round(self, rotation: int) -> int:
         free = self._free_slots()
@@ -424,71 +472,102 @@ class Worker:
             return
         running = _Running(served, claimed)
         self._running[claimed.lease.batch_id] = running
+        if self._handling < self.concurrency:
+            self._begin(running)
+        else:  # claimed ahead: it starts the moment a slot frees
+            running.waiting = True
+            self._waiting.append(running)
+
+    def _begin(self, running: _Running) -> None:
+        """Run a claimed batch's handler in a slot of its own."""
         self._handling += 1
-        running.task = asyncio.create_task(self._run(running), name=f"redbatch-{claimed.lease.batch_id}")
-
-    async def _run(self, running: _Running) -> None:
-        try:
-            attempt = await self._invoke(running)
-            await self._settle(running, attempt)
-        except asyncio.CancelledError:
-            self.counters.abandoned += 1
-            fields = batch_fields(running.served.name, running.claimed)
-            log.warning("batch %s abandoned; its lease will lapse", fields["batch_id"], extra=fields)
-        except StoreUnavailable as exc:  # the lease lapses and the batch is retried
-            fields = batch_fields(running.served.name, running.claimed)
-            log.error("could not record the outcome of batch %s: %s", fields["batch_id"], exc, extra=fields)
-        except Exception:
-            fields = batch_fields(running.served.name, running.claimed)
-            log.exception("could not record the outcome of batch %s", fields["batch_id"], extra=fields)
-        finally:
-            if not running.settling:  # abandoned, or failed before its outcome was written
-                self._handling -= 1
-            if self._running.get(running.claimed.lease.batch_id) is running:
-                del self._running[running.claimed.lease.batch_id]
-            assert self._changed is not None
-            self._changed.set()
-
-    async def _invoke(self, running: _Running) -> Attempt:
-        """Run the handler (or job function); say what to record."""
         served, claimed = running.served, running.claimed
-        attempt = await served.attempt(claimed, self._handler_pool)
+        call = served.sync_call(claimed)
+        if call is None:  # an async handler: a task on the loop
+            running.task = asyncio.create_task(self._run(running), name=f"redbatch-{claimed.lease.batch_id}")
+            return
+        if call.timeout is not None:
+            running.timer = self._loop_().call_later(call.timeout, passed_timeout, call.label, call.timeout)
+        self._handler_pool.call_then(call.run, functools.partial(self._ran, running))
+
+    def _ran(self, running: _Running, error: BaseException | None, ran: Attempt | Awaiting | None) -> None:
+        """On the loop: a ``SyncCall`` returned (or raised ``error``)."""
+        if running.timer is not None:
+            running.timer.cancel()
+        if running.gone:  # abandoned while its thread ran
+            return
+        if error is not None:
+            self._unrecorded(running, error)
+        elif isinstance(ran, Awaiting):  # a sync-looking handler returned a coroutine
+            running.task = asyncio.create_task(self._run(running, ran), name=f"redbatch-{running.batch_id}")
+        else:
+            assert ran is not None
+            self._attempted(running, ran)
+
+    async def _run(self, running: _Running, awaiting: Awaiting | None = None) -> None:
+        """An attempt that runs on the loop: an async handler's, or the rest of a sync one's."""
+        try:
+            if awaiting is None:
+                attempt = await running.served.attempt(running.claimed, self._handler_pool)
+            else:
+                attempt = await awaiting.finish()
+        except asyncio.CancelledError:
+            return  # abandoned: ``_abandon`` counted it
+        except Exception as exc:  # noqa: BLE001 - a batch's trouble never ends the worker
+            self._unrecorded(running, exc)
+            return
+        self._attempted(running, attempt)
+
+    def _attempted(self, running: _Running, attempt: Attempt) -> None:
+        """The handler returned: free its slot and write the outcome (a success goes with the
+        next acknowledgement; a failure has a task of its own)."""
+        served, claimed = running.served, running.claimed
         if (run := attempt.run) is not None:
             self._hook(
                 self.hooks.handler_finished, served.source, claimed, run.duration, run.outcome, run.error
             )
-        return attempt
-
-    async def _settle(self, running: _Running, attempt: Attempt) -> None:
-        served, claimed = running.served, running.claimed
+        if run is not None:  # how quick handlers are decides whether to claim ahead
+            self._handler_seconds += (run.duration - self._handler_seconds) * QUICK_WEIGHT
         running.settling = True
-        self._handling -= 1
-        assert self._changed is not None
-        self._changed.set()  # its slot is free: claim the next batch while this one is written
+        self._slot_freed()  # the next batch starts, or is claimed, while this one is written
+        if attempt.failure is None:
+            self._finish(served, attempt.done_under(claimed.lease), running)
+        else:
+            running.task = asyncio.create_task(
+                self._fail(running, attempt.failure), name=f"redbatch-{running.batch_id}"
+            )
+
+    async def _fail(self, running: _Running, failure: Failure) -> None:
+        served, claimed = running.served, running.claimed
         lease = claimed.lease
         now = self.clock()
-        outcome: SettleOutcome
-        failure = attempt.failure
-        if failure is None:
-            held = await self._finish(served, attempt.done_under(lease))
-            outcome = "acked"
-        else:
-            retry_at = served.retry_at(claimed, now) if failure.retryable else None
+        retry_at = served.retry_at(claimed, now) if failure.retryable else None
+        try:
             held = await self._call(
                 self.store.fail, served.spec, lease, now, failure.error, retry_at, failure.keep
             )
-            outcome = "retried" if retry_at is not None else "dead"
-            log.warning(
-                "batch %s of %s/%s failed (attempt %d): %s",
-                lease.batch_id,
-                served.name,
-                lease.key,
-                claimed.attempt,
-                failure.error.strip().splitlines()[-1],
-                extra=batch_fields(served.name, claimed),
-            )
+        except asyncio.CancelledError:
+            return  # abandoned: ``_abandon`` counted it
+        except Exception as exc:  # noqa: BLE001 - the lease lapses and the batch is retried
+            self._unrecorded(running, exc)
+            return
+        log.warning(
+            "batch %s of %s/%s failed (attempt %d): %s",
+            lease.batch_id,
+            served.name,
+            lease.key,
+            claimed.attempt,
+            failure.error.strip().splitlines()[-1],
+            extra=batch_fields(served.name, claimed),
+        )
+        self._settled(running, "retried" if retry_at is not None else "dead", held)
+
+    def _settled(self, running: _Running, outcome: SettleOutcome, held: bool) -> None:
+        """The store took the outcome (``held``) or refused it: the batch is done here."""
+        served, claimed = running.served, running.claimed
         if not held:
             self.counters.refused += 1
+            lease = claimed.lease
             log.warning(
                 "batch %s of %s/%s was reclaimed by another worker; %s refused",
                 lease.batch_id,
@@ -497,27 +576,56 @@ class Worker:
                 outcome,
                 extra=batch_fields(served.name, claimed),
             )
-            self._hook(self.hooks.batch_settled, served.source, claimed, "refused")
-            return
-        self._hook(self.hooks.batch_settled, served.source, claimed, outcome)
-        if outcome == "acked":
+            outcome = "refused"
+        elif outcome == "acked":
             self.counters.succeeded += 1
         elif outcome == "retried":
             self.counters.retried += 1
         else:
             self.counters.dead_lettered += 1
+        self._hook(self.hooks.batch_settled, served.source, claimed, outcome)
+        self._forget(running)
 
-    async def _finish(self, served: Served, result: Any) -> bool:
+    def _unrecorded(self, running: _Running, exc: BaseException) -> None:
+        """The attempt's outcome could not be written (or worked out): the lease lapses and
+        the batch is retried."""
+        fields = batch_fields(running.served.name, running.claimed)
+        if isinstance(exc, StoreUnavailable):
+            log.error("could not record the outcome of batch %s: %s", fields["batch_id"], exc, extra=fields)
+        else:
+            log.error(
+                "could not record the outcome of batch %s", fields["batch_id"], exc_info=exc, extra=fields
+            )
+        if not running.settling:
+            self._slot_freed()
+        self._forget(running)
+
+    def _slot_freed(self) -> None:
+        """A handler returned: its slot goes to the first batch claimed ahead, if any."""
+        self._handling -= 1
+        while self._waiting and self._handling < self.concurrency:
+            running = self._waiting.popleft()
+            running.waiting = False
+            if running.lost:  # its lease lapsed while it waited: another worker runs it
+                self._forget(running)
+            else:
+                self._begin(running)
+        self._changed_().set()
+
+    def _forget(self, running: _Running) -> None:
+        if self._running.get(running.batch_id) is running:
+            del self._running[running.batch_id]
+        self._changed_().set()
+
+    def _finish(self, served: Served, result: Any, running: _Running) -> None:
         """Acknowledge with group commit: batches (or jobs) that finish while an
         acknowledgement is on its way to the store go together in the next one, one round
         trip (one SQLite transaction) for many. ``result`` is what ``served.finish`` takes:
         a batch's lease (``ack``), or a job's outcome (``finish_jobs``)."""
-        done: asyncio.Future[bool] = self._loop_().create_future()
-        self._acks.setdefault(served.name, []).append((result, done))
+        self._acks.setdefault(served.name, []).append((result, running))
         if served.name not in self._ackers:
             task = asyncio.create_task(self._ack_loop(served), name=f"redbatch-ack-{served.name}")
             self._ackers[served.name] = task
-        return await done
 
     async def _ack_loop(self, served: Served) -> None:
         # Single-threaded asyncio: nothing runs between the emptiness check and the ``finally``,
@@ -528,14 +636,14 @@ class Worker:
                 results = [result for result, _ in group]
                 try:
                     held = await self._call(served.finish, results, self.clock())
-                except Exception as exc:  # noqa: BLE001 - handed to every waiter in the group
-                    for _, done in group:
-                        if not done.done():
-                            done.set_exception(exc)
+                except Exception as exc:  # noqa: BLE001 - the outcome of every batch in the group
+                    for _, running in group:
+                        if not running.gone:
+                            self._unrecorded(running, exc)
                     continue
-                for (_, done), ok in zip(group, held, strict=True):
-                    if not done.done():  # its batch was abandoned while on its way
-                        done.set_result(ok)
+                for (_, running), ok in zip(group, held, strict=True):
+                    if not running.gone:  # abandoned while on its way
+                        self._settled(running, "acked", ok)
         finally:
             del self._ackers[served.name]
 
@@ -618,13 +726,13 @@ class Worker:
             )
 
     async def _drain(self) -> None:
-        tasks = [r.task for r in list(self._running.values()) if r.task is not None]
         if self._abandoning:  # some may have started after the abandon, in a last claim round
-            for task in tasks:
-                task.cancel()
-        if tasks:
-            log.info("waiting for %d in-flight batches", len(tasks))
-            await asyncio.gather(*tasks, return_exceptions=True)
+            self._abandon()
+        if self._running:
+            log.info("waiting for %d in-flight batches", len(self._running))
+        while self._running:  # each batch's end sets ``_changed``
+            self._changed_().clear()
+            await self._changed_().wait()
 
     # ------------------------------------------------------------------ helpers
 
@@ -640,6 +748,10 @@ class Worker:
     def _loop_(self) -> asyncio.AbstractEventLoop:
         assert self._loop is not None
         return self._loop
+
+    def _changed_(self) -> asyncio.Event:
+        assert self._changed is not None
+        return self._changed
 
     async def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a blocking store call on the store pool; typed, so a protocol change shows."""

@@ -671,3 +671,61 @@ def test_a_failing_hook_is_logged_and_the_batch_goes_on(
         wait_until(lambda: "hook batch_settled failed" in caplog.text, timeout=10)
     assert seen == [1] and worker.counters.succeeded == 1
     assert "hook batch_claimed failed" in caplog.text
+
+
+def _claim_limits(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the ``limit`` of every claim the worker makes."""
+    limits: list[int] = []
+    claim_due = store.claim_due
+
+    def recorded(spec: Any, now_ms: int, limit: int) -> list[ClaimedBatch]:
+        limits.append(limit)
+        return claim_due(spec, now_ms, limit)
+
+    monkeypatch.setattr(store, "claim_due", recorded)
+    return limits
+
+
+def test_quick_handlers_get_batches_claimed_ahead_and_each_runs_once(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    b = Batcher(store, "ahead", max_items=1, max_wait=0)
+    b.add_many([(f"k{i}", i) for i in range(60)])
+    limits = _claim_limits(store, monkeypatch)
+    seen: list[int] = []
+    running_now, most = 0, 0
+    lock = threading.Lock()
+
+    @b.handler
+    def quick(batch: Batch) -> None:
+        nonlocal running_now, most
+        with lock:
+            running_now += 1
+            most = max(most, running_now)
+        seen.extend(batch.items)
+        with lock:
+            running_now -= 1
+
+    with running(Worker(store, [b], concurrency=2, handle_signals=False)):
+        wait_until(lambda: len(seen) == 60, timeout=10)
+    assert sorted(seen) == list(range(60))
+    assert max(limits) > 2  # claimed beyond the free slots: ahead
+    assert most <= 2  # yet never more handlers at once than the concurrency
+
+
+def test_slow_handlers_get_nothing_claimed_ahead(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch claimed ahead would wait behind a slow handler while another worker could run it."""
+    b = Batcher(store, "behind", max_items=1, max_wait=0)
+    b.add_many([(f"k{i}", i) for i in range(6)])
+    limits = _claim_limits(store, monkeypatch)
+    seen: list[int] = []
+    pause = threading.Event()
+
+    @b.handler
+    def slow(batch: Batch) -> None:
+        pause.wait(0.02)  # never set: 20 ms, four times the quick mark
+        seen.extend(batch.items)
+
+    with running(Worker(store, [b], concurrency=2, handle_signals=False)):
+        wait_until(lambda: len(seen) == 6, timeout=10)
+    assert limits and max(limits) <= 2
