@@ -39,7 +39,7 @@ from redbatch.stores.redis.errors import translated, unavailable, unavailable_as
 from redbatch.stores.redis.jobs import Jobs
 from redbatch.stores.redis.rules import Rules, record
 from redbatch.stores.redis.waiter import RedisWaiter
-from redbatch.stores.redis.wire import AsyncClients, command, entry_frame, frame, framed, send, send_async
+from redbatch.stores.redis.wire import AsyncClients, HeldConnection, command, entry_frame, frame, framed, send_async
 from redbatch.types import ClaimedBatch, Entry, Lease, QueueCounters, QueueSpec
 
 log = logging.getLogger("redbatch.store.redis")
@@ -110,6 +110,7 @@ class RedisStore(Jobs, Rules, DeadLetters):
         self._async_clients = None if async_client is None else AsyncClients(async_client)
         self._scripts = load_scripts(self.client)
         self._parts = {}
+        self._appends = HeldConnection(self.client)
 
     # ------------------------------------------------------------------ producing
 
@@ -336,10 +337,10 @@ class RedisStore(Jobs, Rules, DeadLetters):
 
     def _send_append(self, packed: bytes) -> int:
         try:
-            return int(self._replied(send(self.client, packed, *self._waits())))
+            return int(self._replied(self._appends.send(packed, *self._waits())))
         except redis.exceptions.NoScriptError:  # Redis lost it (a restart, SCRIPT FLUSH)
             self.client.script_load(self._scripts["append"].script)
-            return int(self._replied(send(self.client, packed, *self._waits())))
+            return int(self._replied(self._appends.send(packed, *self._waits())))
 
     async def _send_append_async(self, client: redis.asyncio.Redis, packed: bytes) -> int:
         try:
