@@ -79,10 +79,7 @@ class _Request:
         self.gone = False
 
     def size(self) -> int:
-        entries = self.entries
-        if len(entries) == 1:  # an add: no generator
-            return len(entries[0].payload) + len(entries[0].key)
-        return sum(len(e.payload) + len(e.key) for e in entries)
+        return sum(len(e.payload) + len(e.key) for e in self.entries)
 
 
 class Coalescer:
@@ -206,21 +203,16 @@ class Coalescer:
         with self._lock:
             for _ in group:
                 self._queue.popleft()  # the group is the queue's front, in order
-            front = self._queue[0].wakeup if self._queue else None
+            self._wake_front()  # first: the next call waits for its leader, not for the others
             chain: _Request | None = None
             for member in group[:0:-1]:  # the followers, last first (the first is the leader's)
                 member.error = error
                 member.done = True
                 if not member.gone:
                     member.after, chain = chain, member
-        # Woken once the lock is free, so that neither waits for it. The front request's
-        # caller is woken once: only this leader can (an interrupted one only while it is
-        # queued and not at the front, see _wait).
-        if front is not None:
-            front.release()  # first: the next call waits for its leader, not for the others
-        if chain is not None:
-            assert chain.wakeup is not None
-            chain.wakeup.release()
+            if chain is not None:
+                assert chain.wakeup is not None
+                chain.wakeup.release()
 
     def _wake_front(self) -> None:
         """Hand the lead to the front request (called holding the lock)."""
