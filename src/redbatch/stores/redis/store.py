@@ -39,7 +39,15 @@ from redbatch.stores.redis.errors import translated, unavailable, unavailable_as
 from redbatch.stores.redis.jobs import Jobs
 from redbatch.stores.redis.rules import Rules, record
 from redbatch.stores.redis.waiter import RedisWaiter
-from redbatch.stores.redis.wire import AsyncClients, HeldConnection, command, entry_frame, frame, framed, send_async
+from redbatch.stores.redis.wire import (
+    AsyncClients,
+    HeldConnection,
+    command,
+    entry_frame,
+    frame,
+    framed,
+    send_async,
+)
 from redbatch.types import ClaimedBatch, Entry, Lease, QueueCounters, QueueSpec
 
 log = logging.getLogger("redbatch.store.redis")
