@@ -301,6 +301,18 @@ def test_closing_the_store_closes_the_connection_its_adds_keep(own_server: Redis
     admin.close()
 
 
+def test_a_client_given_to_the_store_gets_its_connections_back_on_close(own_server: RedisServer) -> None:
+    pool = redis.ConnectionPool.from_url(own_server.url)
+    client = redis.Redis(connection_pool=pool)  # its owner's: closing the store leaves it open
+    store = RedisStore(own_server.url, client=client)
+    b = Batcher(store, "b")
+    b.add("k", 1)
+    store.close()
+    assert not pool._in_use_connections  # the connection appends keep is the pool's again
+    assert client.ping()
+    pool.disconnect()
+
+
 def wait_for(condition: Any, timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
     while not condition():

@@ -618,6 +618,7 @@ class RedisStore(Jobs, Rules, DeadLetters):
         return RedisWaiter(self.client, [self._channel(n) for n in names])
 
     def close(self) -> None:
+        self._appends.close()
         self.client.close()
         if self._async_clients is not None:
             self._async_clients.close()

@@ -88,8 +88,9 @@ class HeldConnection:
     (another batcher's append) takes a pooled one, as ``send``. Each use checks it as the
     pool does (connected, no unread data), and any failure but an error reply (which leaves
     it in step) disconnects it, so the next use reconnects. It stays counted as the pool's
-    connection in use, so closing the client (``pool.disconnect``) closes it too; a forked
-    child never uses the parent's (the process id is checked, and the lock made anew).
+    connection in use, so closing the client (``pool.disconnect``) closes it too, and
+    ``close`` (the store's) gives it back; a forked child never uses the parent's (the
+    process id is checked, and the lock made anew).
     Only for redis-py's plain ``ConnectionPool``: a Sentinel pool asks the Sentinels in
     ``get_connection`` where the master is (client.py), and other pools may have rules of
     their own; those keep ``send``.
@@ -126,6 +127,18 @@ class HeldConnection:
             except BaseException:
                 conn.disconnect()
                 raise
+        finally:
+            self._lock.release()
+
+    def close(self) -> None:
+        """Give the held connection back to the pool (a client given to the store stays in
+        its owner's use), unless a call is on it now; a later ``send`` takes one again."""
+        if not self._lock.acquire(blocking=False):
+            return  # on its way: closing the client disconnects it
+        try:
+            conn, self._conn = self._conn, None
+            if conn is not None and self._pid == os.getpid():
+                self._client.connection_pool.release(conn)
         finally:
             self._lock.release()
 
