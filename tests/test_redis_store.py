@@ -3,6 +3,7 @@ partitions. The conformance suite covers the behaviour every store shares."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
@@ -243,6 +244,82 @@ def test_the_first_command_after_a_restart_succeeds(own_server: RedisServer) -> 
     b.add("k", 2)
     assert b.stats().buffered_items == 1  # the new server kept nothing (no persistence)
     store.close()
+
+
+def test_an_add_after_one_that_timed_out_is_answered_in_step(own_server: RedisServer) -> None:
+    # Appends keep one connection between calls (wire.HeldConnection): the timed-out one's
+    # late reply must not be read as the next one's.
+    store = redbatch.connect(own_server.url, **TIMEOUTS)
+    b = Batcher(store, "b")
+    b.add("k", 1)
+    assert own_server.process is not None
+    own_server.process.send_signal(signal.SIGSTOP)
+    with pytest.raises(StoreUnavailable):
+        b.add("k", 2)
+    own_server.process.send_signal(signal.SIGCONT)
+    b.add("k", 3)
+    b.add_many([("k", 4), ("k", 5)])
+    assert [p.value for p in b.peek("k")][-3:] == [3, 4, 5]
+    store.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
+def test_a_forked_child_adds_on_a_connection_of_its_own(own_server: RedisServer) -> None:
+    store = redbatch.connect(own_server.url, **TIMEOUTS)
+    b = Batcher(store, "b")
+    b.add("k", 1)  # the parent's connection is held now
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 only if its adds went through
+        code = 1
+        try:
+            b.add("k", 2)
+            b.add("k", 3)
+            code = 0
+        finally:
+            os._exit(code)
+    b.add("k", 4)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    b.add("k", 5)
+    assert sorted(p.value for p in b.peek("k")) == [1, 2, 3, 4, 5]
+    store.close()
+
+
+def test_closing_the_store_closes_the_connection_its_adds_keep(own_server: RedisServer) -> None:
+    admin = redis.Redis.from_url(own_server.url)
+    before = len(admin.client_list())
+    store = redbatch.connect(own_server.url, **TIMEOUTS)
+    b, other = Batcher(store, "b"), Batcher(store, "other")
+    b.add("k", 1)
+    other.add("k", 1)
+    assert len(admin.client_list()) > before
+    store.close()
+    assert wait_for(lambda: len(admin.client_list()) == before)
+    b.add("k", 2)  # a closed store connects again, as redis-py does
+    assert b.stats().buffered_items == 2
+    store.close()
+    admin.close()
+
+
+def test_a_client_given_to_the_store_gets_its_connections_back_on_close(own_server: RedisServer) -> None:
+    pool = redis.ConnectionPool.from_url(own_server.url)
+    client = redis.Redis(connection_pool=pool)  # its owner's: closing the store leaves it open
+    store = RedisStore(own_server.url, client=client)
+    b = Batcher(store, "b")
+    b.add("k", 1)
+    store.close()
+    assert not pool._in_use_connections  # the connection appends keep is the pool's again
+    assert client.ping()
+    pool.disconnect()
+
+
+def wait_for(condition: Any, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 # ---------------------------------------------------------------- scripts and refusals
