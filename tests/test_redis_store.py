@@ -3,6 +3,7 @@ partitions. The conformance suite covers the behaviour every store shares."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -339,6 +340,43 @@ def test_scripts_are_loaded_again_after_script_flush(own_server: RedisServer, cl
         store.client.script_flush()
         assert all(ack(b, c) for c in claimed)
         store.close()
+
+
+def test_claims_and_acks_on_the_loop_match_the_sync_ones_and_reload_lost_scripts(
+    own_server: RedisServer, clock: FakeClock
+) -> None:
+    """The worker's calls on its loop (``LoopCalls``) over one and three partitions: the same
+    batches in deadline order, the same acknowledgements, and a SCRIPT FLUSH survived."""
+    for partitions in (1, 3):
+        store = RedisStore(own_server.url, prefix=f"loop{partitions}", partitions=partitions)
+        assert store.calls_on_loop()
+        b = make(store, clock, max_items=2, max_wait=1)
+        for n in range(6):
+            b.add(f"k{n}", n)
+            clock.advance(0.1)
+        clock.advance(1)
+
+        async def main(store: RedisStore, b: Batcher) -> tuple[list[Any], list[bool], list[bool]]:
+            store.client.script_flush()
+            first = await store.claim_due_async(b.spec, clock(), 4)
+            rest = await store.claim_due_async(b.spec, clock(), 10)
+            store.client.script_flush()
+            held = await store.ack_async(b.spec, [c.lease for c in first + rest], clock())
+            again = await store.ack_async(b.spec, [first[0].lease], clock())
+            return [c.lease.key for c in first + rest], held, again
+
+        keys, held, again = asyncio.run(main(store, b))
+        assert keys == [f"k{n}" for n in range(6)]  # earliest deadline first, across partitions
+        assert held == [True] * 6 and again == [False]  # acked once: a second ack is refused
+        assert b.stats().in_flight == 0 and b.stats().buffered_items == 0
+        store.close()
+
+
+def test_the_worker_claims_on_threads_where_the_loop_calls_cannot_serve(own_server: RedisServer) -> None:
+    """replicas=N needs a WAIT after each write, which the loop's calls do not send; a client
+    given without an asyncio twin has no loop client at all."""
+    assert not RedisStore(own_server.url, replicas=1).calls_on_loop()
+    assert not RedisStore(own_server.url, client=redis.Redis(port=own_server.port)).calls_on_loop()
 
 
 def test_a_read_only_replica_is_unavailable_not_an_error(own_server: RedisServer, tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ from redbatch.batcher import Batcher
 from redbatch.daemon_pool import DaemonThreadPool
 from redbatch.errors import ItemsFailed
 from redbatch.hooks import HandlerOutcome
-from redbatch.stores.base import Store
+from redbatch.stores.base import LoopCalls, Store
 from redbatch.types import Batch, ClaimedBatch, Lease, QueueSpec
 
 # The worker's logger, not one of this module's own: a handler past its timeout is news of
@@ -306,6 +306,10 @@ class Served(Protocol):
 
     def retry_at(self, claimed: ClaimedBatch, now_ms: int) -> int | None: ...
     def finish(self, dones: Sequence[Any], now_ms: int) -> list[bool]: ...
+    async def finish_async(self, calls: LoopCalls, dones: Sequence[Any], now_ms: int) -> list[bool]:
+        """``finish`` through the store's calls on the loop."""
+        ...
+
     def housekeeping(self, now_ms: int) -> None: ...
 
 
@@ -356,6 +360,9 @@ class BatchQueue:
 
     def finish(self, dones: Sequence[Lease], now_ms: int) -> list[bool]:
         return self.store.ack(self.spec, dones, now_ms)
+
+    async def finish_async(self, calls: LoopCalls, dones: Sequence[Lease], now_ms: int) -> list[bool]:
+        return await calls.ack_async(self.spec, dones, now_ms)
 
     def housekeeping(self, now_ms: int) -> None:
         if self.batcher.dead_letter_ttl_ms is not None:

@@ -21,7 +21,7 @@ from redbatch.handlers import Attempt, Failure, HandlerRun, SyncCall, corrupt, h
 from redbatch.jobrecords import JobOutcome, JobStatus, Lane, OutcomeKind, lane_score
 from redbatch.jobs import Jobs
 from redbatch.jobtypes import GroupDone, GroupProgress, JobContext, Payload
-from redbatch.stores.base import JobStore
+from redbatch.stores.base import JobStore, LoopCalls
 from redbatch.types import ClaimedBatch, QueueSpec
 
 FAILED_PAGE = 500
@@ -170,6 +170,9 @@ class JobQueue:
 
     def finish(self, dones: Sequence[Any], now_ms: int) -> list[bool]:
         return self._store.finish_jobs(self.spec, dones, now_ms)
+
+    async def finish_async(self, calls: LoopCalls, dones: Sequence[Any], now_ms: int) -> list[bool]:
+        return await calls.finish_jobs_async(self.spec, dones, now_ms)
 
     def housekeeping(self, now_ms: int) -> None:
         before = now_ms - self.jobs.retention_ms

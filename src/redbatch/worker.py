@@ -1,8 +1,10 @@
 """The worker: claim due batches, run them with bounded concurrency, keep their leases by
 heartbeat, and acknowledge, retry or dead-letter each one.
 
-One asyncio loop does the scheduling. Store calls are blocking and run on a small thread
-pool; sync handlers run on ``concurrency`` daemon threads, async handlers on the loop. Both
+One asyncio loop does the scheduling. Claims and acknowledgements run on the loop itself
+where the store can (Redis: ``stores.base.LoopCalls``); other store calls are blocking and
+run on a small thread pool. Sync handlers run on ``concurrency`` daemon threads, async
+handlers on the loop. Both
 pools hand their finished calls back to the loop in bursts (``DaemonThreadPool.call``): for
 one-item batches and jobs, the hops between threads, not the store, were the cost. A sync
 handler's whole attempt (decode, call, judge: ``handlers.SyncCall``) runs on its thread and
@@ -52,7 +54,7 @@ from redbatch.hooks import SettleOutcome, WorkerHooks
 from redbatch.jobrunner import JobQueue
 from redbatch.jobs import Jobs
 from redbatch.logs import batch_fields
-from redbatch.stores.base import Store, Waiter
+from redbatch.stores.base import LoopCalls, Store, Waiter
 from redbatch.types import ClaimedBatch, Clock, system_clock
 
 log = logging.getLogger("redbatch.worker")
@@ -192,6 +194,9 @@ class Worker:
             if batcher.store is not store:
                 raise ConfigError(f"{batcher!r} uses another store than the worker")
         self.store = store
+        # Claims and acknowledgements on the loop itself where the store can (Redis): the
+        # busiest store calls, with no thread hop around them.
+        self._loop_calls = store if isinstance(store, LoopCalls) and store.calls_on_loop() else None
         self.batchers = list(batchers)
         self._served = served
         self.concurrency = concurrency
@@ -402,7 +407,10 @@ class Worker:
         claimed = 0
         for served, share in shares:
             try:
-                batches = await self._call(self.store.claim_due, served.spec, self.clock(), share)
+                if self._loop_calls is not None:
+                    batches = await self._loop_calls.claim_due_async(served.spec, self.clock(), share)
+                else:
+                    batches = await self._call(self.store.claim_due, served.spec, self.clock(), share)
             except Exception as exc:  # noqa: BLE001 - a store failure never kills the worker
                 log.error("claiming from %s failed: %s", served.name, exc)
                 await asyncio.sleep(STORE_ERROR_PAUSE)
@@ -635,7 +643,10 @@ class Worker:
                 group, self._acks[served.name] = pending[:ACK_GROUP], pending[ACK_GROUP:]
                 results = [result for result, _ in group]
                 try:
-                    held = await self._call(served.finish, results, self.clock())
+                    if self._loop_calls is not None:
+                        held = await served.finish_async(self._loop_calls, results, self.clock())
+                    else:
+                        held = await self._call(served.finish, results, self.clock())
                 except Exception as exc:  # noqa: BLE001 - the outcome of every batch in the group
                     for _, running in group:
                         if not running.gone:

@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 
 import redbatch
-from redbatch.stores.base import Store
+from redbatch.stores.base import LoopCalls, Store
 from redbatch.types import ClaimedBatch, Lease, QueueSpec
 
 GRACE = 20.0
@@ -55,7 +55,8 @@ class Recorder:
 
 
 def record_store_answers(store: Store, recorder: Recorder) -> None:
-    """Wrap this process's store so that claims and settlements are recorded with tokens.
+    """Wrap this process's store so that claims and settlements (and their twins on the
+    loop, ``LoopCalls``, where the worker uses them) are recorded with tokens.
 
     The wrappers pass every argument through untouched, so that they keep working when the
     store protocol grows a parameter; they read only the leading ones (spec, lease or leases).
@@ -72,8 +73,7 @@ def record_store_answers(store: Store, recorder: Recorder) -> None:
             | extra
         )
 
-    def recorded_claim(*args: Any) -> list[ClaimedBatch]:
-        batches = claim_due(*args)
+    def claimed(batches: list[ClaimedBatch]) -> list[ClaimedBatch]:
         for batch in batches:
             lease = batch.lease
             attempts[(lease.batch_id, lease.fencing_token)] = batch.attempt
@@ -83,23 +83,50 @@ def record_store_answers(store: Store, recorder: Recorder) -> None:
             )
         return batches
 
+    def recorded_claim(*args: Any) -> list[ClaimedBatch]:
+        return claimed(claim_due(*args))
+
     def recorded_settle(kind: str, settle: Callable[..., Any]) -> Callable[..., Any]:
         """Record each lease's answer; ``ack`` takes a list of leases (group commit), ``fail`` one."""
 
         def recorded(spec: QueueSpec, lease_or_leases: Lease | Sequence[Lease], *args: Any) -> Any:
-            single = isinstance(lease_or_leases, Lease)
-            leases = [lease_or_leases] if single else list(lease_or_leases)
             try:
                 answer = settle(spec, lease_or_leases, *args)
             except Exception as exc:
-                for lease in leases:
-                    settled(kind, lease, None, error=type(exc).__name__)
+                answered(kind, lease_or_leases, None, exc)
                 raise
-            for lease, ok in zip(leases, [answer] if single else answer, strict=True):
-                settled(kind, lease, bool(ok))
-            return answer
+            return answered(kind, lease_or_leases, answer, None)
 
         return recorded
+
+    def answered(
+        kind: str, lease_or_leases: Lease | Sequence[Lease], answer: Any, exc: Exception | None
+    ) -> Any:
+        single = isinstance(lease_or_leases, Lease)
+        leases = [lease_or_leases] if single else list(lease_or_leases)
+        if exc is not None:
+            for lease in leases:
+                settled(kind, lease, None, error=type(exc).__name__)
+            return None
+        for lease, ok in zip(leases, [answer] if single else answer, strict=True):
+            settled(kind, lease, bool(ok))
+        return answer
+
+    async def recorded_claim_async(*args: Any) -> list[ClaimedBatch]:
+        return claimed(await claim_due_async(*args))
+
+    async def recorded_ack_async(spec: QueueSpec, leases: Sequence[Lease], *args: Any) -> Any:
+        try:
+            answer = await ack_async(spec, leases, *args)
+        except Exception as exc:
+            answered("ack", leases, None, exc)
+            raise
+        return answered("ack", leases, answer, None)
+
+    if isinstance(store, LoopCalls):  # the worker claims and acknowledges on its loop
+        claim_due_async, ack_async = store.claim_due_async, store.ack_async
+        store.claim_due_async = recorded_claim_async  # type: ignore[method-assign]
+        store.ack_async = recorded_ack_async  # type: ignore[method-assign]
 
     # Instance attributes shadow the methods: the Worker still sees the same store object.
     store.claim_due = recorded_claim  # type: ignore[method-assign]

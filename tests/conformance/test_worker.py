@@ -17,7 +17,7 @@ import pytest
 import redbatch
 from redbatch import Batch, Batcher, Worker
 from redbatch.hooks import HandlerOutcome, SettleOutcome, WorkerHooks
-from redbatch.stores.base import Store
+from redbatch.stores.base import LoopCalls, Store
 from redbatch.types import ClaimedBatch, Entry
 from tests.conftest import FakeClock
 
@@ -683,6 +683,14 @@ def _claim_limits(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[int]:
         return claim_due(spec, now_ms, limit)
 
     monkeypatch.setattr(store, "claim_due", recorded)
+    if isinstance(store, LoopCalls):  # the worker claims on its loop where the store can
+        claim_due_async = store.claim_due_async
+
+        async def recorded_async(spec: Any, now_ms: int, limit: int) -> list[ClaimedBatch]:
+            limits.append(limit)
+            return await claim_due_async(spec, now_ms, limit)
+
+        monkeypatch.setattr(store, "claim_due_async", recorded_async)
     return limits
 
 

@@ -255,6 +255,29 @@ class AsyncAppend(Protocol):
         """``Store.append``, awaited on the running loop: the same step, the same errors."""
 
 
+@runtime_checkable
+class LoopCalls(Protocol):
+    """What a store offers when a worker's busiest calls can run on its event loop, with no
+    thread between (Redis, on one server or Sentinel, without ``replicas``): for one-item
+    batches and jobs, a thread hop and the GIL handed back and forth around each store call
+    cost more than the call. Each is its sync twin, awaited: the same step, the same errors.
+    """
+
+    def calls_on_loop(self) -> bool:
+        """Whether these run on the loop here; False sends the worker to the sync calls."""
+
+    async def claim_due_async(self, spec: QueueSpec, now_ms: int, limit: int) -> list[ClaimedBatch]:
+        """``Store.claim_due``, awaited."""
+
+    async def ack_async(self, spec: QueueSpec, leases: Sequence[Lease], now_ms: int) -> list[bool]:
+        """``Store.ack``, awaited."""
+
+    async def finish_jobs_async(
+        self, spec: QueueSpec, outcomes: Sequence[JobOutcome], now_ms: int
+    ) -> list[bool]:
+        """``JobStore.finish_jobs``, awaited."""
+
+
 def replaced_rules(name: str, record: Mapping[str, Any] | None) -> QueueSpec | None:
     """The rules a publish replaced, for the publisher's log; an unreadable record (edited by
     hand) was replaced all the same, so it is logged here rather than failing the publish."""

@@ -13,7 +13,7 @@ from typing import Any
 import redis
 
 from redbatch.errors import NotReplicated, StoreUnavailable
-from redbatch.stores.redis.wire import command, framed
+from redbatch.stores.redis.wire import AsyncClients, command, framed
 from redbatch.types import QueueSpec
 
 # An entry is "arrived_ms:digest:json" (lib.lua's digest_of reads the same framing).
@@ -62,6 +62,8 @@ class RedisCore:
     """How long a write's WAIT waits for them, at most."""
     _scripts: dict[str, Any]
     _parts: dict[str, list[Partition]]
+    _async_clients: AsyncClients | None
+    """One asyncio client per event loop (``append_async``, the ``LoopCalls``), if any."""
 
     def _eval(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA the named script; load it first if Redis lost it (restart, SCRIPT FLUSH).
@@ -86,6 +88,20 @@ class RedisCore:
         if isinstance(reply, Exception):
             raise reply
         return reply
+
+    async def _loop_client(self) -> Any:
+        """The running loop's asyncio client, for the ``LoopCalls`` (``calls_on_loop``)."""
+        assert self._async_clients is not None, "calls_on_loop() is False: use the sync calls"
+        return await self._async_clients.get()
+
+    async def _eval_async(self, client: Any, name: str, keys: list[str], args: list[Any]) -> Any:
+        """``_eval`` on an asyncio client (``calls_on_loop``: never with ``replicas``)."""
+        script = self._scripts[name]
+        try:
+            return await client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:  # Redis lost it (a restart, SCRIPT FLUSH)
+            await client.script_load(script.script)
+            return await client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
 
     def _queue_script(self, pipe: Any, name: str, keys: list[str], args: list[Any]) -> None:
         """Queue an EVALSHA of the named script on a pipeline from ``_pipeline``; its

@@ -47,7 +47,7 @@ from redbatch.jobrecords import (
     is_jobs,
 )
 from redbatch.stores.redis.core import Partition, RedisCore
-from redbatch.stores.redis.errors import unavailable
+from redbatch.stores.redis.errors import unavailable, unavailable_async
 from redbatch.types import Lease, QueueSpec
 
 _CLEANUP_CHUNK = 500  # job records deleted per script call: Redis serves other clients between
@@ -96,6 +96,22 @@ class Jobs(RedisCore):
     def finish_jobs(self, spec: QueueSpec, outcomes: Sequence[JobOutcome], now_ms: int) -> list[bool]:
         if not outcomes:
             return []
+        return [bool(ok) for ok in self._eval("finish", *self._finish_call(spec, outcomes, now_ms))]
+
+    @unavailable_async
+    async def finish_jobs_async(
+        self, spec: QueueSpec, outcomes: Sequence[JobOutcome], now_ms: int
+    ) -> list[bool]:
+        """``finish_jobs`` on this event loop's asyncio client (``RedisStore.calls_on_loop``)."""
+        if not outcomes:
+            return []
+        client = await self._loop_client()
+        held = await self._eval_async(client, "finish", *self._finish_call(spec, outcomes, now_ms))
+        return [bool(ok) for ok in held]
+
+    def _finish_call(
+        self, spec: QueueSpec, outcomes: Sequence[JobOutcome], now_ms: int
+    ) -> tuple[list[str], list[Any]]:
         part = self._job_partition(spec)
         args: list[Any] = [part.base, now_ms, *self._rule_args(spec), self._channel(spec.name)]
         for outcome in outcomes:
@@ -105,8 +121,7 @@ class Jobs(RedisCore):
                 args += (outcome.next_payload, outcome.next_score_ms, outcome.next_function)
             else:
                 args += ("", "", "")
-        held = self._eval("finish", [part.due, part.stats, part.age], args)
-        return [bool(ok) for ok in held]
+        return [part.due, part.stats, part.age], args
 
     @unavailable
     def job_progress(self, spec: QueueSpec, lease: Lease, fraction: float | None, message: str) -> bool:

@@ -73,8 +73,9 @@ class RedisStore(Jobs, Rules, DeadLetters):
     over, a key's chosen by crc32. ``connect_timeout``, ``socket_timeout``: seconds to
     connect, and to wait for any one reply (client.py). ``client``: a redis-py client to use
     instead of one built from ``url``, with whatever timeouts it has; ``async_client``: what
-    makes its asyncio twin, one per event loop, for ``append_async`` (without it, a given
-    client's ``append_async`` runs ``append`` on a thread). ``replicas``: how many replicas
+    makes its asyncio twin, one per event loop, for ``append_async`` and a worker's claims
+    and acknowledgements (``LoopCalls``; without it, a given client's ``append_async`` runs
+    ``append`` on a thread, and workers make those calls on threads). ``replicas``: how many replicas
     must confirm every write (WAIT, in the same round trip as the script) before it
     returns, else NotReplicated; ``replicas_timeout``: seconds that WAIT waits at most
     (under ``socket_timeout``). Not on Redis Cluster (ConfigError).
@@ -381,42 +382,61 @@ class RedisStore(Jobs, Rules, DeadLetters):
             return []
         if len(parts) == 1:
             rows = self._eval("claim", *self._claim_call(spec, parts[0], now_ms, limit))
-            return self._claimed(spec, now_ms, rows)
+            return self._claimed(spec, now_ms, [rows])
         pipe = self._pipeline()
         for part in parts:
             pipe.zrangebyscore(part.due, "-inf", now_ms, start=0, num=limit, withscores=True)
-        heads = heapq.nsmallest(
-            limit, ((score, key, i) for i, rows in enumerate(self._execute(pipe)) for key, score in rows)
-        )
-        claimed = self._claim_shares(
-            spec, now_ms, {parts[i]: n for i, n in Counter(i for *_, i in heads).items()}
-        )
-        rank = {key.decode(): n for n, (_, key, _) in enumerate(heads)}
-        claimed.sort(key=lambda c: rank.get(c.lease.key, len(rank)))
-        return claimed
-
-    def _claim_shares(self, spec: QueueSpec, now_ms: int, shares: dict[Partition, int]) -> list[ClaimedBatch]:
-        """Run claim.lua on each partition for its share, in one round trip."""
+        heads = _earliest(limit, self._execute(pipe))
+        shares = _shares(parts, heads)
         pipe = self._pipeline()
         for part, share in shares.items():
+            self._queue_script(pipe, "claim", *self._claim_call(spec, part, now_ms, share))
+        replies, lost, failure = _sorted_replies(shares, self._execute(pipe, raise_on_error=False))
+        replies += [self._eval("claim", *self._claim_call(spec, part, now_ms, n)) for part, n in lost]
+        return self._handed_out(spec, self._claimed(spec, now_ms, replies), heads, failure)
+
+    def calls_on_loop(self) -> bool:
+        """``LoopCalls``: with an asyncio client, on one server or Sentinel, and without
+        ``replicas`` (whose WAIT the loop's calls do not send)."""
+        return self._async_clients is not None and not self.cluster and not self.replicas
+
+    @unavailable_async
+    async def claim_due_async(self, spec: QueueSpec, now_ms: int, limit: int) -> list[ClaimedBatch]:
+        """``claim_due`` on this event loop's asyncio client (``calls_on_loop``)."""
+        parts = self._partitions(spec.name)
+        if limit <= 0:
+            return []
+        client = await self._loop_client()
+        if len(parts) == 1:
+            rows = await self._eval_async(client, "claim", *self._claim_call(spec, parts[0], now_ms, limit))
+            return await self._claimed_async(spec, now_ms, [rows])
+        pipe = client.pipeline(transaction=False)
+        for part in parts:
+            pipe.zrangebyscore(part.due, "-inf", now_ms, start=0, num=limit, withscores=True)
+        heads = _earliest(limit, await pipe.execute())
+        shares = _shares(parts, heads)
+        pipe = client.pipeline(transaction=False)
+        for part, share in shares.items():
             keys, args = self._claim_call(spec, part, now_ms, share)
-            self._queue_script(pipe, "claim", keys, args)
-        claimed: list[ClaimedBatch] = []
-        failure: Exception | None = None
-        replies = self._execute(pipe, raise_on_error=False)
-        for (part, share), reply in zip(shares.items(), replies, strict=True):
-            rows = reply
-            if isinstance(reply, redis.exceptions.NoScriptError):  # SCRIPT FLUSH, a restart
-                rows = self._eval("claim", *self._claim_call(spec, part, now_ms, share))
-            elif isinstance(reply, Exception):
-                failure = reply
-                continue
-            claimed += self._claimed(spec, now_ms, rows)
+            pipe.execute_command("EVALSHA", self._scripts["claim"].sha, len(keys), *keys, *args)
+        replies, lost, failure = _sorted_replies(shares, await pipe.execute(raise_on_error=False))
+        for part, n in lost:
+            replies.append(await self._eval_async(client, "claim", *self._claim_call(spec, part, now_ms, n)))
+        return self._handed_out(spec, await self._claimed_async(spec, now_ms, replies), heads, failure)
+
+    def _handed_out(
+        self, spec: QueueSpec, claimed: list[ClaimedBatch], heads: list[tuple[float, bytes, int]],
+        failure: Exception | None,
+    ) -> list[ClaimedBatch]:  # fmt: skip
+        """The batches of a claim over partitions in deadline order; a partition that failed
+        fails the claim only when nothing was leased (what was, is handed out, not stranded:
+        the next claim meets the failure again)."""
         if failure is not None:
             if not claimed:
                 raise failure
-            # What was leased is handed out, not stranded; the next claim meets the failure again.
             log.error("claiming from a partition of %s failed: %s", spec.name, failure)
+        rank = {key.decode(): n for n, (_, key, _) in enumerate(heads)}
+        claimed.sort(key=lambda c: rank.get(c.lease.key, len(rank)))
         return claimed
 
     def _claim_call(
@@ -439,19 +459,17 @@ class RedisStore(Jobs, Rules, DeadLetters):
         ]
         return keys, args
 
-    def _claimed(self, spec: QueueSpec, now_ms: int, rows: Any) -> list[ClaimedBatch]:
-        """claim.lua's reply as batches."""
-        claimed = []
-        for key, batch_id, attempt, token, created, raw in rows:
-            lease = Lease(key.decode(), batch_id.decode(), int(token))
-            entries = [read_entry(e) for e in raw]
-            arrivals = tuple(a for a, _ in entries if a is not None)
-            if len(arrivals) < len(entries):  # claim.lua buries these: this is a safety net
-                why = "corrupt data: an entry is not framed as arrived_ms:digest:json"
-                self.fail(spec, lease, now_ms, why, None)
-                continue
-            payloads = tuple(p for _, p in entries)
-            claimed.append(ClaimedBatch(lease, int(attempt), int(created), payloads, arrivals))
+    def _claimed(self, spec: QueueSpec, now_ms: int, replies: list[Any]) -> list[ClaimedBatch]:
+        """claim.lua's replies as batches."""
+        claimed, corrupt = _parse_claimed(replies)
+        for lease in corrupt:  # claim.lua buries these: this is a safety net
+            self.fail(spec, lease, now_ms, _UNFRAMED, None)
+        return claimed
+
+    async def _claimed_async(self, spec: QueueSpec, now_ms: int, replies: list[Any]) -> list[ClaimedBatch]:
+        claimed, corrupt = _parse_claimed(replies)
+        for lease in corrupt:  # never seen: a thread rather than an asyncio twin of ``fail``
+            await asyncio.to_thread(self.fail, spec, lease, now_ms, _UNFRAMED, None)
         return claimed
 
     @unavailable
@@ -483,19 +501,31 @@ class RedisStore(Jobs, Rules, DeadLetters):
     ) -> list[bool]:
         """Run a lease script once per partition, with (key, batch id, token) triples after
         its head arguments; return whether each lease was held, in the order given."""
+        held = [False] * len(leases)
+        for indexes, keys, args in self._lease_calls(spec, leases, keys_of, head_of):
+            for index, ok in zip(indexes, self._eval(script, keys=keys, args=args), strict=True):
+                held[index] = bool(ok)
+        return held
+
+    def _lease_calls(
+        self,
+        spec: QueueSpec,
+        leases: Sequence[Lease],
+        keys_of: Callable[[Partition], list[str]],
+        head_of: Callable[[Partition], list[Any]],
+    ) -> list[tuple[list[int], list[str], list[Any]]]:
+        """Per partition: the indexes of its leases, and the keys and arguments of its call."""
         by_part: dict[Partition, list[int]] = defaultdict(list)
         for index, lease in enumerate(leases):
             by_part[self._partition_of(spec.name, lease.key)].append(index)
-        held = [False] * len(leases)
+        calls = []
         for part, indexes in by_part.items():
             args = head_of(part)
             for index in indexes:
                 lease = leases[index]
                 args += (lease.key, lease.batch_id, lease.fencing_token)
-            results = self._eval(script, keys=keys_of(part), args=args)
-            for index, ok in zip(indexes, results, strict=True):
-                held[index] = bool(ok)
-        return held
+            calls.append((indexes, keys_of(part), args))
+        return calls
 
     @unavailable
     def heartbeat(self, spec: QueueSpec, leases: Sequence[Lease], lease_until_ms: int) -> list[bool]:
@@ -505,10 +535,22 @@ class RedisStore(Jobs, Rules, DeadLetters):
 
     @unavailable
     def ack(self, spec: QueueSpec, leases: Sequence[Lease], now_ms: int) -> list[bool]:
-        return self._per_partition(
-            spec,
-            leases,
-            "ack",
+        return self._per_partition(spec, leases, "ack", *self._ack_parts(spec, now_ms))
+
+    @unavailable_async
+    async def ack_async(self, spec: QueueSpec, leases: Sequence[Lease], now_ms: int) -> list[bool]:
+        """``ack`` on this event loop's asyncio client (``calls_on_loop``)."""
+        client = await self._loop_client()
+        held = [False] * len(leases)
+        for indexes, keys, args in self._lease_calls(spec, leases, *self._ack_parts(spec, now_ms)):
+            for index, ok in zip(indexes, await self._eval_async(client, "ack", keys, args), strict=True):
+                held[index] = bool(ok)
+        return held
+
+    def _ack_parts(
+        self, spec: QueueSpec, now_ms: int
+    ) -> tuple[Callable[[Partition], list[str]], Callable[[Partition], list[Any]]]:
+        return (
             lambda p: [p.due, p.stats],
             lambda p: [p.base, now_ms, *self._rule_args(spec), self._channel(spec.name)],
         )
@@ -622,3 +664,50 @@ class RedisStore(Jobs, Rules, DeadLetters):
         self.client.close()
         if self._async_clients is not None:
             self._async_clients.close()
+
+
+_UNFRAMED = "corrupt data: an entry is not framed as arrived_ms:digest:json"
+
+
+def _parse_claimed(replies: list[Any]) -> tuple[list[ClaimedBatch], list[Lease]]:
+    """claim.lua's replies as batches, and the leases of any holding an unframed entry."""
+    claimed, corrupt = [], []
+    for rows in replies:
+        for key, batch_id, attempt, token, created, raw in rows:
+            lease = Lease(key.decode(), batch_id.decode(), int(token))
+            entries = [read_entry(e) for e in raw]
+            arrivals = tuple(a for a, _ in entries if a is not None)
+            if len(arrivals) < len(entries):
+                corrupt.append(lease)
+                continue
+            payloads = tuple(p for _, p in entries)
+            claimed.append(ClaimedBatch(lease, int(attempt), int(created), payloads, arrivals))
+    return claimed, corrupt
+
+
+def _earliest(limit: int, rows_per_part: list[Any]) -> list[tuple[float, bytes, int]]:
+    """The ``limit`` earliest due (deadline, key, partition index) across the partitions."""
+    return heapq.nsmallest(
+        limit, ((score, key, i) for i, rows in enumerate(rows_per_part) for key, score in rows)
+    )
+
+
+def _shares(parts: list[Partition], heads: list[tuple[float, bytes, int]]) -> dict[Partition, int]:
+    """How many batches each partition holding some of ``heads`` is to lease."""
+    return {parts[i]: n for i, n in Counter(i for *_, i in heads).items()}
+
+
+def _sorted_replies(
+    shares: dict[Partition, int], replies: list[Any]
+) -> tuple[list[Any], list[tuple[Partition, int]], Exception | None]:
+    """A pipeline of claim.lua calls' replies: the claims, the calls Redis had lost the
+    script for (SCRIPT FLUSH, a restart: to send again), and a failure, if any."""
+    claims, lost, failure = [], [], None
+    for (part, share), reply in zip(shares.items(), replies, strict=True):
+        if isinstance(reply, redis.exceptions.NoScriptError):
+            lost.append((part, share))
+        elif isinstance(reply, Exception):
+            failure = reply
+        else:
+            claims.append(reply)
+    return claims, lost, failure
