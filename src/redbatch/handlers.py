@@ -242,7 +242,7 @@ class SyncCall:
     prepare: Callable[[], tuple[Any, ...] | Attempt]
     fn: Callable[..., Any]
     timeout: float | None
-    label: str
+    label: str  # what the timeout's warning names; made only when there is a timeout
     judge: Callable[[HandlerRun, Any], Attempt]  # how the call ended, what it returned
 
     def run(self) -> Attempt | Awaiting:
@@ -337,7 +337,11 @@ class BatchQueue:
         if batcher.handler_is_async:
             return None
         assert batcher.handler_fn is not None
-        label = f"batch {claimed.lease.batch_id} of {batcher.name}/{claimed.lease.key}"
+        label = (
+            ""
+            if batcher.timeout is None
+            else f"batch {claimed.lease.batch_id} of {batcher.name}/{claimed.lease.key}"
+        )
         return SyncCall(
             functools.partial(_handler_args, claimed), batcher.handler_fn, batcher.timeout, label,
             functools.partial(self._judge, claimed),

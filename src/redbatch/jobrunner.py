@@ -65,7 +65,8 @@ class JobQueue:
         timeout = self._timeout(payload)
         return SyncCall(
             functools.partial(self._args, payload, ctx), registered[0], timeout,
-            self._label(claimed, payload), functools.partial(self._judge, claimed, payload, ctx, timeout),
+            "" if timeout is None else self._label(claimed, payload),
+            functools.partial(self._judge, claimed, payload, ctx, timeout),
         )  # fmt: skip
 
     async def attempt(self, claimed: ClaimedBatch, pool: DaemonThreadPool) -> Attempt:

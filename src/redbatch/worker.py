@@ -203,6 +203,7 @@ class Worker:
         self.clock = clock
         self.handle_signals = handle_signals
         self.hooks = hooks if hooks is not None else WorkerHooks()
+        self._hooked = type(self.hooks) is not WorkerHooks  # the bare class's hooks do nothing
         self.counters = WorkerCounters()
         self._running: dict[str, _Running] = {}  # by batch id: handlers running, outcomes being written
         self._handling = 0  # of those, the ones whose handler has not returned: what concurrency caps
@@ -464,7 +465,8 @@ class Worker:
 
     def _start(self, served: Served, claimed: ClaimedBatch) -> None:
         self.counters.claimed += 1
-        self._hook(self.hooks.batch_claimed, served.source, claimed)
+        if self._hooked:
+            self._hook(self.hooks.batch_claimed, served.source, claimed)
         existing = self._running.get(claimed.lease.batch_id)
         if existing is not None and not existing.settling:
             # This worker lost the lease (a store outage stopped its heartbeats) and won it
@@ -530,7 +532,7 @@ class Worker:
         """The handler returned: free its slot and write the outcome (a success goes with the
         next acknowledgement; a failure has a task of its own)."""
         served, claimed = running.served, running.claimed
-        if (run := attempt.run) is not None:
+        if (run := attempt.run) is not None and self._hooked:
             self._hook(
                 self.hooks.handler_finished, served.source, claimed, run.duration, run.outcome, run.error
             )
@@ -591,7 +593,8 @@ class Worker:
             self.counters.retried += 1
         else:
             self.counters.dead_lettered += 1
-        self._hook(self.hooks.batch_settled, served.source, claimed, outcome)
+        if self._hooked:
+            self._hook(self.hooks.batch_settled, served.source, claimed, outcome)
         self._forget(running)
 
     def _unrecorded(self, running: _Running, exc: BaseException) -> None:
