@@ -88,6 +88,7 @@ class _Running:
     lost: bool = False
     settling: bool = False  # its outcome is being written: a refused heartbeat is no loss
     waiting: bool = False  # claimed ahead: no slot yet (``Worker._free_slots``)
+    then: tuple[Served, ClaimedBatch] | None = None  # its next attempt, claimed while this one settled
     gone: bool = False  # abandoned: whatever its call or its store write brings is dropped
 
     @property
@@ -464,11 +465,17 @@ class Worker:
     # ------------------------------------------------------------------ running batches
 
     def _start(self, served: Served, claimed: ClaimedBatch) -> None:
+        existing = self._running.get(claimed.lease.batch_id)
+        if existing is not None and existing.settling:
+            # Claimed again (a retry due at once) while its last attempt's failure is still
+            # being written here: it starts once that is recorded, so hooks and counters
+            # see the attempts in order.
+            existing.then = (served, claimed)
+            return
         self.counters.claimed += 1
         if self._hooked:
             self._hook(self.hooks.batch_claimed, served.source, claimed)
-        existing = self._running.get(claimed.lease.batch_id)
-        if existing is not None and not existing.settling:
+        if existing is not None:
             # This worker lost the lease (a store outage stopped its heartbeats) and won it
             # back: the handler still runs here, so it takes the new lease instead of a
             # second run of the same batch beside it.
@@ -627,6 +634,8 @@ class Worker:
         if self._running.get(running.batch_id) is running:
             del self._running[running.batch_id]
         self._changed_().set()
+        if running.then is not None:  # its next attempt, claimed meanwhile
+            self._start(*running.then)
 
     def _finish(self, served: Served, result: Any, running: _Running) -> None:
         """Acknowledge with group commit: batches (or jobs) that finish while an
