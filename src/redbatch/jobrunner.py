@@ -82,14 +82,14 @@ class JobQueue:
             )
             return Attempt(None, Failure(error), None)
         fn, is_async = registered
+        if not is_async:  # ``sync_call`` runs those, on a handler thread
+            raise AssertionError(f"a sync job function on the loop: {payload.fn!r}")
         ctx = self._context(claimed, payload)
         if payload.callback_of is None:
             args = self._args(payload, ctx)
         else:  # a callback reads its group: a store call, on a thread
             args = await pool.call(self._args, payload, ctx)
         timeout = self._timeout(payload)
-        if not is_async:  # ``sync_call`` runs those
-            raise AssertionError(f"a sync job function on the loop: {payload.fn!r}")
         run, value = await run_call(fn, args, timeout)
         return self._judge(claimed, payload, ctx, timeout, run, value)
 

@@ -4,9 +4,9 @@ heartbeat, and acknowledge, retry or dead-letter each one.
 One asyncio loop does the scheduling. Claims and acknowledgements run on the loop itself
 where the store can (Redis: ``stores.base.LoopCalls``); other store calls are blocking and
 run on a small thread pool. Sync handlers run on ``concurrency`` daemon threads, async
-handlers on the loop. Both
-pools hand their finished calls back to the loop in bursts (``DaemonThreadPool.call``): for
-one-item batches and jobs, the hops between threads, not the store, were the cost. A sync
+handlers on the loop. Both pools hand their finished calls back to the loop in bursts
+(``DaemonThreadPool.call``): for one-item batches and jobs, the hops between threads, not
+the store, were the cost. A sync
 handler's whole attempt (decode, call, judge: ``handlers.SyncCall``) runs on its thread and
 reaches the loop as one callback (``call_then``); a task runs only what needs the loop: an
 async handler, the coroutine a sync-looking one returned, or writing a failure.
