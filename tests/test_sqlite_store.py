@@ -554,6 +554,22 @@ def test_threads_each_use_their_own_connection(tmp_path: Path) -> None:
     store.close()
 
 
+def test_appends_of_threads_taking_turns_share_one_connection(tmp_path: Path) -> None:
+    """A coalesced call is made by whichever producer thread leads it: appends go through one
+    connection, whose page cache stays current, rather than through each thread's own."""
+    store = SQLiteStore(str(tmp_path / "x.db"), synchronous="NORMAL")
+    opened = len(store._connections)
+    for n in range(8):
+        thread = threading.Thread(target=store.append, args=(SPEC, entries(f"k{n}", n), n))
+        thread.start()
+        thread.join(DEADLINE)
+    assert len(store._connections) == opened + 1
+    store.close()
+    store.append(SPEC, entries("k0", 9), 9)  # reopened after close, as every connection is
+    assert sum(len(store.peek(SPEC, f"k{k}", 10)) for k in range(8)) == 9
+    store.close()
+
+
 def test_close_from_another_thread_waits_for_running_operations(tmp_path: Path) -> None:
     store = SQLiteStore(str(tmp_path / "x.db"), synchronous="NORMAL")
     errors: list[BaseException] = []

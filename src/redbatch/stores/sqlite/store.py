@@ -135,7 +135,7 @@ class SQLiteStore(jobs.JobOperations):
                 by_key[entry.key] = [entry]
             else:
                 group.append(entry)
-        with self._write(spec.name) as tx:
+        with self._write(spec.name, shared=True) as tx:
             row = tx.cur.execute("SELECT version FROM rules WHERE name = ?", (spec.name,)).fetchone()
             if row is None:
                 self._record_rules(tx.cur, spec, now_ms)
