@@ -570,6 +570,20 @@ def test_appends_of_threads_taking_turns_share_one_connection(tmp_path: Path) ->
     store.close()
 
 
+def test_a_write_connection_keeps_short_lock_rounds_and_a_read_gets_the_whole_timeout(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore(str(tmp_path / "x.db"), busy_timeout=2.0)
+    store.append(SPEC, entries("a", 1), 0)
+    shared = store._shared
+    assert shared is not None
+    assert shared.execute("PRAGMA busy_timeout").fetchone()[0] == 50
+    store.counters(SPEC)  # a read on this thread's own connection
+    own = store._local.conn
+    assert own.execute("PRAGMA busy_timeout").fetchone()[0] == 2000
+    store.close()
+
+
 def test_close_from_another_thread_waits_for_running_operations(tmp_path: Path) -> None:
     store = SQLiteStore(str(tmp_path / "x.db"), synchronous="NORMAL")
     errors: list[BaseException] = []

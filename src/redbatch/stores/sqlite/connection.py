@@ -98,6 +98,8 @@ class Connection(sqlite3.Connection):
     """
 
     in_use: threading.Lock
+    busy_ms: int
+    """Its busy_timeout, in milliseconds, as last set (see ``Database._busy``)."""
 
 
 def locked(exc: sqlite3.Error) -> bool:
@@ -195,6 +197,7 @@ class Database:
         self._shared: Connection | None = None  # appends' connection, see _use
         self._shared_generation = -1
         self._shared_lock = threading.Lock()
+        self._wal = False  # until _create_schema has switched the file to WAL
         self._create_schema()
 
     def _connect(self) -> Connection:
@@ -208,6 +211,7 @@ class Database:
             )
             conn.row_factory = sqlite3.Row
             conn.in_use = threading.Lock()
+            conn.busy_ms = round(self.busy_timeout * 1000)  # as timeout= set it
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
         except sqlite3.DatabaseError as exc:
             raise self._unavailable(exc) from exc
@@ -311,7 +315,8 @@ class Database:
             # read in WAL mode has opened the -wal and -shm files, which keep their identity
             # while any connection has them open (only the last one to close deletes them).
             self._file_ids = (file_id(self.path), file_id(self.path + "-wal"), file_id(self.path + "-shm"))
-        if str(mode).lower() != "wal":
+        self._wal = str(mode).lower() == "wal"
+        if not self._wal:
             log.warning("%s: journal mode is %s, not WAL; readers will wait for writers", self.path, mode)
         if version == SCHEMA_VERSION:
             return
@@ -436,7 +441,7 @@ class Database:
         SQLite refused at once, and no lockstep between processes started together.
         """
         started = time.monotonic()
-        conn.execute(f"PRAGMA busy_timeout = {_LOCK_ROUND_MS}")
+        self._busy(conn, _LOCK_ROUND_MS)
         try:
             while True:
                 try:
@@ -449,12 +454,26 @@ class Database:
                         raise self._unavailable(exc, doing, waited) from exc
                     time.sleep(min(random.uniform(0.001, 0.005), self.busy_timeout - waited))
         finally:
-            conn.execute(f"PRAGMA busy_timeout = {round(self.busy_timeout * 1000)}")
+            if not self._wal:
+                self._busy(conn, round(self.busy_timeout * 1000))
+
+    def _busy(self, conn: Connection, ms: int) -> None:
+        """Set ``conn``'s busy_timeout to ``ms``, unless it is set so already.
+
+        Writes take the lock in short rounds (``_retry_locked``); in WAL mode nothing else
+        in a write transaction waits for a lock (a commit never does), so the rounds' timeout
+        stays set until a read needs the whole one back: a connection that only writes (the
+        shared one of appends) sets it once, rather than twice per transaction.
+        """
+        if conn.busy_ms != ms:
+            conn.execute(f"PRAGMA busy_timeout = {ms}")
+            conn.busy_ms = ms
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Cursor]:
         """One read transaction: a consistent snapshot that never blocks or waits for writers."""
         with self._use() as conn, self._translated():
+            self._busy(conn, round(self.busy_timeout * 1000))
             conn.execute("BEGIN")
             try:
                 yield conn.cursor()
