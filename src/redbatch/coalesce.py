@@ -67,10 +67,11 @@ class _Request:
     while its call was on its way, so the chain leaves it out.
     """
 
-    __slots__ = ("after", "done", "entries", "error", "gone", "taken", "wakeup")
+    __slots__ = ("after", "done", "entries", "error", "gone", "size", "taken", "wakeup")
 
     def __init__(self, entries: list[Entry]) -> None:
         self.entries = entries
+        self.size = _size(entries)
         self.taken = False  # in a group whose store call is on its way
         self.done = False
         self.error: BaseException | None = None
@@ -78,8 +79,15 @@ class _Request:
         self.after: _Request | None = None
         self.gone = False
 
-    def size(self) -> int:
-        return sum(len(e.payload) + len(e.key) for e in self.entries)
+
+def _size(entries: list[Entry]) -> int:
+    """Bytes of keys and payloads: the leader's bound, summed by each caller rather than by
+    the leader for a whole group (a generator per request was some 1.5 us of the leader's
+    time per request it took, with 16 threads adding)."""
+    if len(entries) == 1:
+        key, payload, _ = entries[0]
+        return len(payload) + len(key)
+    return sum(len(e.payload) + len(e.key) for e in entries)
 
 
 class Coalescer:
@@ -182,10 +190,10 @@ class Coalescer:
             first.taken = True
             group = [first]
             if len(self._queue) > 1:  # a lone caller skips the sums
-                entries, size = len(first.entries), first.size()
+                entries, size = len(first.entries), first.size
                 for member in itertools.islice(self._queue, 1, None):
                     entries += len(member.entries)
-                    size += member.size()
+                    size += member.size
                     if entries > self.max_entries or size > self.max_bytes:
                         break
                     member.taken = True
