@@ -1,7 +1,7 @@
 """The SQLite file as one process sees it: connections, transactions, and the file's safety.
 
-``Database`` (the base of ``SQLiteStore``) gives each thread its own connection and runs every
-operation in one transaction: ``_write`` (``BEGIN IMMEDIATE``, taken in short lock rounds so
+``Database`` (the base of ``SQLiteStore``) gives each thread its own connection (appends share
+one, see ``_use``) and runs every operation in one transaction: ``_write`` (``BEGIN IMMEDIATE``, taken in short lock rounds so
 that no process starves another) or ``_read`` (a snapshot that never waits). SQLite's errors
 leave through one translation, ``_unavailable``, as ``StoreUnavailable``. Two checks keep a
 process on the file it should use: a forked child drops its parent's connections
