@@ -1,12 +1,12 @@
 """The SQLite file as one process sees it: connections, transactions, and the file's safety.
 
 ``Database`` (the base of ``SQLiteStore``) gives each thread its own connection (appends share
-one, see ``_use``) and runs every operation in one transaction: ``_write`` (``BEGIN IMMEDIATE``, taken in short lock rounds so
-that no process starves another) or ``_read`` (a snapshot that never waits). SQLite's errors
-leave through one translation, ``_unavailable``, as ``StoreUnavailable``. Two checks keep a
-process on the file it should use: a forked child drops its parent's connections
-(``_forget_parent``), and a file deleted or replaced under an open store is reopened
-(``_replaced``, ``_reopen_replaced``).
+one, see ``_use``) and runs every operation in one transaction: ``_write`` (``BEGIN
+IMMEDIATE``, taken in short lock rounds so that no process starves another) or ``_read`` (a
+snapshot that never waits). SQLite's errors leave through one translation, ``_unavailable``,
+as ``StoreUnavailable``. Two checks keep a process on the file it should use: a forked child
+drops its parent's connections (``_forget_parent``), and a file deleted or replaced under an
+open store is reopened (``_replaced``, ``_reopen_replaced``).
 """
 
 from __future__ import annotations
