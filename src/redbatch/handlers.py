@@ -225,6 +225,8 @@ class Attempt:
         the attempt started with, which the store no longer honours."""
         if isinstance(self.done, Lease):
             return lease
+        if self.done.lease is lease:  # the lease it started under: nearly always
+            return self.done
         return dataclasses.replace(self.done, lease=lease)
 
 

@@ -26,7 +26,7 @@ from redbatch.checks import (
 from redbatch.errors import ConfigError, InvalidKey, NotFound
 from redbatch.jobrecords import JOBS_PREFIX, JobStatus, Lane, NewGroup, NewJob, lane_score
 from redbatch.jobtypes import GroupProgress, Job, JobPage, Payload
-from redbatch.stores.base import JobStore, Store, new_batch_id
+from redbatch.stores.base import JobStore, Store, new_batch_id, new_batch_ids
 from redbatch.types import Clock, QueueSpec, system_clock
 
 JobFunction: TypeAlias = Callable[[Any, Any], Any] | Callable[[Any, Any], Awaitable[Any]]
@@ -258,7 +258,10 @@ class Jobs:
         """Submit many ``(function, params)`` jobs in one store call, all checked first;
         return their new ids. Raises what ``submit`` raises, with nothing stored."""
         now, lane_ = self.clock(), _lane(lane)
-        jobs = [self._new_job([c], new_batch_id(), lane_, 0.0, None, None, "", now) for c in calls]
+        ids = new_batch_ids(len(calls))
+        jobs = [
+            self._new_job([c], i, lane_, 0.0, None, None, "", now) for c, i in zip(calls, ids, strict=True)
+        ]
         if jobs:
             self._jobs.submit_jobs(self.spec, jobs, None, now)
         return [j.id for j in jobs]

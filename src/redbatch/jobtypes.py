@@ -30,6 +30,10 @@ CANCEL_CHECK_INTERVAL = 1.0
 """Seconds between the reads of a job's record by ``JobContext.cancelled``."""
 
 
+def _is_str(value: object) -> bool:
+    return type(value) is str
+
+
 @dataclass(frozen=True, slots=True)
 class Payload:
     """A decoded payload (see the module docstring)."""
@@ -58,15 +62,21 @@ class Payload:
         body = orjson.loads(raw)
         if not isinstance(body, dict) or not isinstance(body.get("fn"), str):
             raise ValueError("a job payload is a JSON object with a function name 'fn'")
+        # Checked without generators: a worker decodes one payload per job it runs.
         rest, timeout, attempts = body.get("rest", []), body.get("timeout"), body.get("max_attempts", 3)
-        if not isinstance(rest, list) or not all(isinstance(f, str) for f in rest):
+        if type(rest) is not list or (rest and not all(map(_is_str, rest))):
             raise ValueError("a job payload's 'rest' is a list of function names")
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)):
             raise ValueError("a job payload's 'timeout' is a number of seconds or null")
-        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+        if type(attempts) is not int or attempts < 1:
             raise ValueError("a job payload's 'max_attempts' is an integer >= 1")
-        callback_of, lane, step, group = (body.get(k) for k in ("callback_of", "lane", "step", "group"))
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (lane or 1, step or 0)):
+        callback_of, lane, step, group = (
+            body.get("callback_of"),
+            body.get("lane"),
+            body.get("step"),
+            body.get("group"),
+        )
+        if type(lane or 1) is not int or type(step or 0) is not int:
             raise ValueError("a job payload's 'lane' and 'step' are integers")
         return cls(
             body["fn"],

@@ -321,6 +321,15 @@ def new_batch_id() -> str:
     return f"{time.time_ns() // 1_000_000:012x}{os.urandom(8).hex()}"
 
 
+def new_batch_ids(count: int) -> list[str]:
+    """``count`` ids of ``new_batch_id``'s form, from one read of the clock and of
+    ``os.urandom`` (a claim sends one per batch it may lease, so 34 from 32 reads was some
+    5% of a busy worker's time)."""
+    stamp = f"{time.time_ns() // 1_000_000:012x}"
+    random = os.urandom(8 * count).hex()
+    return [stamp + random[i : i + 16] for i in range(0, 16 * count, 16)]
+
+
 def mask_url(url: str) -> str:
     """The URL with any password replaced by ``***``, for logs, errors and display.
 

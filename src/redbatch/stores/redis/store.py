@@ -31,7 +31,14 @@ from redbatch import engine
 from redbatch.checks import item_digest
 from redbatch.errors import ConfigError, PartlyStored, RedbatchError
 from redbatch.jobrecords import is_jobs
-from redbatch.stores.base import LEASE_EXPIRED_ERROR, RulesChanged, Waiter, mask_url, new_batch_id
+from redbatch.stores.base import (
+    LEASE_EXPIRED_ERROR,
+    RulesChanged,
+    Waiter,
+    mask_url,
+    new_batch_id,
+    new_batch_ids,
+)
 from redbatch.stores.redis.client import load_scripts, new_async_client, new_client
 from redbatch.stores.redis.core import Partition, read_entry
 from redbatch.stores.redis.dead_letters import DeadLetters
@@ -455,7 +462,7 @@ class RedisStore(Jobs, Rules, DeadLetters):
             LEASE_EXPIRED_ERROR,
             self._channel(spec.name),
             "1" if is_jobs(spec.name) else "0",  # a job queue's records move too (jobs.py)
-            *(new_batch_id() for _ in range(want + _SPARE_IDS)),
+            *new_batch_ids(want + _SPARE_IDS),
         ]
         return keys, args
 
