@@ -31,15 +31,17 @@ from typing import Any
 import redis
 import redis.asyncio
 
-Arg = bytes | str | int
+Arg = bytes | str | int | float
 
 
 def frame(arg: Arg) -> bytes:
-    """One argument as a RESP bulk string."""
+    """One argument as a RESP bulk string (a float as its repr, as redis-py sends it)."""
     if isinstance(arg, str):
         arg = arg.encode()
     elif isinstance(arg, int):
         arg = b"%d" % arg
+    elif isinstance(arg, float):
+        arg = repr(arg).encode()
     return b"$%d\r\n%b\r\n" % (len(arg), arg)
 
 
