@@ -372,16 +372,19 @@ class RedisStore(Jobs, Rules, DeadLetters):
             return int(self._replied(self._appends.send(packed, *self._waits())))
 
     async def _send_append_async(self, client: redis.asyncio.Redis, packed: bytes) -> int:
-        return int(self._replied(await self._script_async(client, "append", packed, *self._waits())))
+        return int(await self._script_async(client, "append", packed, *self._waits()))
 
     async def _script_async(self, client: redis.asyncio.Redis, name: str, packed: bytes, *then: bytes) -> Any:
         """Send ``packed``, an EVALSHA of script ``name`` framed by hand, on ``client``
-        (``send_async``); loaded again and sent again when Redis lost it."""
+        (``send_async``), with ``then`` (``_waits()``) checked by ``_replied``; loaded again
+        and sent again when Redis lost it (a NOSCRIPT reply, raised either way)."""
         try:
-            return await send_async(client, packed, *then)
+            reply = await send_async(client, packed, *then)
+            return self._replied(reply) if then else reply
         except redis.exceptions.NoScriptError:  # Redis lost it (a restart, SCRIPT FLUSH)
             await client.script_load(self._scripts[name].script)
-            return await send_async(client, packed, *then)
+            reply = await send_async(client, packed, *then)
+            return self._replied(reply) if then else reply
 
     # ------------------------------------------------------------------ claiming
 
