@@ -318,7 +318,7 @@ def unknown_dead_letters(name: str, batch_ids: Sequence[str]) -> NotFound:
 
 def new_batch_id() -> str:
     """A unique, roughly time-ordered id: 12 hex digits of milliseconds, 16 random."""
-    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(8).hex()}"
+    return new_batch_ids(1)[0]
 
 
 def new_batch_ids(count: int) -> list[str]:

@@ -98,14 +98,21 @@ class RedisCore:
         """``_eval`` on an asyncio client (``calls_on_loop``: never with ``replicas``), framed
         by hand (wire.py: redis-py's encoder, argument by argument, was some 10% of a busy
         worker's time on its loop, settling jobs)."""
-        script = self._scripts[name]
         count = 3 + len(keys) + len(args)
-        packed = command(count, framed(["EVALSHA", script.sha, len(keys), *keys, *args]))
+        packed = command(count, framed(["EVALSHA", self._scripts[name].sha, len(keys), *keys, *args]))
+        return await self._script_async(client, name, packed)
+
+    async def _script_async(self, client: Any, name: str, packed: bytes, *then: bytes) -> Any:
+        """Send ``packed``, an EVALSHA of script ``name`` framed by hand, on ``client``
+        (``send_async``), with ``then`` (``_waits()``) checked by ``_replied``; loaded again
+        and sent again when Redis lost it (a NOSCRIPT reply, raised either way)."""
         try:
-            return await send_async(client, packed)
+            reply = await send_async(client, packed, *then)
+            return self._replied(reply) if then else reply
         except redis.exceptions.NoScriptError:  # Redis lost it (a restart, SCRIPT FLUSH)
-            await client.script_load(script.script)
-            return await send_async(client, packed)
+            await client.script_load(self._scripts[name].script)
+            reply = await send_async(client, packed, *then)
+            return self._replied(reply) if then else reply
 
     def _queue_script(self, pipe: Any, name: str, keys: list[str], args: list[Any]) -> None:
         """Queue an EVALSHA of the named script on a pipeline from ``_pipeline``; its

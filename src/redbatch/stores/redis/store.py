@@ -53,7 +53,6 @@ from redbatch.stores.redis.wire import (
     entry_frame,
     frame,
     framed,
-    send_async,
 )
 from redbatch.types import ClaimedBatch, Entry, Lease, QueueCounters, QueueSpec
 
@@ -374,18 +373,6 @@ class RedisStore(Jobs, Rules, DeadLetters):
     async def _send_append_async(self, client: redis.asyncio.Redis, packed: bytes) -> int:
         return int(await self._script_async(client, "append", packed, *self._waits()))
 
-    async def _script_async(self, client: redis.asyncio.Redis, name: str, packed: bytes, *then: bytes) -> Any:
-        """Send ``packed``, an EVALSHA of script ``name`` framed by hand, on ``client``
-        (``send_async``), with ``then`` (``_waits()``) checked by ``_replied``; loaded again
-        and sent again when Redis lost it (a NOSCRIPT reply, raised either way)."""
-        try:
-            reply = await send_async(client, packed, *then)
-            return self._replied(reply) if then else reply
-        except redis.exceptions.NoScriptError:  # Redis lost it (a restart, SCRIPT FLUSH)
-            await client.script_load(self._scripts[name].script)
-            reply = await send_async(client, packed, *then)
-            return self._replied(reply) if then else reply
-
     # ------------------------------------------------------------------ claiming
 
     @unavailable
@@ -461,9 +448,8 @@ class RedisStore(Jobs, Rules, DeadLetters):
         self, spec: QueueSpec, part: Partition, now_ms: int, want: int
     ) -> tuple[list[str], list[Any]]:
         """The keys and arguments of claim.lua for ``want`` batches of one partition."""
-        keys = [part.due, part.age, part.stats, part.dead, part.seq]
         args = [part.base, now_ms, want, *self._claim_rules(spec), *new_batch_ids(want + _SPARE_IDS)]
-        return keys, args
+        return _claim_keys(part), args
 
     def _claim_rules(self, spec: QueueSpec) -> list[Any]:
         """claim.lua's arguments after the number of batches wanted, up to the batch ids."""
@@ -484,7 +470,7 @@ class RedisStore(Jobs, Rules, DeadLetters):
         busy worker's time on the loop, serving jobs)."""
         cached = self._claim_heads.get(spec.name)
         if cached is None or cached[0] is not spec or cached[1] is not part:
-            keys = [part.due, part.age, part.stats, part.dead, part.seq]
+            keys = _claim_keys(part)
             head = framed(["EVALSHA", self._scripts["claim"].sha, len(keys), *keys, part.base])
             cached = self._claim_heads[spec.name] = (spec, part, head, framed(self._claim_rules(spec)))
         head, rules = cached[2], cached[3]
@@ -701,6 +687,11 @@ class RedisStore(Jobs, Rules, DeadLetters):
 
 
 _UNFRAMED = "corrupt data: an entry is not framed as arrived_ms:digest:json"
+
+
+def _claim_keys(part: Partition) -> list[str]:
+    """claim.lua's keys for one partition."""
+    return [part.due, part.age, part.stats, part.dead, part.seq]
 
 
 def _parse_claimed(replies: list[Any]) -> tuple[list[ClaimedBatch], list[Lease]]:

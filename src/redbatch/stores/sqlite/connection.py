@@ -185,6 +185,7 @@ class Database:
         self.path = path
         self.url = url
         self.busy_timeout = busy_timeout
+        self._busy_ms = round(busy_timeout * 1000)  # as sqlite3.connect(timeout=) sets it
         self._synchronous = synchronous.upper()
         self._local = threading.local()
         self._guard = threading.Lock()
@@ -211,7 +212,7 @@ class Database:
             )
             conn.row_factory = sqlite3.Row
             conn.in_use = threading.Lock()
-            conn.busy_ms = round(self.busy_timeout * 1000)  # as timeout= set it
+            conn.busy_ms = self._busy_ms
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
         except sqlite3.DatabaseError as exc:
             raise self._unavailable(exc) from exc
@@ -455,7 +456,7 @@ class Database:
                     time.sleep(min(random.uniform(0.001, 0.005), self.busy_timeout - waited))
         finally:
             if not self._wal:
-                self._busy(conn, round(self.busy_timeout * 1000))
+                self._busy(conn, self._busy_ms)
 
     def _busy(self, conn: Connection, ms: int) -> None:
         """Set ``conn``'s busy_timeout to ``ms``, unless it is set so already.
@@ -473,7 +474,7 @@ class Database:
     def _read(self) -> Iterator[sqlite3.Cursor]:
         """One read transaction: a consistent snapshot that never blocks or waits for writers."""
         with self._use() as conn, self._translated():
-            self._busy(conn, round(self.busy_timeout * 1000))
+            self._busy(conn, self._busy_ms)
             conn.execute("BEGIN")
             try:
                 yield conn.cursor()
